@@ -1,0 +1,62 @@
+# Ferry's build. `make test` is what CI runs (.ci/run); `make test-unit` is the quick loop.
+SHELL := /bin/bash
+GO ?= go
+# Never download a toolchain: some tool modules name a newer Go than the one installed.
+export GOTOOLCHAIN := local
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
+# Everything but the integration tree: no testbed needed, runs with the race detector.
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
+TESTBED_BIN = $(shell integration/testbed/tools/build.sh)/bin
+
+.PHONY: all build test test-unit test-integration testbed demo lint fuzz bench clean
+
+all: build
+
+## build: the ferry binary in bin/ (release flags: -trimpath, stripped)
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ferry ./cmd/ferry
+
+## testbed: build (once) and cache the testbed's binaries outside the clone
+testbed:
+	integration/testbed/tools/build.sh
+
+## test: every test — unit tests with -race, then integration tests on the testbed
+test: testbed test-unit test-integration
+
+## test-unit: unit tests only, with the race detector; no testbed
+test-unit:
+	$(GO) test -race -count=1 $(UNIT_PKGS)
+
+## test-integration: tests that start the testbed (real API server, registry, S3)
+test-integration: testbed
+	$(GO) test -count=1 -timeout 30m ./integration/...
+
+## demo: start the testbed and roll out a Deployment on it (DEMO_FLAGS=-keep to leave it up)
+demo: testbed
+	$(GO) run ./integration/demo $(DEMO_FLAGS)
+
+## lint: gofmt, go vet and staticcheck (staticcheck comes from the testbed cache)
+lint: testbed
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(TESTBED_BIN)/staticcheck ./...
+
+## fuzz: run each fuzz target for FUZZTIME (default 30s)
+FUZZTIME ?= 30s
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./... | grep -v /integration); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
+## bench: benchmarks, each compared with a peer in the same run (see docs/BENCHMARKS.md)
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(UNIT_PKGS)
+
+clean:
+	rm -rf bin/

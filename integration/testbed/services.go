@@ -1,0 +1,107 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+func (tb *Testbed) startRegistry(ctx context.Context) error {
+	ports, err := freePorts(1)
+	if err != nil {
+		return err
+	}
+	tb.Registry = hostPort(ports[0])
+	cfg := filepath.Join(tb.Dir, "registry.yaml")
+	// Deletes enabled so tests can exercise a registry that garbage-collects; no auth, plain
+	// HTTP on loopback, which oras and cosign accept for localhost.
+	conf := fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+http:
+  addr: %s
+  secret: ferry-testbed
+`, filepath.Join(tb.Dir, "registry"), tb.Registry)
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		return err
+	}
+	p, err := tb.run("registry", []string{"serve", cfg}, "OTEL_TRACES_EXPORTER=none")
+	if err != nil {
+		return err
+	}
+	return p.waitReady(ctx, httpOK(http.DefaultClient, "http://"+tb.Registry+"/v2/"))
+}
+
+func (tb *Testbed) startS3(ctx context.Context) error {
+	ports, err := freePorts(1)
+	if err != nil {
+		return err
+	}
+	tb.S3 = S3Endpoint{
+		URL:       "http://" + hostPort(ports[0]),
+		Region:    "us-east-1",
+		AccessKey: "ferrytestbed",
+		SecretKey: "ferry-testbed-secret-key",
+		Bucket:    "ferry",
+	}
+	data := filepath.Join(tb.Dir, "s3")
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return err
+	}
+	p, err := tb.run("versitygw", []string{
+		"--port", hostPort(ports[0]),
+		"--region", tb.S3.Region,
+		"--health", "/health",
+		"posix",
+		// Object metadata in a sidecar directory: works on filesystems without user xattrs.
+		"--sidecar", filepath.Join(tb.Dir, "s3-meta"),
+		data,
+	}, "ROOT_ACCESS_KEY_ID="+tb.S3.AccessKey, "ROOT_SECRET_ACCESS_KEY="+tb.S3.SecretKey)
+	if err != nil {
+		return err
+	}
+	if err := p.waitReady(ctx, httpOK(http.DefaultClient, tb.S3.URL+"/health")); err != nil {
+		return err
+	}
+	c, err := tb.S3Client()
+	if err != nil {
+		return err
+	}
+	if err := c.MakeBucket(ctx, tb.S3.Bucket, minio.MakeBucketOptions{Region: tb.S3.Region}); err != nil {
+		return fmt.Errorf("s3: create bucket %s: %w", tb.S3.Bucket, err)
+	}
+	return nil
+}
+
+// S3Client returns a client for the testbed's S3 server with its root credentials.
+func (tb *Testbed) S3Client() (*minio.Client, error) {
+	return minio.New(hostOf(tb.S3.URL), &minio.Options{
+		Creds:  credentialsFor(tb.S3.AccessKey, tb.S3.SecretKey),
+		Secure: false,
+		Region: tb.S3.Region,
+	})
+}
+
+func hostOf(url string) string {
+	const p = "http://"
+	if len(url) > len(p) && url[:len(p)] == p {
+		return url[len(p):]
+	}
+	return url
+}
+
+func credentialsFor(access, secret string) *credentials.Credentials {
+	return credentials.NewStaticV4(access, secret, "")
+}
