@@ -1,0 +1,265 @@
+package bundles
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Limits on a component layer (SPEC §3). A layer over any of them is refused whole.
+const (
+	MaxLayerBytes   = 512 << 20 // uncompressed bytes of all files in one layer
+	MaxLayerEntries = 10_000
+	MaxFileBytes    = 64 << 20
+	MaxPathLength   = 4096
+)
+
+// ErrUnsafePath is returned for a path that would leave its root: absolute, "..", or through
+// a symlink.
+var ErrUnsafePath = errors.New("unsafe path")
+
+// PackDir writes the files under root as a reproducible component layer (SPEC §3) to w.
+// Symlinks, devices and other special files are refused, as is anything over the layer limits,
+// so a layer Ferry writes is always one Ferry reads.
+func PackDir(root string, w io.Writer) error {
+	var entries []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return err
+		}
+		if rel == "." {
+			return nil
+		}
+		switch mode := d.Type(); {
+		case mode&fs.ModeSymlink != 0:
+			return fmt.Errorf("%s: %w: symlinks are not allowed in a component", p, ErrUnsafePath)
+		case mode.IsDir(), mode.IsRegular():
+		default:
+			return fmt.Errorf("%s: not a regular file or directory (%s)", p, mode)
+		}
+		entries = append(entries, filepath.ToSlash(rel))
+		if len(entries) > MaxLayerEntries {
+			return fmt.Errorf("%s: more than %d entries", root, MaxLayerEntries)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sort.Strings(entries)
+
+	gz, err := gzip.NewWriterLevel(w, gzip.BestCompression)
+	if err != nil {
+		return err
+	}
+	// The zero gzip.Header has no name and mtime 0; OS must be set to "unknown" explicitly.
+	gz.OS = 255
+	tw := tar.NewWriter(gz)
+	var total int64
+	for _, name := range entries {
+		full := filepath.Join(root, filepath.FromSlash(name))
+		info, err := os.Lstat(full)
+		if err != nil {
+			return err
+		}
+		hdr := &tar.Header{Name: name, Format: tar.FormatPAX, ModTime: epoch, AccessTime: epoch, ChangeTime: epoch}
+		if info.IsDir() {
+			hdr.Typeflag, hdr.Name, hdr.Mode = tar.TypeDir, name+"/", 0o755
+			if err := tw.WriteHeader(hdr); err != nil {
+				return err
+			}
+			continue
+		}
+		if !info.Mode().IsRegular() { // changed since the walk
+			return fmt.Errorf("%s: no longer a regular file", full)
+		}
+		if info.Size() > MaxFileBytes {
+			return fmt.Errorf("%s: %d bytes, over the %d-byte limit for one file", full, info.Size(), MaxFileBytes)
+		}
+		if total += info.Size(); total > MaxLayerBytes {
+			return fmt.Errorf("%s: component over the %d-byte limit", root, MaxLayerBytes)
+		}
+		hdr.Typeflag, hdr.Size, hdr.Mode = tar.TypeReg, info.Size(), 0o644
+		if info.Mode().Perm()&0o100 != 0 {
+			hdr.Mode = 0o755
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if err := copyFile(tw, full, info.Size()); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return gz.Close()
+}
+
+// epoch is the fixed time of every tar entry; the zero time.Time would not encode as 0.
+var epoch = unixZero()
+
+func copyFile(w io.Writer, name string, size int64) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	n, err := io.Copy(w, io.LimitReader(f, size+1))
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if n != size {
+		return fmt.Errorf("%s: changed size while being packed", name)
+	}
+	return nil
+}
+
+// File is one regular file of a component layer, held in memory.
+type File struct {
+	Name string // relative, slash-separated, clean
+	Mode int64  // 0644 or 0755
+	Data []byte
+}
+
+// Files is the validated content of a component layer, sorted by name.
+type Files []File
+
+// Get returns the file with this name.
+func (fs Files) Get(name string) (File, bool) {
+	i := sort.Search(len(fs), func(i int) bool { return fs[i].Name >= name })
+	if i < len(fs) && fs[i].Name == name {
+		return fs[i], true
+	}
+	return File{}, false
+}
+
+// ReadLayer reads a component layer (gzip tar) into memory, enforcing SPEC §3: relative clean
+// names, no duplicates, regular files and directories only, and the size and count limits. The
+// layer is refused whole on the first violation; the error names the entry.
+func ReadLayer(r io.Reader) (Files, error) {
+	gz, err := gzip.NewReader(r)
+	if err != nil {
+		return nil, fmt.Errorf("layer: not gzip: %w", err)
+	}
+	defer gz.Close()
+	// Bound the decompressed stream too: a gzip bomb stops at the limit, not at the disk.
+	limited := &io.LimitedReader{R: gz, N: MaxLayerBytes + 64<<20}
+	tr := tar.NewReader(limited)
+	var files Files
+	seen := map[string]bool{}
+	var total int64
+	for n := 0; ; n++ {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			if limited.N <= 0 {
+				return nil, fmt.Errorf("layer: over the %d-byte limit", MaxLayerBytes)
+			}
+			return nil, fmt.Errorf("layer: %w", err)
+		}
+		if n >= MaxLayerEntries {
+			return nil, fmt.Errorf("layer: more than %d entries", MaxLayerEntries)
+		}
+		name, err := cleanEntryName(hdr.Name)
+		if err != nil {
+			return nil, fmt.Errorf("layer entry %q: %w", hdr.Name, err)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("layer entry %q: duplicate", hdr.Name)
+		}
+		seen[name] = true
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			continue
+		case tar.TypeReg:
+		default:
+			return nil, fmt.Errorf("layer entry %q: type %q not allowed (regular files and directories only)", hdr.Name, string(hdr.Typeflag))
+		}
+		if hdr.Size < 0 || hdr.Size > MaxFileBytes {
+			return nil, fmt.Errorf("layer entry %q: size %d over the %d-byte limit", hdr.Name, hdr.Size, MaxFileBytes)
+		}
+		if total += hdr.Size; total > MaxLayerBytes {
+			return nil, fmt.Errorf("layer: over the %d-byte limit", MaxLayerBytes)
+		}
+		var buf bytes.Buffer
+		buf.Grow(int(hdr.Size))
+		if _, err := io.Copy(&buf, tr); err != nil {
+			return nil, fmt.Errorf("layer entry %q: %w", hdr.Name, err)
+		}
+		mode := int64(0o644)
+		if hdr.Mode&0o100 != 0 {
+			mode = 0o755
+		}
+		files = append(files, File{Name: name, Mode: mode, Data: buf.Bytes()})
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].Name < files[j].Name })
+	return files, nil
+}
+
+// cleanEntryName checks a tar entry name against SPEC §3 and returns it without a trailing
+// slash.
+func cleanEntryName(name string) (string, error) {
+	if len(name) == 0 || len(name) > MaxPathLength {
+		return "", fmt.Errorf("%w: empty or longer than %d", ErrUnsafePath, MaxPathLength)
+	}
+	if strings.ContainsAny(name, "\\\x00") {
+		return "", fmt.Errorf("%w: backslash or NUL in name", ErrUnsafePath)
+	}
+	trimmed := strings.TrimSuffix(name, "/")
+	if path.IsAbs(trimmed) || trimmed == "" {
+		return "", fmt.Errorf("%w: absolute", ErrUnsafePath)
+	}
+	if path.Clean(trimmed) != trimmed {
+		return "", fmt.Errorf("%w: not clean (want %q)", ErrUnsafePath, path.Clean(trimmed))
+	}
+	for _, part := range strings.Split(trimmed, "/") {
+		if part == ".." || part == "." {
+			return "", fmt.Errorf("%w: %q element", ErrUnsafePath, part)
+		}
+	}
+	return trimmed, nil
+}
+
+// WriteTo writes the files under dir, creating directories as needed. dir must exist; names
+// were validated by ReadLayer, and the check is repeated here because Files can be built by
+// hand.
+func (fs Files) WriteTo(dir string) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	for _, f := range fs {
+		if _, err := cleanEntryName(f.Name); err != nil {
+			return fmt.Errorf("%s: %w", f.Name, err)
+		}
+		if d := path.Dir(f.Name); d != "." {
+			if err := root.MkdirAll(d, 0o755); err != nil {
+				return err
+			}
+		}
+		if err := root.WriteFile(f.Name, f.Data, os.FileMode(f.Mode)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func unixZero() time.Time { return time.Unix(0, 0).UTC() }

@@ -1,0 +1,180 @@
+package bundles
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"time"
+)
+
+// Media types of the bundle format (SPEC §1).
+const (
+	ArtifactType   = "application/vnd.ferry.bundle.v1+json"
+	ConfigType     = "application/vnd.ferry.bundle.config.v1+json"
+	ComponentType  = "application/vnd.ferry.component.v1.tar+gzip"
+	SchemaVersion  = 1
+	MaxConfigBytes = 1 << 20
+	MaxComponents  = 256
+	MaxImages      = 4096
+)
+
+// Annotation keys on the bundle manifest (SPEC §4).
+const (
+	AnnotationTitle       = "org.opencontainers.image.title"
+	AnnotationVersion     = "org.opencontainers.image.version"
+	AnnotationVCSRevision = "org.opencontainers.image.revision"
+	AnnotationSource      = "org.opencontainers.image.source"
+	AnnotationCreated     = "org.opencontainers.image.created"
+	AnnotationRevision    = "dev.ferry.bundle.revision"
+)
+
+// Metadata is the bundle's signed config blob (SPEC §2).
+type Metadata struct {
+	SchemaVersion int         `json:"schemaVersion"`
+	Name          string      `json:"name"`
+	Version       string      `json:"version"`
+	Revision      uint64      `json:"revision"`
+	Created       time.Time   `json:"created"`
+	Source        Source      `json:"source"`
+	Components    []Component `json:"components"`
+	Images        []string    `json:"images"`
+}
+
+// Source is the provenance of the tree a bundle was built from.
+type Source struct {
+	URL    string `json:"url"`
+	Commit string `json:"commit"`
+	Dirty  bool   `json:"dirty"`
+}
+
+// Component is one entry of Metadata.Components; its files are the layer at the same index.
+type Component struct {
+	Name string        `json:"name"`
+	Type string        `json:"type"` // "kustomize"
+	Spec KustomizeSpec `json:"spec"`
+}
+
+var (
+	dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	// semverRE is the regular expression semver.org suggests for SemVer 2.0.0.
+	semverRE = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$`)
+	commitRE = regexp.MustCompile(`^([0-9a-f]{40}|[0-9a-f]{64})$`)
+)
+
+// Validate returns every problem with m, joined, each naming its field.
+func (m *Metadata) Validate() error {
+	var errs []error
+	bad := func(field, format string, a ...any) {
+		errs = append(errs, &FieldError{Field: field, Msg: fmt.Sprintf(format, a...)})
+	}
+	if m.SchemaVersion != SchemaVersion {
+		bad("schemaVersion", "is %d, this Ferry reads %d", m.SchemaVersion, SchemaVersion)
+	}
+	if !dnsLabel.MatchString(m.Name) || len(m.Name) > 63 {
+		bad("name", "%q is not a DNS label (lower case letters, digits, '-', at most 63)", m.Name)
+	}
+	if !semverRE.MatchString(m.Version) {
+		bad("version", "%q is not a semantic version (like 1.4.0)", m.Version)
+	}
+	if m.Revision == 0 {
+		bad("revision", "must be a positive integer")
+	}
+	if m.Created.IsZero() || m.Created.Location() != time.UTC || m.Created.Nanosecond() != 0 {
+		bad("created", "must be a UTC time in whole seconds")
+	}
+	if m.Source.Commit != "" && !commitRE.MatchString(m.Source.Commit) {
+		bad("source.commit", "%q is not a full commit hash", m.Source.Commit)
+	}
+	if len(m.Components) == 0 || len(m.Components) > MaxComponents {
+		bad("components", "has %d entries, want 1 to %d", len(m.Components), MaxComponents)
+	}
+	seen := map[string]bool{}
+	for i, c := range m.Components {
+		f := fmt.Sprintf("components[%d]", i)
+		if !dnsLabel.MatchString(c.Name) {
+			bad(f+".name", "%q is not a DNS label", c.Name)
+		}
+		if seen[c.Name] {
+			bad(f+".name", "%q appears twice", c.Name)
+		}
+		seen[c.Name] = true
+		if c.Type != "kustomize" {
+			bad(f+".type", "%q is not a component type this Ferry knows (kustomize)", c.Type)
+		}
+	}
+	if len(m.Images) > MaxImages {
+		bad("images", "has %d entries, over the limit of %d", len(m.Images), MaxImages)
+	}
+	return errors.Join(errs...)
+}
+
+// FieldError is a problem with one field of a document.
+type FieldError struct {
+	File  string // may be empty
+	Line  int    // 0 when unknown
+	Field string // path such as spec.components[0].kustomize.path
+	Msg   string
+}
+
+func (e *FieldError) Error() string {
+	loc := e.File
+	if e.Line > 0 {
+		loc += ":" + strconv.Itoa(e.Line)
+	}
+	if loc != "" {
+		return fmt.Sprintf("%s: %s: %s", loc, e.Field, e.Msg)
+	}
+	return e.Field + ": " + e.Msg
+}
+
+// Marshal encodes m deterministically (SPEC §5).
+func (m *Metadata) Marshal() ([]byte, error) {
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("bundle metadata: %w", err)
+	}
+	if m.Images == nil {
+		m.Images = []string{}
+	}
+	return json.Marshal(m)
+}
+
+// ParseMetadata decodes and validates a config blob read from outside. Unknown fields,
+// trailing data and blobs over MaxConfigBytes are refused.
+func ParseMetadata(b []byte) (*Metadata, error) {
+	if len(b) > MaxConfigBytes {
+		return nil, fmt.Errorf("bundle config: %d bytes, over the %d-byte limit", len(b), MaxConfigBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var m Metadata
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("bundle config: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("bundle config: data after the JSON object")
+	}
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("bundle config: %w", err)
+	}
+	return &m, nil
+}
+
+// Annotations returns the manifest annotations for m (SPEC §4).
+func (m *Metadata) Annotations() map[string]string {
+	a := map[string]string{
+		AnnotationTitle:    m.Name,
+		AnnotationVersion:  m.Version,
+		AnnotationCreated:  m.Created.Format(time.RFC3339),
+		AnnotationRevision: strconv.FormatUint(m.Revision, 10),
+	}
+	if m.Source.Commit != "" {
+		a[AnnotationVCSRevision] = m.Source.Commit
+	}
+	if m.Source.URL != "" {
+		a[AnnotationSource] = m.Source.URL
+	}
+	return a
+}

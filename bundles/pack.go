@@ -1,0 +1,158 @@
+package bundles
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/errdef"
+)
+
+// MaxManifestBytes bounds a bundle or signature manifest read from outside.
+const MaxManifestBytes = 4 << 20
+
+// Pack stores the metadata and one layer per component in dst as a bundle manifest
+// (SPEC §1) and returns the manifest's descriptor. It does not tag; the caller names it.
+func Pack(ctx context.Context, dst content.Pusher, m *Metadata, layers [][]byte) (ocispec.Descriptor, error) {
+	if len(layers) != len(m.Components) {
+		return ocispec.Descriptor{}, fmt.Errorf("pack: %d layers for %d components", len(layers), len(m.Components))
+	}
+	cfg, err := m.Marshal()
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	cfgDesc := content.NewDescriptorFromBytes(ConfigType, cfg)
+	if err := pushIfAbsent(ctx, dst, cfgDesc, cfg); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	descs := make([]ocispec.Descriptor, len(layers))
+	for i, l := range layers {
+		d := content.NewDescriptorFromBytes(ComponentType, l)
+		d.Annotations = map[string]string{ocispec.AnnotationTitle: m.Components[i].Name}
+		if err := pushIfAbsent(ctx, dst, d, l); err != nil {
+			return ocispec.Descriptor{}, err
+		}
+		descs[i] = d
+	}
+	// The created annotation is always set from the metadata, so oras never stamps the clock.
+	return oras.PackManifest(ctx, dst, oras.PackManifestVersion1_1, ArtifactType, oras.PackManifestOptions{
+		ConfigDescriptor:    &cfgDesc,
+		Layers:              descs,
+		ManifestAnnotations: m.Annotations(),
+	})
+}
+
+func pushIfAbsent(ctx context.Context, dst content.Pusher, d ocispec.Descriptor, b []byte) error {
+	if s, ok := dst.(content.ReadOnlyStorage); ok {
+		if exists, err := s.Exists(ctx, d); err == nil && exists {
+			return nil
+		}
+	}
+	if err := dst.Push(ctx, d, bytes.NewReader(b)); err != nil && !errors.Is(err, errdef.ErrAlreadyExists) {
+		return fmt.Errorf("push %s: %w", d.Digest, err)
+	}
+	return nil
+}
+
+// Bundle is a bundle read from a store and checked against SPEC §1–§4: the manifest, its
+// metadata, and the descriptors of its component layers. Layers are read on demand.
+type Bundle struct {
+	Descriptor ocispec.Descriptor // of the manifest
+	Manifest   ocispec.Manifest
+	Metadata   *Metadata
+}
+
+// Open reads and validates the bundle manifest desc from src: media types, artifact type,
+// the config (fetched with its digest and size checked), the layer count and the annotations.
+func Open(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor) (*Bundle, error) {
+	if desc.MediaType != ocispec.MediaTypeImageManifest {
+		return nil, fmt.Errorf("bundle %s: media type %q is not an OCI image manifest", desc.Digest, desc.MediaType)
+	}
+	raw, err := FetchLimited(ctx, src, desc, MaxManifestBytes)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: manifest: %w", desc.Digest, err)
+	}
+	var man ocispec.Manifest
+	if err := json.Unmarshal(raw, &man); err != nil {
+		return nil, fmt.Errorf("bundle %s: manifest: %w", desc.Digest, err)
+	}
+	if man.MediaType != ocispec.MediaTypeImageManifest || man.SchemaVersion != 2 {
+		return nil, fmt.Errorf("bundle %s: manifest mediaType %q schemaVersion %d, want an OCI image manifest", desc.Digest, man.MediaType, man.SchemaVersion)
+	}
+	if man.ArtifactType != ArtifactType {
+		return nil, fmt.Errorf("bundle %s: artifactType %q is not a Ferry bundle (%s)", desc.Digest, man.ArtifactType, ArtifactType)
+	}
+	if man.Config.MediaType != ConfigType {
+		return nil, fmt.Errorf("bundle %s: config mediaType %q, want %s", desc.Digest, man.Config.MediaType, ConfigType)
+	}
+	cfg, err := FetchLimited(ctx, src, man.Config, MaxConfigBytes)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: config: %w", desc.Digest, err)
+	}
+	meta, err := ParseMetadata(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", desc.Digest, err)
+	}
+	if len(man.Layers) != len(meta.Components) {
+		return nil, fmt.Errorf("bundle %s: %d layers for %d components", desc.Digest, len(man.Layers), len(meta.Components))
+	}
+	for i, l := range man.Layers {
+		if l.MediaType != ComponentType {
+			return nil, fmt.Errorf("bundle %s: layers[%d] mediaType %q, want %s", desc.Digest, i, l.MediaType, ComponentType)
+		}
+		if l.Size < 0 || l.Size > MaxLayerBytes {
+			return nil, fmt.Errorf("bundle %s: layers[%d] size %d out of range", desc.Digest, i, l.Size)
+		}
+	}
+	for k, want := range meta.Annotations() {
+		if got, ok := man.Annotations[k]; ok && got != want {
+			return nil, fmt.Errorf("bundle %s: annotation %s is %q but the signed config says %q", desc.Digest, k, got, want)
+		}
+	}
+	return &Bundle{Descriptor: desc, Manifest: man, Metadata: meta}, nil
+}
+
+// Layer fetches component i's layer, checking its digest and size, and reads its files.
+func (b *Bundle) Layer(ctx context.Context, src content.Fetcher, i int) (Files, error) {
+	if i < 0 || i >= len(b.Manifest.Layers) {
+		return nil, fmt.Errorf("bundle %s: no component %d", b.Metadata.Name, i)
+	}
+	raw, err := FetchLimited(ctx, src, b.Manifest.Layers[i], MaxLayerBytes)
+	if err != nil {
+		return nil, fmt.Errorf("component %s: %w", b.Metadata.Components[i].Name, err)
+	}
+	files, err := ReadLayer(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("component %s: %w", b.Metadata.Components[i].Name, err)
+	}
+	return files, nil
+}
+
+// FetchLimited fetches desc from src into memory, refusing a descriptor over limit and
+// content whose size or digest differs from the descriptor's.
+func FetchLimited(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor, limit int64) ([]byte, error) {
+	if desc.Size < 0 || desc.Size > limit {
+		return nil, fmt.Errorf("%s: size %d over the %d-byte limit", desc.Digest, desc.Size, limit)
+	}
+	if err := desc.Digest.Validate(); err != nil || desc.Digest.Algorithm() != digest.SHA256 {
+		return nil, fmt.Errorf("%q: not a sha256 digest", desc.Digest)
+	}
+	rc, err := src.Fetch(ctx, desc)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	// ReadAll checks size and digest; the extra byte of the limit catches a longer stream.
+	b, err := content.ReadAll(io.LimitReader(rc, desc.Size+1), desc)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", desc.Digest, err)
+	}
+	return b, nil
+}

@@ -1,0 +1,236 @@
+package bundles
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/content/memory"
+)
+
+func testMetadata() *Metadata {
+	return &Metadata{
+		SchemaVersion: SchemaVersion,
+		Name:          "edge-apps",
+		Version:       "1.4.0",
+		Revision:      42,
+		Created:       time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC),
+		Source:        Source{URL: "https://git.example.com/site.git", Commit: strings.Repeat("ab", 20)},
+		Components:    []Component{{Name: "web", Type: "kustomize", Spec: KustomizeSpec{Path: ".", Prune: true}}},
+	}
+}
+
+func packed(t *testing.T) (*memory.Store, ocispec.Descriptor, []byte) {
+	t.Helper()
+	store := memory.New()
+	layer := pack(t, writeTree(t, map[string]string{"kustomization.yaml": "resources: []\n"}))
+	desc, err := Pack(t.Context(), store, testMetadata(), [][]byte{layer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store, desc, layer
+}
+
+func TestPackOpenRoundTrip(t *testing.T) {
+	store, desc, _ := packed(t)
+	_, desc2, _ := packed(t)
+	if desc.Digest != desc2.Digest {
+		t.Fatalf("same inputs gave %s and %s", desc.Digest, desc2.Digest)
+	}
+	b, err := Open(t.Context(), store, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Metadata.Revision != 42 || b.Manifest.Annotations[AnnotationRevision] != "42" ||
+		b.Manifest.Annotations[AnnotationCreated] != "2026-11-25T10:00:00Z" {
+		t.Fatalf("opened %+v / %v", b.Metadata, b.Manifest.Annotations)
+	}
+	files, err := b.Layer(t.Context(), store, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, ok := files.Get("kustomization.yaml"); !ok || string(f.Data) != "resources: []\n" {
+		t.Fatalf("layer files %+v", files)
+	}
+}
+
+// forging serves other bytes for some digests, as a hostile registry or a corrupted stick
+// would; everything else comes from the real store.
+type forging struct {
+	content.Fetcher
+	forged map[string][]byte
+}
+
+func (f forging) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	if b, ok := f.forged[d.Digest.String()]; ok {
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+	return f.Fetcher.Fetch(ctx, d)
+}
+
+func TestOpenRefusesTamperedContent(t *testing.T) {
+	store, desc, layer := packed(t)
+	raw, err := content.FetchAll(t.Context(), store, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var man ocispec.Manifest
+	if err := json.Unmarshal(raw, &man); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := content.FetchAll(t.Context(), store, man.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forge := func(d ocispec.Descriptor, b []byte) forging {
+		return forging{Fetcher: store, forged: map[string][]byte{d.Digest.String(): b}}
+	}
+
+	t.Run("config with same size", func(t *testing.T) {
+		evil := bytes.Replace(cfg, []byte(`"revision":42`), []byte(`"revision":99`), 1)
+		if _, err := Open(t.Context(), forge(man.Config, evil), desc); err == nil || !strings.Contains(err.Error(), "digest") {
+			t.Fatalf("err = %v, want the forged config refused on its digest", err)
+		}
+	})
+	t.Run("config longer than declared", func(t *testing.T) {
+		if _, err := Open(t.Context(), forge(man.Config, append(cfg, ' ')), desc); err == nil {
+			t.Fatal("accepted a config longer than its descriptor")
+		}
+	})
+	t.Run("layer", func(t *testing.T) {
+		evil := bytes.Clone(layer)
+		evil[len(evil)/2] ^= 0xff
+		b, err := Open(t.Context(), forge(man.Layers[0], evil), desc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Layer(t.Context(), forge(man.Layers[0], evil), 0); err == nil || !strings.Contains(err.Error(), "digest") {
+			t.Fatalf("err = %v, want a digest mismatch", err)
+		}
+	})
+	t.Run("manifest", func(t *testing.T) {
+		evil := bytes.Replace(raw, []byte(`"dev.ferry.bundle.revision":"42"`), []byte(`"dev.ferry.bundle.revision":"43"`), 1)
+		if _, err := Open(t.Context(), forge(desc, evil), desc); err == nil || !strings.Contains(err.Error(), "digest") {
+			t.Fatalf("err = %v, want the forged manifest refused", err)
+		}
+	})
+}
+
+func TestOpenRefusesWhatIsNotABundle(t *testing.T) {
+	ctx := t.Context()
+	store := memory.New()
+	meta := testMetadata()
+	cfg, err := meta.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgDesc := content.NewDescriptorFromBytes(ConfigType, cfg)
+	if err := store.Push(ctx, cfgDesc, bytes.NewReader(cfg)); err != nil {
+		t.Fatal(err)
+	}
+	layer := pack(t, writeTree(t, map[string]string{"a.yaml": "x"}))
+	layerDesc := content.NewDescriptorFromBytes(ComponentType, layer)
+	if err := store.Push(ctx, layerDesc, bytes.NewReader(layer)); err != nil {
+		t.Fatal(err)
+	}
+	manifest := func(mut func(*ocispec.Manifest)) ocispec.Descriptor {
+		m := ocispec.Manifest{
+			Versioned: specsVersioned(), MediaType: ocispec.MediaTypeImageManifest, ArtifactType: ArtifactType,
+			Config: cfgDesc, Layers: []ocispec.Descriptor{layerDesc}, Annotations: meta.Annotations(),
+		}
+		mut(&m)
+		b, _ := json.Marshal(m)
+		d := content.NewDescriptorFromBytes(ocispec.MediaTypeImageManifest, b)
+		if err := store.Push(ctx, d, bytes.NewReader(b)); err != nil && !strings.Contains(err.Error(), "exists") {
+			t.Fatal(err)
+		}
+		return d
+	}
+	tests := []struct {
+		name string
+		mut  func(*ocispec.Manifest)
+		want string
+	}{
+		{"control", func(*ocispec.Manifest) {}, ""},
+		{"other artifact type", func(m *ocispec.Manifest) { m.ArtifactType = "application/vnd.cncf.helm.chart" }, "artifactType"},
+		{"other config type", func(m *ocispec.Manifest) { m.Config.MediaType = "application/vnd.oci.image.config.v1+json" }, "config mediaType"},
+		{"extra layer", func(m *ocispec.Manifest) { m.Layers = append(m.Layers, layerDesc) }, "2 layers for 1 components"},
+		{"other layer type", func(m *ocispec.Manifest) { m.Layers[0].MediaType = "application/octet-stream" }, "layers[0] mediaType"},
+		{"annotation contradicts config", func(m *ocispec.Manifest) { m.Annotations[AnnotationRevision] = "43" }, "signed config says"},
+		{"huge declared config", func(m *ocispec.Manifest) { m.Config.Size = 1 << 40 }, "limit"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Open(ctx, store, manifest(tt.mut))
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseMetadataRefusals(t *testing.T) {
+	good, err := testMetadata().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, json, want string
+	}{
+		{"unknown field", strings.Replace(string(good), `"name"`, `"owner":"x","name"`, 1), "unknown field"},
+		{"trailing data", string(good) + "{}", "after the JSON"},
+		{"zero revision", strings.Replace(string(good), `"revision":42`, `"revision":0`, 1), "revision"},
+		{"negative revision", strings.Replace(string(good), `"revision":42`, `"revision":-1`, 1), "revision"},
+		{"bad version", strings.Replace(string(good), `"1.4.0"`, `"latest"`, 1), "version"},
+		{"bad commit", strings.Replace(string(good), strings.Repeat("ab", 20), "HEAD", 1), "source.commit"},
+		{"component type", strings.Replace(string(good), `"kustomize"`, `"terraform"`, 1), "components[0].type"},
+		{"schema", strings.Replace(string(good), `"schemaVersion":1`, `"schemaVersion":2`, 1), "schemaVersion"},
+		{"too big", string(good) + strings.Repeat(" ", MaxConfigBytes), "limit"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := ParseMetadata([]byte(tt.json)); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+	if _, err := ParseMetadata(good); err != nil {
+		t.Fatalf("control: %v", err)
+	}
+}
+
+func FuzzParseMetadata(f *testing.F) {
+	good, _ := testMetadata().Marshal()
+	f.Add(good)
+	f.Add([]byte(`{"schemaVersion":1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseMetadata(b)
+		if err != nil {
+			return
+		}
+		// Whatever is accepted must survive a round trip unchanged.
+		again, err := m.Marshal()
+		if err != nil {
+			t.Fatalf("accepted metadata does not marshal: %v", err)
+		}
+		m2, err := ParseMetadata(again)
+		if err != nil || m2.Revision != m.Revision || m2.Name != m.Name {
+			t.Fatalf("round trip changed the metadata: %v", err)
+		}
+	})
+}
+
+func specsVersioned() specs.Versioned { return specs.Versioned{SchemaVersion: 2} }

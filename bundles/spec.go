@@ -1,0 +1,406 @@
+package bundles
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// SpecFile is the name of the component spec at the root of a bundle's source tree.
+const SpecFile = "ferry.yaml"
+
+// MaxSpecBytes bounds ferry.yaml.
+const MaxSpecBytes = 1 << 20
+
+// Spec is a parsed ferry.yaml (SPEC §6).
+type Spec struct {
+	APIVersion string       `yaml:"apiVersion"`
+	Kind       string       `yaml:"kind"`
+	Metadata   SpecMetadata `yaml:"metadata"`
+	Spec       BundleSpec   `yaml:"spec"`
+}
+
+// SpecMetadata names the bundle.
+type SpecMetadata struct {
+	Name string `yaml:"name"`
+}
+
+// BundleSpec lists a bundle's components.
+type BundleSpec struct {
+	Version    string          `yaml:"version"`
+	Components []ComponentSpec `yaml:"components"`
+}
+
+// ComponentSpec is one component: exactly one of Kustomize or Helm.
+type ComponentSpec struct {
+	Name      string         `yaml:"name"`
+	Kustomize *KustomizeSpec `yaml:"kustomize"`
+	Helm      map[string]any `yaml:"helm"` // part of the format; not yet built (SPEC §6)
+}
+
+// KustomizeSpec has the fields of Flux's Kustomization that mean something inside a bundle,
+// with Flux's names and meanings.
+type KustomizeSpec struct {
+	Path            string               `yaml:"path" json:"path"`
+	Prune           bool                 `yaml:"prune" json:"prune"`
+	Wait            bool                 `yaml:"wait" json:"wait"`
+	Timeout         string               `yaml:"timeout" json:"timeout,omitempty"`
+	Force           bool                 `yaml:"force" json:"force"`
+	TargetNamespace string               `yaml:"targetNamespace" json:"targetNamespace,omitempty"`
+	DependsOn       []DependencyRef      `yaml:"dependsOn" json:"dependsOn,omitempty"`
+	HealthChecks    []ObjectRef          `yaml:"healthChecks" json:"healthChecks,omitempty"`
+	PostBuild       *PostBuild           `yaml:"postBuild" json:"postBuild,omitempty"`
+	Patches         []Patch              `yaml:"patches" json:"patches,omitempty"`
+	Decryption      *Decryption          `yaml:"decryption" json:"decryption,omitempty"`
+	CommonMetadata  *CommonMetadata      `yaml:"commonMetadata" json:"commonMetadata,omitempty"`
+	Extra           map[string]yaml.Node `yaml:",inline" json:"-"` // refused by Validate
+}
+
+// DependencyRef names a component that must be healthy first (Flux: dependsOn).
+type DependencyRef struct {
+	Name string `yaml:"name" json:"name"`
+}
+
+// ObjectRef names an object whose health gates the component (Flux: healthChecks).
+type ObjectRef struct {
+	APIVersion string `yaml:"apiVersion" json:"apiVersion,omitempty"`
+	Kind       string `yaml:"kind" json:"kind"`
+	Name       string `yaml:"name" json:"name"`
+	Namespace  string `yaml:"namespace" json:"namespace,omitempty"`
+}
+
+// PostBuild holds variable substitution (Flux: postBuild).
+type PostBuild struct {
+	Substitute     map[string]string `yaml:"substitute" json:"substitute,omitempty"`
+	SubstituteFrom []SubstituteRef   `yaml:"substituteFrom" json:"substituteFrom,omitempty"`
+}
+
+// SubstituteRef names a ConfigMap or Secret in the cluster holding variables.
+type SubstituteRef struct {
+	Kind     string `yaml:"kind" json:"kind"`
+	Name     string `yaml:"name" json:"name"`
+	Optional bool   `yaml:"optional" json:"optional,omitempty"`
+}
+
+// Patch is a strategic merge or JSON6902 patch with an optional target (Flux: patches).
+type Patch struct {
+	Patch  string    `yaml:"patch" json:"patch"`
+	Target *Selector `yaml:"target" json:"target,omitempty"`
+}
+
+// Selector picks the objects a patch applies to.
+type Selector struct {
+	Group              string `yaml:"group" json:"group,omitempty"`
+	Version            string `yaml:"version" json:"version,omitempty"`
+	Kind               string `yaml:"kind" json:"kind,omitempty"`
+	Name               string `yaml:"name" json:"name,omitempty"`
+	Namespace          string `yaml:"namespace" json:"namespace,omitempty"`
+	LabelSelector      string `yaml:"labelSelector" json:"labelSelector,omitempty"`
+	AnnotationSelector string `yaml:"annotationSelector" json:"annotationSelector,omitempty"`
+}
+
+// Decryption says encrypted files in the component are decrypted on the node (Flux:
+// decryption). Keys never travel in the bundle: the node's age key file is in its config.
+type Decryption struct {
+	Provider string `yaml:"provider" json:"provider"`
+}
+
+// CommonMetadata labels and annotations added to every object (Flux: commonMetadata).
+type CommonMetadata struct {
+	Labels      map[string]string `yaml:"labels" json:"labels,omitempty"`
+	Annotations map[string]string `yaml:"annotations" json:"annotations,omitempty"`
+}
+
+// LoadSpec reads and validates dir/ferry.yaml. Every problem is reported, each as a
+// *FieldError naming the file, the line and the field.
+func LoadSpec(dir string) (*Spec, error) {
+	file := filepath.Join(dir, SpecFile)
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxSpecBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	if len(b) > MaxSpecBytes {
+		return nil, fmt.Errorf("%s: over the %d-byte limit", file, MaxSpecBytes)
+	}
+	s, root, err := ParseSpec(file, b)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkPaths(file, root, dir); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// ParseSpec decodes ferry.yaml strictly and validates what can be checked without the tree.
+// file is used in error messages only.
+func ParseSpec(file string, b []byte) (*Spec, *yaml.Node, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", file, err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var s Spec
+	if err := dec.Decode(&s); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, nil, fmt.Errorf("%s: empty document", file)
+		}
+		// yaml's messages already carry "line N: field X not found in type …".
+		return nil, nil, fmt.Errorf("%s: %w", file, err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, nil, fmt.Errorf("%s: more than one YAML document; ferry.yaml holds exactly one Bundle", file)
+	}
+	if err := s.validate(file, &root); err != nil {
+		return nil, nil, err
+	}
+	return &s, &root, nil
+}
+
+func (s *Spec) validate(file string, root *yaml.Node) error {
+	var errs []error
+	bad := func(field, format string, a ...any) {
+		errs = append(errs, &FieldError{File: file, Line: lineOf(root, field), Field: field, Msg: fmt.Sprintf(format, a...)})
+	}
+	if s.APIVersion != "ferry.dev/v1" {
+		bad("apiVersion", "is %q, want ferry.dev/v1", s.APIVersion)
+	}
+	if s.Kind != "Bundle" {
+		bad("kind", "is %q, want Bundle", s.Kind)
+	}
+	if !dnsLabel.MatchString(s.Metadata.Name) || len(s.Metadata.Name) > 63 {
+		bad("metadata.name", "%q is not a DNS label (lower case letters, digits, '-', at most 63)", s.Metadata.Name)
+	}
+	if !semverRE.MatchString(s.Spec.Version) {
+		bad("spec.version", "%q is not a semantic version (like 1.4.0)", s.Spec.Version)
+	}
+	comps := s.Spec.Components
+	if len(comps) == 0 || len(comps) > MaxComponents {
+		bad("spec.components", "has %d entries, want 1 to %d", len(comps), MaxComponents)
+	}
+	names := map[string]bool{}
+	for _, c := range comps {
+		names[c.Name] = true
+	}
+	seen := map[string]bool{}
+	for i, c := range comps {
+		f := fmt.Sprintf("spec.components[%d]", i)
+		if !dnsLabel.MatchString(c.Name) {
+			bad(f+".name", "%q is not a DNS label", c.Name)
+		}
+		if seen[c.Name] {
+			bad(f+".name", "%q appears twice", c.Name)
+		}
+		seen[c.Name] = true
+		switch {
+		case c.Helm != nil:
+			bad(f+".helm", "helm components are part of the format but this Ferry cannot build them yet")
+			continue
+		case c.Kustomize == nil:
+			bad(f, "needs kustomize")
+			continue
+		}
+		k := c.Kustomize
+		f += ".kustomize"
+		for key := range k.Extra {
+			bad(f+"."+key, "unknown field")
+		}
+		if k.Path == "" {
+			bad(f+".path", "is required")
+		} else if filepath.IsAbs(k.Path) || strings.Contains(k.Path, "\\") {
+			bad(f+".path", "%q must be a relative path with '/' separators", k.Path)
+		} else if rel := filepath.Clean(k.Path); rel == ".." || strings.HasPrefix(rel, "../") {
+			bad(f+".path", "%q leaves the directory of ferry.yaml", k.Path)
+		}
+		if k.Timeout != "" {
+			if d, err := time.ParseDuration(k.Timeout); err != nil || d <= 0 {
+				bad(f+".timeout", "%q is not a positive duration (like 5m)", k.Timeout)
+			}
+		}
+		if k.TargetNamespace != "" && (!dnsLabel.MatchString(k.TargetNamespace) || len(k.TargetNamespace) > 63) {
+			bad(f+".targetNamespace", "%q is not a valid namespace name", k.TargetNamespace)
+		}
+		for j, d := range k.DependsOn {
+			df := fmt.Sprintf("%s.dependsOn[%d].name", f, j)
+			switch {
+			case d.Name == c.Name:
+				bad(df, "a component cannot depend on itself")
+			case !names[d.Name]:
+				bad(df, "%q is not a component of this bundle", d.Name)
+			}
+		}
+		for j, h := range k.HealthChecks {
+			if h.Kind == "" || h.Name == "" {
+				bad(fmt.Sprintf("%s.healthChecks[%d]", f, j), "needs kind and name")
+			}
+		}
+		if pb := k.PostBuild; pb != nil {
+			for j, r := range pb.SubstituteFrom {
+				if r.Kind != "ConfigMap" && r.Kind != "Secret" {
+					bad(fmt.Sprintf("%s.postBuild.substituteFrom[%d].kind", f, j), "is %q, want ConfigMap or Secret", r.Kind)
+				}
+				if r.Name == "" {
+					bad(fmt.Sprintf("%s.postBuild.substituteFrom[%d].name", f, j), "is required")
+				}
+			}
+		}
+		for j, p := range k.Patches {
+			if strings.TrimSpace(p.Patch) == "" {
+				bad(fmt.Sprintf("%s.patches[%d].patch", f, j), "is required")
+			}
+		}
+		if k.Decryption != nil && k.Decryption.Provider != "sops" {
+			bad(f+".decryption.provider", "is %q, want sops", k.Decryption.Provider)
+		}
+	}
+	if err := dependencyCycle(comps); err != nil {
+		bad("spec.components", "%v", err)
+	}
+	return errors.Join(errs...)
+}
+
+// dependencyCycle reports the first dependsOn cycle, naming its components in order.
+func dependencyCycle(comps []ComponentSpec) error {
+	deps := map[string][]string{}
+	for _, c := range comps {
+		if c.Kustomize != nil {
+			for _, d := range c.Kustomize.DependsOn {
+				deps[c.Name] = append(deps[c.Name], d.Name)
+			}
+		}
+	}
+	const (
+		unvisited = iota
+		visiting
+		done
+	)
+	state := map[string]int{}
+	var stack []string
+	var visit func(string) error
+	visit = func(n string) error {
+		switch state[n] {
+		case visiting:
+			i := len(stack) - 1
+			for stack[i] != n {
+				i--
+			}
+			return fmt.Errorf("dependsOn cycle: %s -> %s", strings.Join(stack[i:], " -> "), n)
+		case done:
+			return nil
+		}
+		state[n] = visiting
+		stack = append(stack, n)
+		for _, d := range deps[n] {
+			if err := visit(d); err != nil {
+				return err
+			}
+		}
+		stack = stack[:len(stack)-1]
+		state[n] = done
+		return nil
+	}
+	for _, c := range comps {
+		if err := visit(c.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkPaths refuses component paths that are missing, not directories, or that reach
+// outside dir through a symlink.
+func (s *Spec) checkPaths(file string, root *yaml.Node, dir string) error {
+	base, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for i, c := range s.Spec.Components {
+		field := fmt.Sprintf("spec.components[%d].kustomize.path", i)
+		p, err := ResolveInside(base, c.Kustomize.Path)
+		if err != nil {
+			errs = append(errs, &FieldError{File: file, Line: lineOf(root, field), Field: field, Msg: err.Error()})
+			continue
+		}
+		if fi, err := os.Stat(p); err != nil || !fi.IsDir() {
+			errs = append(errs, &FieldError{File: file, Line: lineOf(root, field), Field: field, Msg: fmt.Sprintf("%q is not a directory", c.Kustomize.Path)})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ResolveInside joins rel to base (which must already be free of symlinks) and returns the
+// real path, refusing anything that ends up outside base.
+func ResolveInside(base, rel string) (string, error) {
+	if filepath.IsAbs(rel) {
+		return "", fmt.Errorf("%w: %q is absolute", ErrUnsafePath, rel)
+	}
+	real, err := filepath.EvalSymlinks(filepath.Join(base, filepath.FromSlash(rel)))
+	if err != nil {
+		return "", err
+	}
+	r, err := filepath.Rel(base, real)
+	if err != nil || r == ".." || strings.HasPrefix(r, ".."+string(filepath.Separator)) {
+		return "", fmt.Errorf("%w: %q resolves to %s, outside %s", ErrUnsafePath, rel, real, base)
+	}
+	return real, nil
+}
+
+// lineOf finds the line of a field path such as spec.components[1].kustomize.path in a
+// decoded YAML document, or the nearest parent that exists; 0 when none does.
+func lineOf(doc *yaml.Node, field string) int {
+	if doc == nil || len(doc.Content) == 0 {
+		return 0
+	}
+	n := doc.Content[0]
+	line := n.Line
+	for _, part := range strings.Split(field, ".") {
+		key, idx := part, -1
+		if i := strings.IndexByte(part, '['); i >= 0 && strings.HasSuffix(part, "]") {
+			key = part[:i]
+			idx, _ = strconv.Atoi(part[i+1 : len(part)-1])
+		}
+		next := mapValue(n, key)
+		if next == nil {
+			return line
+		}
+		n, line = next, next.Line
+		if idx >= 0 {
+			if n.Kind != yaml.SequenceNode || idx >= len(n.Content) {
+				return line
+			}
+			n, line = n.Content[idx], n.Content[idx].Line
+		}
+	}
+	return line
+}
+
+func mapValue(n *yaml.Node, key string) *yaml.Node {
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			if n.Content[i+1].Kind == yaml.ScalarNode || n.Content[i+1].Kind == yaml.AliasNode {
+				return n.Content[i] // the key's line reads better for scalars
+			}
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,144 @@
+package bundles
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const goodSpec = `apiVersion: ferry.dev/v1
+kind: Bundle
+metadata:
+  name: edge-apps
+spec:
+  version: 1.4.0
+  components:
+    - name: infra
+      kustomize:
+        path: ./infra
+    - name: web
+      kustomize:
+        path: ./apps/web
+        prune: true
+        wait: true
+        timeout: 5m
+        targetNamespace: web
+        dependsOn: [{name: infra}]
+        postBuild:
+          substitute: {SITE: "north-7"}
+          substituteFrom: [{kind: ConfigMap, name: site-vars, optional: true}]
+        patches:
+          - patch: |
+              - op: replace
+                path: /spec/replicas
+                value: 1
+            target: {kind: Deployment, name: web}
+        decryption: {provider: sops}
+`
+
+func TestLoadSpec(t *testing.T) {
+	dir := writeTree(t, map[string]string{
+		SpecFile:                      goodSpec,
+		"infra/kustomization.yaml":    "resources: []\n",
+		"apps/web/kustomization.yaml": "resources: []\n",
+	})
+	s, err := LoadSpec(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	web := s.Spec.Components[1].Kustomize
+	if s.Metadata.Name != "edge-apps" || !web.Prune || web.Timeout != "5m" || web.DependsOn[0].Name != "infra" ||
+		web.PostBuild.Substitute["SITE"] != "north-7" || web.Patches[0].Target.Kind != "Deployment" {
+		t.Fatalf("parsed %+v", web)
+	}
+}
+
+func TestSpecRefusals(t *testing.T) {
+	tests := []struct {
+		name string
+		spec string
+		want []string // each must appear in the error
+	}{
+		{"unknown field", strings.Replace(goodSpec, "        prune: true\n", "        prune: true\n        pruen: false\n", 1),
+			[]string{"ferry.yaml:15", "spec.components[1].kustomize.pruen", "unknown field"}},
+		{"unknown top-level field", goodSpec + "status: {}\n", []string{"ferry.yaml", "line 29", "status"}},
+		{"bad name and version", strings.Replace(strings.Replace(goodSpec, "edge-apps", "Edge_Apps", 1), "1.4.0", "v1.4", 1),
+			[]string{"ferry.yaml:4: metadata.name", "ferry.yaml:6: spec.version"}},
+		{"path escape", strings.Replace(goodSpec, "./infra", "../../etc", 1),
+			[]string{"ferry.yaml:10: spec.components[0].kustomize.path", "leaves the directory"}},
+		{"absolute path", strings.Replace(goodSpec, "./infra", "/etc", 1), []string{"must be a relative path"}},
+		{"unknown dependency", strings.Replace(goodSpec, "[{name: infra}]", "[{name: db}]", 1), []string{`"db" is not a component`}},
+		{"cycle", strings.Replace(goodSpec, "        path: ./infra\n", "        path: ./infra\n        dependsOn: [{name: web}]\n", 1),
+			[]string{"dependsOn cycle: infra -> web -> infra"}},
+		{"bad timeout", strings.Replace(goodSpec, "5m", "soon", 1), []string{"timeout", `"soon"`}},
+		{"bad substituteFrom kind", strings.Replace(goodSpec, "kind: ConfigMap", "kind: Pod", 1), []string{"substituteFrom[0].kind"}},
+		{"helm not yet", strings.Replace(goodSpec, "      kustomize:\n        path: ./infra\n", "      helm:\n        chart: ./charts/x\n", 1),
+			[]string{"spec.components[0].helm", "cannot build them yet"}},
+		{"duplicate names", strings.Replace(goodSpec, "name: web", "name: infra", 1), []string{"appears twice"}},
+		{"two documents", goodSpec + "---\nkind: Bundle\n", []string{"more than one YAML document"}},
+		{"wrong kind", strings.Replace(goodSpec, "kind: Bundle", "kind: Kustomization", 1), []string{"ferry.yaml:2: kind"}},
+		{"not yaml", "{{{", []string{"ferry.yaml"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := ParseSpec("ferry.yaml", []byte(tt.spec))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadSpecRefusesSymlinkOutOfTree(t *testing.T) {
+	outside := t.TempDir()
+	dir := writeTree(t, map[string]string{SpecFile: goodSpec, "infra/kustomization.yaml": "resources: []\n"})
+	if err := os.MkdirAll(filepath.Join(dir, "apps"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(dir, "apps", "web")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := LoadSpec(dir)
+	if !errors.Is(err, ErrUnsafePath) && (err == nil || !strings.Contains(err.Error(), "outside")) {
+		t.Fatalf("err = %v, want a refusal of the symlink leaving the tree", err)
+	}
+	if err != nil && !strings.Contains(err.Error(), "spec.components[1].kustomize.path") {
+		t.Fatalf("err = %v does not name the field", err)
+	}
+}
+
+func TestLoadSpecMissingPath(t *testing.T) {
+	dir := writeTree(t, map[string]string{SpecFile: goodSpec, "infra/kustomization.yaml": "x: 1\n"})
+	_, err := LoadSpec(dir)
+	if err == nil || !strings.Contains(err.Error(), "spec.components[1].kustomize.path") {
+		t.Fatalf("err = %v, want the missing apps/web named", err)
+	}
+}
+
+func FuzzParseSpec(f *testing.F) {
+	f.Add([]byte(goodSpec))
+	f.Add([]byte("apiVersion: ferry.dev/v1\nkind: Bundle\n"))
+	f.Add([]byte("spec: {components: [{name: a, kustomize: {path: ../x}}]}"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, _, err := ParseSpec("ferry.yaml", b)
+		if err != nil {
+			return
+		}
+		for _, c := range s.Spec.Components {
+			p := filepath.Clean(c.Kustomize.Path)
+			if filepath.IsAbs(p) || p == ".." || strings.HasPrefix(p, "../") {
+				t.Fatalf("accepted escaping path %q", c.Kustomize.Path)
+			}
+		}
+		if err := dependencyCycle(s.Spec.Components); err != nil {
+			t.Fatalf("accepted a spec with a cycle: %v", err)
+		}
+	})
+}
