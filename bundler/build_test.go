@@ -1,0 +1,195 @@
+package bundler
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-git/go-git/v5"
+	gitconfig "github.com/go-git/go-git/v5/config"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	"oras.land/oras-go/v2/content/memory"
+	"oras.land/oras-go/v2/content/oci"
+
+	"github.com/ferrygitops/ferry/bundles"
+)
+
+const spec = `apiVersion: ferry.dev/v1
+kind: Bundle
+metadata:
+  name: demo
+spec:
+  version: 0.1.0
+  components:
+    - name: web
+      kustomize:
+        path: ./web
+        prune: true
+`
+
+// gitTree makes a Git repository with ferry.yaml and one component, committed at a fixed time.
+func gitTree(t *testing.T) (string, *git.Repository) {
+	t.Helper()
+	dir := t.TempDir()
+	files := map[string]string{
+		"ferry.yaml":             spec,
+		"web/kustomization.yaml": "resources: [deploy.yaml]\n",
+		"web/deploy.yaml":        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
+	}
+	for name, data := range files {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repo, err := git.PlainInit(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.CreateRemote(&gitconfig.RemoteConfig{Name: "origin", URLs: []string{"https://ci:s3cret@git.example.com/site.git"}}); err != nil {
+		t.Fatal(err)
+	}
+	commit(t, repo, "first", time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC))
+	return dir, repo
+}
+
+func commit(t *testing.T, repo *git.Repository, msg string, when time.Time) {
+	t.Helper()
+	wt, err := repo.Worktree()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wt.AddGlob("."); err != nil {
+		t.Fatal(err)
+	}
+	sig := &object.Signature{Name: "CI", Email: "ci@example.com", When: when}
+	if _, err := wt.Commit(msg, &git.CommitOptions{Author: sig, Committer: sig, AllowEmptyCommits: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBuildIsReproducible(t *testing.T) {
+	dir, _ := gitTree(t)
+	a, err := Build(t.Context(), memory.New(), Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second build into a fresh OCI layout on disk, an hour later by the clock.
+	layout, err := oci.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Build(t.Context(), layout, Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Descriptor.Digest != b.Descriptor.Digest {
+		t.Fatalf("two builds of one commit: %s and %s", a.Descriptor.Digest, b.Descriptor.Digest)
+	}
+	m := a.Metadata
+	if m.Revision != 1 || m.Source.Dirty || len(m.Source.Commit) != 40 ||
+		!m.Created.Equal(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)) {
+		t.Fatalf("metadata %+v", m)
+	}
+	if m.Source.URL != "https://git.example.com/site.git" {
+		t.Fatalf("source URL %q: credentials must be dropped", m.Source.URL)
+	}
+	got, err := layout.Resolve(t.Context(), "0.1.0")
+	if err != nil || got.Digest != b.Descriptor.Digest {
+		t.Fatalf("tag 0.1.0 resolves to %v, %v", got.Digest, err)
+	}
+	opened, err := bundles.Open(t.Context(), layout, got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := opened.Layer(t.Context(), layout, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := files.Get("deploy.yaml"); !ok {
+		t.Fatalf("layer lacks deploy.yaml: %+v", files)
+	}
+}
+
+func TestBuildRevisionIncreasesWithCommits(t *testing.T) {
+	dir, repo := gitTree(t)
+	first, err := Build(t.Context(), memory.New(), Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "web", "deploy.yaml"), []byte("kind: Deployment\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	commit(t, repo, "second", time.Date(2026, 11, 2, 12, 0, 0, 0, time.UTC))
+	second, err := Build(t.Context(), memory.New(), Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.Metadata.Revision <= first.Metadata.Revision {
+		t.Fatalf("revision %d after %d", second.Metadata.Revision, first.Metadata.Revision)
+	}
+	if second.Descriptor.Digest == first.Descriptor.Digest {
+		t.Fatal("a changed tree built the same digest")
+	}
+}
+
+func TestBuildRefusesDirtyTree(t *testing.T) {
+	dir, _ := gitTree(t)
+	if err := os.WriteFile(filepath.Join(dir, "web", "deploy.yaml"), []byte("kind: Changed\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	store := memory.New()
+	_, err := Build(t.Context(), store, Options{Dir: dir})
+	if !errors.Is(err, ErrDirty) {
+		t.Fatalf("err = %v, want ErrDirty", err)
+	}
+	if _, err := store.Resolve(t.Context(), "0.1.0"); err == nil {
+		t.Fatal("a refused build left a tagged bundle behind")
+	}
+	res, err := Build(t.Context(), store, Options{Dir: dir, AllowDirty: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Metadata.Source.Dirty {
+		t.Fatal("a dirty build is not marked dirty")
+	}
+}
+
+func TestBuildOutsideGit(t *testing.T) {
+	dir, _ := gitTree(t)
+	if err := os.RemoveAll(filepath.Join(dir, ".git")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Build(t.Context(), memory.New(), Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), "not in a Git repository") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := Build(t.Context(), memory.New(), Options{Dir: dir, AllowDirty: true}); err == nil || !strings.Contains(err.Error(), "--revision") {
+		t.Fatalf("err = %v, want --revision asked for", err)
+	}
+	res, err := Build(t.Context(), memory.New(), Options{Dir: dir, AllowDirty: true, Revision: 7, Created: time.Unix(1_700_000_000, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Metadata.Revision != 7 || !res.Metadata.Source.Dirty || res.Metadata.Source.Commit != "" {
+		t.Fatalf("metadata %+v", res.Metadata)
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://user:token@git.example.com/a.git": "https://git.example.com/a.git",
+		"ssh://git@git.example.com/a.git":          "ssh://git.example.com/a.git",
+		"git@github.com:org/repo.git":              "git@github.com:org/repo.git",
+		"/srv/git/repo":                            "/srv/git/repo",
+	} {
+		if got := redactURL(in); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
