@@ -80,7 +80,7 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 		Version:       spec.Spec.Version,
 		Revision:      opts.Revision,
 		Created:       opts.Created,
-		Source:        bundles.Source{URL: prov.url, Commit: prov.commit, Dirty: prov.dirty},
+		Source:        bundles.Provenance{URL: prov.url, Commit: prov.commit, Dirty: prov.dirty},
 	}
 	if meta.Revision == 0 {
 		if prov.count == 0 {

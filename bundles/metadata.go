@@ -38,13 +38,13 @@ type Metadata struct {
 	Version       string      `json:"version"`
 	Revision      uint64      `json:"revision"`
 	Created       time.Time   `json:"created"`
-	Source        Source      `json:"source"`
+	Source        Provenance  `json:"source"`
 	Components    []Component `json:"components"`
 	Images        []string    `json:"images"`
 }
 
-// Source is the provenance of the tree a bundle was built from.
-type Source struct {
+// Provenance says where the tree a bundle was built from came from.
+type Provenance struct {
 	URL    string `json:"url"`
 	Commit string `json:"commit"`
 	Dirty  bool   `json:"dirty"`

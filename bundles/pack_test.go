@@ -22,7 +22,7 @@ func testMetadata() *Metadata {
 		Version:       "1.4.0",
 		Revision:      42,
 		Created:       time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC),
-		Source:        Source{URL: "https://git.example.com/site.git", Commit: strings.Repeat("ab", 20)},
+		Source:        Provenance{URL: "https://git.example.com/site.git", Commit: strings.Repeat("ab", 20)},
 		Components:    []Component{{Name: "web", Type: "kustomize", Spec: KustomizeSpec{Path: ".", Prune: true}}},
 	}
 }

@@ -1,0 +1,437 @@
+package bundles
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/content/oci"
+	"oras.land/oras-go/v2/registry/remote"
+	"oras.land/oras-go/v2/registry/remote/auth"
+	orascreds "oras.land/oras-go/v2/registry/remote/credentials"
+	"oras.land/oras-go/v2/registry/remote/retry"
+)
+
+// MaxArchiveBytes bounds a bundle archive fetched from S3 before it is opened.
+const MaxArchiveBytes = 8 << 30
+
+// Options say how to reach registries and S3. The zero value uses the Docker credentials
+// file, HTTPS for every registry but loopback ones, and the standard AWS environment.
+type Options struct {
+	// PlainHTTP talks HTTP to every registry. Loopback registries (localhost, 127.0.0.1,
+	// ::1) always use plain HTTP, as Docker does.
+	PlainHTTP bool
+	// DockerConfig is a Docker config.json with registry credentials; "" means the default
+	// ($DOCKER_CONFIG/config.json or ~/.docker/config.json).
+	DockerConfig string
+	// S3 endpoint and credentials; empty fields come from AWS_ENDPOINT_URL_S3 (or
+	// AWS_ENDPOINT_URL), AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+	S3Endpoint, S3Region, S3AccessKey, S3SecretKey string
+}
+
+// Source is a store a bundle can be read from.
+type Source interface {
+	content.ReadOnlyStorage
+	content.Resolver
+	// Close releases what opening the source took (temporary files).
+	Close() error
+}
+
+// SignatureTag is the tag cosign stores the signatures of manifest d under (SPEC §8).
+func SignatureTag(d ocispec.Descriptor) string {
+	return d.Digest.Algorithm().String() + "-" + d.Digest.Encoded() + ".sig"
+}
+
+// OpenSource opens the store at a and resolves the bundle manifest it names. A layout or
+// tar without a reference must hold exactly one bundle.
+func OpenSource(ctx context.Context, a Address, o Options) (Source, ocispec.Descriptor, error) {
+	var src Source
+	ref := a.Reference
+	switch a.Kind {
+	case KindRegistry:
+		repo, err := o.repository(a)
+		if err != nil {
+			return nil, ocispec.Descriptor{}, err
+		}
+		if a.Ref.Reference == "" {
+			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: name a tag or digest", a)
+		}
+		src, ref = nopCloser{repo}, a.Ref.Reference
+	case KindLayout:
+		if fi, err := os.Stat(a.Path); err != nil || !fi.IsDir() {
+			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: not an OCI layout directory", a.Path)
+		}
+		s, err := oci.NewFromFS(ctx, os.DirFS(a.Path))
+		if err != nil {
+			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: %w", a.Path, err)
+		}
+		src = nopCloser{s}
+	case KindTar:
+		s, err := oci.NewFromTar(ctx, a.Path)
+		if err != nil {
+			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: %w", a.Path, err)
+		}
+		src = nopCloser{s}
+	case KindS3:
+		if !strings.HasSuffix(a.Key, ".tar") {
+			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: name the bundle object (s3://bucket/key.tar)", a)
+		}
+		tmp, err := o.download(ctx, a)
+		if err != nil {
+			return nil, ocispec.Descriptor{}, err
+		}
+		s, err := oci.NewFromTar(ctx, tmp)
+		if err != nil {
+			os.Remove(tmp)
+			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: %w", a, err)
+		}
+		src = tempSource{s, tmp}
+	default:
+		return nil, ocispec.Descriptor{}, fmt.Errorf("%s: unknown address kind", a)
+	}
+	if ref == "" {
+		var err error
+		if ref, err = onlyBundleTag(ctx, src, a); err != nil {
+			src.Close()
+			return nil, ocispec.Descriptor{}, err
+		}
+	}
+	desc, err := src.Resolve(ctx, ref)
+	if err != nil {
+		src.Close()
+		return nil, ocispec.Descriptor{}, fmt.Errorf("%s: resolve %q: %w", a, ref, err)
+	}
+	return src, desc, nil
+}
+
+// onlyBundleTag finds the one tag in a layout that is not a signature.
+func onlyBundleTag(ctx context.Context, src Source, a Address) (string, error) {
+	lister, ok := src.(interface {
+		Tags(context.Context, string, func([]string) error) error
+	})
+	if !ok {
+		return "", fmt.Errorf("%s: name a tag or digest", a)
+	}
+	var tags []string
+	err := lister.Tags(ctx, "", func(ts []string) error {
+		for _, t := range ts {
+			if !strings.HasSuffix(t, ".sig") && !strings.HasSuffix(t, ".att") {
+				tags = append(tags, t)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	switch len(tags) {
+	case 1:
+		return tags[0], nil
+	case 0:
+		return "", fmt.Errorf("%s: holds no tagged bundle", a)
+	default:
+		return "", fmt.Errorf("%s: holds %d bundles (%s); add :TAG to choose one", a, len(tags), strings.Join(tags, ", "))
+	}
+}
+
+type readResolver interface {
+	content.ReadOnlyStorage
+	content.Resolver
+}
+
+type nopCloser struct{ readResolver }
+
+func (nopCloser) Close() error { return nil }
+
+// Tags lists tags when the wrapped store can.
+func (n nopCloser) Tags(ctx context.Context, last string, fn func([]string) error) error {
+	if l, ok := n.readResolver.(interface {
+		Tags(context.Context, string, func([]string) error) error
+	}); ok {
+		return l.Tags(ctx, last, fn)
+	}
+	return errors.New("cannot list tags")
+}
+
+type tempSource struct {
+	*oci.ReadOnlyStore
+	path string
+}
+
+func (t tempSource) Close() error { return os.Remove(t.path) }
+
+// Copy copies the bundle desc and its signatures from src to the address dst, tagging it
+// there with dst's tag or, when dst names none, the bundle's version. It returns where the
+// bundle went (for S3, the object key).
+func Copy(ctx context.Context, src Source, desc ocispec.Descriptor, dst Address, o Options) (string, error) {
+	b, err := Open(ctx, src, desc)
+	if err != nil {
+		return "", err
+	}
+	tag := b.Metadata.Version
+	switch dst.Kind {
+	case KindRegistry:
+		repo, err := o.repository(dst)
+		if err != nil {
+			return "", err
+		}
+		if r := dst.Ref.Reference; r != "" {
+			if strings.Contains(r, ":") {
+				return "", fmt.Errorf("%s: a destination takes a tag, not a digest", dst)
+			}
+			tag = r
+		}
+		if err := copyWithSignatures(ctx, src, repo, desc, tag); err != nil {
+			return "", err
+		}
+		return dst.Ref.Registry + "/" + dst.Ref.Repository + ":" + tag, nil
+	case KindLayout:
+		if dst.Reference != "" {
+			tag = dst.Reference
+		}
+		store, err := oci.NewWithContext(ctx, dst.Path)
+		if err != nil {
+			return "", err
+		}
+		if err := copyWithSignatures(ctx, src, store, desc, tag); err != nil {
+			return "", err
+		}
+		return dst.Path + ":" + tag, nil
+	case KindTar:
+		if dst.Reference != "" {
+			tag = dst.Reference
+		}
+		return dst.Path, exportTar(ctx, src, desc, tag, dst.Path)
+	case KindS3:
+		key := dst.Key
+		if !strings.HasSuffix(key, ".tar") {
+			key = strings.TrimPrefix(key+"/"+b.Metadata.Name+"-"+b.Metadata.Version+".tar", "/")
+		}
+		tmp, err := os.CreateTemp("", "ferry-upload-*.tar")
+		if err != nil {
+			return "", err
+		}
+		tmp.Close()
+		defer os.Remove(tmp.Name())
+		if err := exportTar(ctx, src, desc, tag, tmp.Name()); err != nil {
+			return "", err
+		}
+		if err := o.upload(ctx, dst.Bucket, key, tmp.Name()); err != nil {
+			return "", err
+		}
+		return "s3://" + dst.Bucket + "/" + key, nil
+	}
+	return "", fmt.Errorf("%s: unknown address kind", dst)
+}
+
+// copyWithSignatures copies the bundle graph and, when src has them, its cosign signatures:
+// oras.ExtendedCopy follows referrers but not cosign's .sig tags, so they are copied by name.
+func copyWithSignatures(ctx context.Context, src Source, dst oras.Target, desc ocispec.Descriptor, tag string) error {
+	if err := oras.CopyGraph(ctx, src, dst, desc, oras.DefaultCopyGraphOptions); err != nil {
+		return fmt.Errorf("copy %s: %w", desc.Digest, err)
+	}
+	if err := dst.Tag(ctx, desc, tag); err != nil {
+		return fmt.Errorf("tag %s: %w", tag, err)
+	}
+	sigTag := SignatureTag(desc)
+	sig, err := src.Resolve(ctx, sigTag)
+	if err != nil {
+		return nil // unsigned: nothing more to carry
+	}
+	if err := oras.CopyGraph(ctx, src, dst, sig, oras.DefaultCopyGraphOptions); err != nil {
+		return fmt.Errorf("copy signatures %s: %w", sigTag, err)
+	}
+	return dst.Tag(ctx, sig, sigTag)
+}
+
+// exportTar writes the bundle and its signatures as an OCI layout in a tar file at path,
+// atomically: a temp file beside it is written, synced and renamed.
+func exportTar(ctx context.Context, src Source, desc ocispec.Descriptor, tag, path string) error {
+	dir, err := os.MkdirTemp("", "ferry-layout-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	store, err := oci.NewWithContext(ctx, dir)
+	if err != nil {
+		return err
+	}
+	if err := copyWithSignatures(ctx, src, store, desc, tag); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tarLayout(dir, tmp); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// tarLayout writes the layout directory as a plain tar with the fixed entry metadata of
+// SPEC §3, so exporting one bundle twice gives the same file.
+func tarLayout(dir string, w io.Writer) error {
+	var names []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		names = append(names, filepath.ToSlash(rel))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	tw := tar.NewWriter(w)
+	for _, name := range names {
+		full := filepath.Join(dir, filepath.FromSlash(name))
+		info, err := os.Lstat(full)
+		if err != nil {
+			return err
+		}
+		hdr := &tar.Header{Name: name, Mode: 0o644, ModTime: epoch, Format: tar.FormatPAX, Typeflag: tar.TypeReg, Size: info.Size()}
+		if info.IsDir() {
+			hdr.Name, hdr.Mode, hdr.Typeflag, hdr.Size = name+"/", 0o755, tar.TypeDir, 0
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if !info.IsDir() {
+			if err := copyFile(tw, full, info.Size()); err != nil {
+				return err
+			}
+		}
+	}
+	return tw.Close()
+}
+
+func (o Options) repository(a Address) (*remote.Repository, error) {
+	repo, err := remote.NewRepository(a.Ref.Registry + "/" + a.Ref.Repository)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", a, err)
+	}
+	repo.PlainHTTP = o.PlainHTTP || isLoopback(a.Ref.Registry)
+	var store orascreds.Store
+	if o.DockerConfig != "" {
+		store, err = orascreds.NewStore(o.DockerConfig, orascreds.StoreOptions{})
+	} else {
+		store, err = orascreds.NewStoreFromDocker(orascreds.StoreOptions{})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("registry credentials: %w", err)
+	}
+	repo.Client = &auth.Client{Client: retry.DefaultClient, Cache: auth.NewCache(), Credential: orascreds.Credential(store)}
+	return repo, nil
+}
+
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host = hostport
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(strings.Trim(host, "[]"))
+	return ip != nil && ip.IsLoopback()
+}
+
+func (o Options) s3() (*minio.Client, error) {
+	endpoint := firstNonEmpty(o.S3Endpoint, os.Getenv("AWS_ENDPOINT_URL_S3"), os.Getenv("AWS_ENDPOINT_URL"), "https://s3.amazonaws.com")
+	secure := true
+	switch {
+	case strings.HasPrefix(endpoint, "http://"):
+		secure, endpoint = false, strings.TrimPrefix(endpoint, "http://")
+	case strings.HasPrefix(endpoint, "https://"):
+		endpoint = strings.TrimPrefix(endpoint, "https://")
+	}
+	var creds *credentials.Credentials
+	if o.S3AccessKey != "" {
+		creds = credentials.NewStaticV4(o.S3AccessKey, o.S3SecretKey, "")
+	} else {
+		creds = credentials.NewEnvAWS()
+	}
+	return minio.New(strings.TrimSuffix(endpoint, "/"), &minio.Options{
+		Creds: creds, Secure: secure, Region: firstNonEmpty(o.S3Region, os.Getenv("AWS_REGION"), "us-east-1"),
+	})
+}
+
+func (o Options) download(ctx context.Context, a Address) (string, error) {
+	c, err := o.s3()
+	if err != nil {
+		return "", err
+	}
+	info, err := c.StatObject(ctx, a.Bucket, a.Key, minio.StatObjectOptions{})
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", a, err)
+	}
+	if info.Size > MaxArchiveBytes {
+		return "", fmt.Errorf("%s: %d bytes, over the %d-byte limit", a, info.Size, int64(MaxArchiveBytes))
+	}
+	obj, err := c.GetObject(ctx, a.Bucket, a.Key, minio.GetObjectOptions{})
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", a, err)
+	}
+	defer obj.Close()
+	tmp, err := os.CreateTemp("", "ferry-download-*.tar")
+	if err != nil {
+		return "", err
+	}
+	n, err := io.Copy(tmp, io.LimitReader(obj, MaxArchiveBytes+1))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n > MaxArchiveBytes {
+		err = fmt.Errorf("over the %d-byte limit", int64(MaxArchiveBytes))
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return "", fmt.Errorf("%s: %w", a, err)
+	}
+	return tmp.Name(), nil
+}
+
+func (o Options) upload(ctx context.Context, bucket, key, file string) error {
+	c, err := o.s3()
+	if err != nil {
+		return err
+	}
+	if _, err := c.FPutObject(ctx, bucket, key, file, minio.PutObjectOptions{ContentType: "application/x-tar"}); err != nil {
+		return fmt.Errorf("s3://%s/%s: %w", bucket, key, err)
+	}
+	return nil
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
