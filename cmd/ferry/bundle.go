@@ -1,0 +1,279 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"oras.land/oras-go/v2/content/memory"
+
+	"github.com/ferrygitops/ferry/bundler"
+	"github.com/ferrygitops/ferry/bundles"
+)
+
+func newBundleCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bundle",
+		Short: "Build, sign, ship and check bundles (the CI side)",
+		Long: `A bundle is a signed OCI artifact holding the components of one part of a cluster.
+Addresses, the same for every command:
+  oci://host/repo:tag         a registry (loopback registries use plain HTTP)
+  PATH.tar                    an OCI layout in a tar file, for a USB stick
+  PATH[:tag]                  an OCI layout directory
+  s3://bucket/prefix          an S3 bucket (object PREFIX/NAME-VERSION.tar), or s3://bucket/key.tar`,
+	}
+	var o bundles.Options
+	cmd.PersistentFlags().BoolVar(&o.PlainHTTP, "plain-http", false, "use plain HTTP for every registry, not only loopback ones")
+	cmd.PersistentFlags().StringVar(&o.DockerConfig, "registry-config", "", "Docker config.json with registry credentials (default ~/.docker/config.json)")
+	cmd.PersistentFlags().StringVar(&o.S3Endpoint, "s3-endpoint", "", "S3 endpoint URL (default $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL or AWS)")
+	cmd.PersistentFlags().StringVar(&o.S3Region, "s3-region", "", "S3 region (default $AWS_REGION or us-east-1)")
+	cmd.AddCommand(newBundleBuildCommand(&o), newBundleCopyCommand(&o, "push"), newBundleCopyCommand(&o, "export"),
+		newBundleCopyCommand(&o, "upload"), newBundleInspectCommand(&o))
+	return cmd
+}
+
+func newBundleBuildCommand(o *bundles.Options) *cobra.Command {
+	var (
+		out        string
+		revision   uint64
+		allowDirty bool
+		p          = printer{}
+	)
+	cmd := &cobra.Command{
+		Use:   "build [DIR]",
+		Short: "Build a bundle from the ferry.yaml in DIR (default .)",
+		Long: `Build reads DIR/ferry.yaml, records the Git provenance of the tree (commit, origin
+URL, clean or dirty), packs each component reproducibly and writes the bundle to the
+address given by --to (default: an OCI layout directory dist/NAME).
+
+The revision defaults to the number of commits reachable from HEAD and the creation
+time to the commit time, so building one commit twice gives the same digest.
+SOURCE_DATE_EPOCH overrides the creation time.`,
+		Example: `  # Build the tree in the current directory into dist/<name>
+  ferry bundle build
+
+  # Build straight into a tar for a USB stick, with an explicit revision
+  ferry bundle build ./site --revision 120 --to /media/usb/site.tar`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := p.validate(); err != nil {
+				return err
+			}
+			dir := "."
+			if len(args) == 1 {
+				dir = args[0]
+			}
+			created, err := sourceDateEpoch()
+			if err != nil {
+				return err
+			}
+			store := memory.New()
+			res, err := bundler.Build(cmd.Context(), store, bundler.Options{Dir: dir, Revision: revision, AllowDirty: allowDirty, Created: created})
+			if err != nil {
+				return err
+			}
+			if out == "" {
+				out = "dist/" + res.Metadata.Name
+			}
+			dst, err := bundles.ParseAddress(out)
+			if err != nil {
+				return err
+			}
+			if dst.Kind == bundles.KindLayout {
+				if err := os.MkdirAll(dst.Path, 0o755); err != nil {
+					return err
+				}
+			}
+			where, err := bundles.Copy(cmd.Context(), memorySource{store}, res.Descriptor, dst, *o)
+			if err != nil {
+				return err
+			}
+			summary := map[string]any{
+				"name": res.Metadata.Name, "version": res.Metadata.Version, "revision": res.Metadata.Revision,
+				"digest": res.Descriptor.Digest.String(), "commit": res.Metadata.Source.Commit,
+				"dirty": res.Metadata.Source.Dirty, "location": where,
+			}
+			return p.print(cmd.OutOrStdout(), summary, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "built\t%s %s (revision %d)\n", res.Metadata.Name, res.Metadata.Version, res.Metadata.Revision)
+				fmt.Fprintf(w, "digest\t%s\n", res.Descriptor.Digest)
+				fmt.Fprintf(w, "commit\t%s%s\n", orNone(res.Metadata.Source.Commit), dirtyMark(res.Metadata.Source.Dirty))
+				fmt.Fprintf(w, "written to\t%s\n", where)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&out, "to", "", "where to write the bundle, any address (default: layout directory dist/NAME)")
+	cmd.Flags().Uint64Var(&revision, "revision", 0, "bundle revision (default: commits reachable from HEAD)")
+	cmd.Flags().BoolVar(&allowDirty, "allow-dirty", false, "build a tree with uncommitted changes or outside Git (marked dirty)")
+	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
+	return cmd
+}
+
+func sourceDateEpoch() (time.Time, error) {
+	v := os.Getenv("SOURCE_DATE_EPOCH")
+	if v == "" {
+		return time.Time{}, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n <= 0 {
+		return time.Time{}, fmt.Errorf("SOURCE_DATE_EPOCH=%q: want seconds since 1970", v)
+	}
+	return time.Unix(n, 0).UTC(), nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+func dirtyMark(d bool) string {
+	if d {
+		return " (dirty)"
+	}
+	return ""
+}
+
+// memorySource lets a freshly built in-memory bundle be copied like any other source.
+type memorySource struct{ *memory.Store }
+
+func (memorySource) Close() error { return nil }
+
+func newBundleCopyCommand(o *bundles.Options, verb string) *cobra.Command {
+	docs := map[string][2]string{
+		"push":   {"Copy a bundle and its signatures to a registry", "  ferry bundle push dist/edge-apps oci://registry.local:5000/site/edge-apps:1.4.0"},
+		"export": {"Write a bundle and its signatures to a tar file (an OCI layout), for a USB stick", "  ferry bundle export oci://registry.local/site/edge-apps:1.4.0 /media/usb/edge-apps.tar"},
+		"upload": {"Upload a bundle and its signatures to S3 as one tar object", "  AWS_ENDPOINT_URL=http://minio:9000 ferry bundle upload dist/edge-apps s3://bundles/site"},
+	}
+	want := map[string]bundles.Kind{"push": bundles.KindRegistry, "export": bundles.KindTar, "upload": bundles.KindS3}
+	return &cobra.Command{
+		Use:     verb + " SRC DST",
+		Short:   docs[verb][0],
+		Example: docs[verb][1],
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dst, err := bundles.ParseAddress(args[1])
+			if err != nil {
+				return err
+			}
+			if dst.Kind != want[verb] {
+				return fmt.Errorf("%s: ferry bundle %s writes to a %s address, this is a %s", args[1], verb, want[verb], dst.Kind)
+			}
+			return copyBundle(cmd.Context(), cmd, *o, args[0], dst)
+		},
+	}
+}
+
+func copyBundle(ctx context.Context, cmd *cobra.Command, o bundles.Options, from string, dst bundles.Address) error {
+	srcAddr, err := bundles.ParseAddress(from)
+	if err != nil {
+		return err
+	}
+	src, desc, err := bundles.OpenSource(ctx, srcAddr, o)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	where, err := bundles.Copy(ctx, src, desc, dst, o)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s -> %s\n", desc.Digest, where)
+	return err
+}
+
+type inspectOutput struct {
+	Digest     string                `json:"digest"`
+	Name       string                `json:"name"`
+	Version    string                `json:"version"`
+	Revision   uint64                `json:"revision"`
+	Created    time.Time             `json:"created"`
+	Source     bundles.Provenance    `json:"source"`
+	Components []inspectComponent    `json:"components"`
+	Images     []string              `json:"images"`
+	Signatures []bundlesSignatureRef `json:"signatures"`
+}
+
+type inspectComponent struct {
+	Name   string `json:"name"`
+	Type   string `json:"type"`
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
+	Path   string `json:"path"`
+}
+
+type bundlesSignatureRef struct {
+	Tag    string `json:"tag"`
+	Digest string `json:"digest"`
+}
+
+func newBundleInspectCommand(o *bundles.Options) *cobra.Command {
+	p := printer{}
+	cmd := &cobra.Command{
+		Use:   "inspect REF",
+		Short: "Show a bundle's metadata, components, images and signatures",
+		Example: `  ferry bundle inspect dist/edge-apps
+  ferry bundle inspect oci://registry.local:5000/site/edge-apps:1.4.0 -o json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := p.validate(); err != nil {
+				return err
+			}
+			addr, err := bundles.ParseAddress(args[0])
+			if err != nil {
+				return err
+			}
+			src, desc, err := bundles.OpenSource(cmd.Context(), addr, *o)
+			if err != nil {
+				return err
+			}
+			defer src.Close()
+			b, err := bundles.Open(cmd.Context(), src, desc)
+			if err != nil {
+				return err
+			}
+			m := b.Metadata
+			out := inspectOutput{Digest: desc.Digest.String(), Name: m.Name, Version: m.Version, Revision: m.Revision,
+				Created: m.Created, Source: m.Source, Images: m.Images, Signatures: []bundlesSignatureRef{}}
+			for i, c := range m.Components {
+				l := b.Manifest.Layers[i]
+				out.Components = append(out.Components, inspectComponent{Name: c.Name, Type: c.Type, Digest: l.Digest.String(), Size: l.Size, Path: c.Spec.Path})
+			}
+			if sig, err := src.Resolve(cmd.Context(), bundles.SignatureTag(desc)); err == nil {
+				out.Signatures = append(out.Signatures, bundlesSignatureRef{Tag: bundles.SignatureTag(desc), Digest: sig.Digest.String()})
+			}
+			return p.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Name:\t%s\nVersion:\t%s\nRevision:\t%d\nDigest:\t%s\nCreated:\t%s\n", m.Name, m.Version, m.Revision, desc.Digest, m.Created.Format(time.RFC3339))
+				fmt.Fprintf(w, "Source:\t%s @ %s%s\n", orNone(m.Source.URL), orNone(m.Source.Commit), dirtyMark(m.Source.Dirty))
+				sigs := "none"
+				if len(out.Signatures) > 0 {
+					sigs = out.Signatures[0].Tag
+				}
+				fmt.Fprintf(w, "Signatures:\t%s\n\nCOMPONENT\tTYPE\tSIZE\tDIGEST\n", sigs)
+				for _, c := range out.Components {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", c.Name, c.Type, humanBytes(c.Size), c.Digest)
+				}
+				if len(m.Images) > 0 {
+					fmt.Fprintf(w, "\nIMAGES\n%s\n", strings.Join(m.Images, "\n"))
+				}
+			})
+		},
+	}
+	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
+	return cmd
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
