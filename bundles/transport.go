@@ -435,3 +435,51 @@ func firstNonEmpty(s ...string) string {
 	}
 	return ""
 }
+
+// Target is a store a bundle can be changed in (signed): a layout directory or a registry.
+type Target interface {
+	content.Storage
+	content.Resolver
+	content.Tagger
+}
+
+// OpenTarget opens a writable store at a (an OCI layout directory or a registry) and resolves
+// the bundle it names. A tar or S3 object is read-only: sign the layout or registry copy and
+// export it again.
+func OpenTarget(ctx context.Context, a Address, o Options) (Target, ocispec.Descriptor, error) {
+	var t Target
+	ref := a.Reference
+	switch a.Kind {
+	case KindRegistry:
+		repo, err := o.repository(a)
+		if err != nil {
+			return nil, ocispec.Descriptor{}, err
+		}
+		t, ref = repo, a.Ref.Reference
+		if ref == "" {
+			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: name a tag or digest", a)
+		}
+	case KindLayout:
+		if fi, err := os.Stat(filepath.Join(a.Path, "oci-layout")); err != nil || fi.IsDir() {
+			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: not an OCI layout directory", a.Path)
+		}
+		s, err := oci.NewWithContext(ctx, a.Path)
+		if err != nil {
+			return nil, ocispec.Descriptor{}, err
+		}
+		t = s
+		if ref == "" {
+			var err error
+			if ref, err = onlyBundleTag(ctx, nopCloser{s}, a); err != nil {
+				return nil, ocispec.Descriptor{}, err
+			}
+		}
+	default:
+		return nil, ocispec.Descriptor{}, fmt.Errorf("%s: a %s cannot be changed in place; sign the layout directory or registry copy, then export it", a, a.Kind)
+	}
+	desc, err := t.Resolve(ctx, ref)
+	if err != nil {
+		return nil, ocispec.Descriptor{}, fmt.Errorf("%s: resolve %q: %w", a, ref, err)
+	}
+	return t, desc, nil
+}

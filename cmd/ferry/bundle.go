@@ -33,7 +33,8 @@ Addresses, the same for every command:
 	cmd.PersistentFlags().StringVar(&o.S3Endpoint, "s3-endpoint", "", "S3 endpoint URL (default $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL or AWS)")
 	cmd.PersistentFlags().StringVar(&o.S3Region, "s3-region", "", "S3 region (default $AWS_REGION or us-east-1)")
 	cmd.AddCommand(newBundleBuildCommand(&o), newBundleCopyCommand(&o, "push"), newBundleCopyCommand(&o, "export"),
-		newBundleCopyCommand(&o, "upload"), newBundleInspectCommand(&o))
+		newBundleCopyCommand(&o, "upload"), newBundleInspectCommand(&o),
+		newBundleSignCommand(&o), newBundleVerifyCommand(&o))
 	return cmd
 }
 

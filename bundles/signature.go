@@ -1,0 +1,193 @@
+package bundles
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content"
+)
+
+// Signature storage, the way cosign stores it (SPEC §8).
+const (
+	// SimpleSigningType is the media type of a signature layer: its content is the payload.
+	SimpleSigningType = "application/vnd.dev.cosign.simplesigning.v1+json"
+	// SignatureAnnotation holds the base64 signature over the payload on each layer.
+	SignatureAnnotation = "dev.cosignproject.cosign/signature"
+	// CosignPayloadType is critical.type in the payload.
+	CosignPayloadType = "cosign container image signature"
+	// MaxSignatures bounds the layers of a signature manifest read from outside.
+	MaxSignatures = 64
+	// MaxPayloadBytes bounds one signed payload.
+	MaxPayloadBytes = 64 << 10
+)
+
+// SimpleSigning is cosign's signed payload. Field order and types match what cosign
+// marshals, so json.Marshal of this struct gives the bytes cosign signs.
+type SimpleSigning struct {
+	Critical struct {
+		Identity struct {
+			DockerReference string `json:"docker-reference"`
+		} `json:"identity"`
+		Image struct {
+			DockerManifestDigest string `json:"docker-manifest-digest"`
+		} `json:"image"`
+		Type string `json:"type"`
+	} `json:"critical"`
+	Optional map[string]any `json:"optional"`
+}
+
+// NewPayload returns the payload that signs manifest d, claiming identity (the repository a
+// bundle is published under, or its name).
+func NewPayload(identity string, d digest.Digest) []byte {
+	var p SimpleSigning
+	p.Critical.Identity.DockerReference = identity
+	p.Critical.Image.DockerManifestDigest = d.String()
+	p.Critical.Type = CosignPayloadType
+	b, _ := json.Marshal(p) // fixed struct of strings: cannot fail
+	return b
+}
+
+// ParsePayload decodes a payload read from outside and checks that it claims manifest want.
+// A payload signed for another digest is refused: a valid signature over it proves nothing
+// about this bundle.
+func ParsePayload(b []byte, want digest.Digest) (*SimpleSigning, error) {
+	if len(b) > MaxPayloadBytes {
+		return nil, fmt.Errorf("signature payload: %d bytes, over the %d-byte limit", len(b), MaxPayloadBytes)
+	}
+	var p SimpleSigning
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("signature payload: %w", err)
+	}
+	if p.Critical.Type != CosignPayloadType {
+		return nil, fmt.Errorf("signature payload: critical.type %q, want %q", p.Critical.Type, CosignPayloadType)
+	}
+	if p.Critical.Image.DockerManifestDigest != want.String() {
+		return nil, fmt.Errorf("signature payload: signs %q, not this bundle (%s)", p.Critical.Image.DockerManifestDigest, want)
+	}
+	return &p, nil
+}
+
+// SignatureLayer is one signature: the payload and its base64 signature.
+type SignatureLayer struct {
+	Descriptor ocispec.Descriptor // of the payload blob
+	Payload    []byte
+	Base64     string
+}
+
+// ReadSignatures fetches the signature manifest for bundle d from src and every layer's
+// payload, digest- and size-checked. It returns ErrNoSignatures when there is none.
+func ReadSignatures(ctx context.Context, src interface {
+	content.Fetcher
+	content.Resolver
+}, d ocispec.Descriptor) (ocispec.Descriptor, []SignatureLayer, error) {
+	tag := SignatureTag(d)
+	sigDesc, err := src.Resolve(ctx, tag)
+	if err != nil {
+		return ocispec.Descriptor{}, nil, fmt.Errorf("%w (%s: %v)", ErrNoSignatures, tag, err)
+	}
+	raw, err := FetchLimited(ctx, src, sigDesc, MaxManifestBytes)
+	if err != nil {
+		return sigDesc, nil, fmt.Errorf("signature manifest %s: %w", tag, err)
+	}
+	var man ocispec.Manifest
+	if err := json.Unmarshal(raw, &man); err != nil {
+		return sigDesc, nil, fmt.Errorf("signature manifest %s: %w", tag, err)
+	}
+	if len(man.Layers) > MaxSignatures {
+		return sigDesc, nil, fmt.Errorf("signature manifest %s: %d layers, over the limit of %d", tag, len(man.Layers), MaxSignatures)
+	}
+	var out []SignatureLayer
+	for _, l := range man.Layers {
+		if l.MediaType != SimpleSigningType {
+			continue
+		}
+		b64 := l.Annotations[SignatureAnnotation]
+		if b64 == "" {
+			continue
+		}
+		payload, err := FetchLimited(ctx, src, l, MaxPayloadBytes)
+		if err != nil {
+			return sigDesc, nil, fmt.Errorf("signature manifest %s: payload: %w", tag, err)
+		}
+		out = append(out, SignatureLayer{Descriptor: l, Payload: payload, Base64: b64})
+	}
+	if len(out) == 0 {
+		return sigDesc, nil, fmt.Errorf("%w (%s holds no simple-signing layer)", ErrNoSignatures, tag)
+	}
+	return sigDesc, out, nil
+}
+
+// ErrNoSignatures is returned when a bundle carries no signature at all.
+var ErrNoSignatures = errors.New("bundle is not signed")
+
+// AppendSignature stores a signature for bundle d in dst under the cosign tag, adding it to
+// the signatures already there (an identical one is not added twice), in the manifest shape
+// cosign writes so that either tool can add to what the other wrote.
+func AppendSignature(ctx context.Context, dst interface {
+	content.Storage
+	content.Resolver
+	content.Tagger
+}, d ocispec.Descriptor, payload []byte, b64 string) (ocispec.Descriptor, error) {
+	var layers []ocispec.Descriptor
+	if _, existing, err := ReadSignatures(ctx, dst, d); err == nil {
+		for _, s := range existing {
+			if bytes.Equal(s.Payload, payload) && s.Base64 == b64 {
+				return ocispec.Descriptor{}, nil
+			}
+			layers = append(layers, s.Descriptor)
+		}
+	} else if !errors.Is(err, ErrNoSignatures) {
+		return ocispec.Descriptor{}, err
+	}
+	pd := content.NewDescriptorFromBytes(SimpleSigningType, payload)
+	pd.Annotations = map[string]string{SignatureAnnotation: b64}
+	if err := pushIfAbsent(ctx, dst, pd, payload); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	layers = append(layers, pd)
+
+	// cosign's config: an image config with one history entry and diff_id per layer.
+	type history struct {
+		Created string `json:"created"`
+	}
+	cfg := struct {
+		Architecture string    `json:"architecture"`
+		Created      string    `json:"created"`
+		History      []history `json:"history"`
+		OS           string    `json:"os"`
+		RootFS       struct {
+			Type    string   `json:"type"`
+			DiffIDs []string `json:"diff_ids"`
+		} `json:"rootfs"`
+		Config struct{} `json:"config"`
+	}{Created: "0001-01-01T00:00:00Z", History: []history{}}
+	cfg.RootFS.Type = "layers"
+	for _, l := range layers {
+		cfg.History = append(cfg.History, history{Created: "0001-01-01T00:00:00Z"})
+		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, l.Digest.String())
+	}
+	cfgBytes, _ := json.Marshal(cfg)
+	cd := content.NewDescriptorFromBytes(ocispec.MediaTypeImageConfig, cfgBytes)
+	if err := pushIfAbsent(ctx, dst, cd, cfgBytes); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	man := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: cd, Layers: layers}
+	man.SchemaVersion = 2
+	mb, err := json.Marshal(man)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	md := content.NewDescriptorFromBytes(ocispec.MediaTypeImageManifest, mb)
+	if err := pushIfAbsent(ctx, dst, md, mb); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if err := dst.Tag(ctx, md, SignatureTag(d)); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	return md, nil
+}

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/ferrygitops/ferry/bundler"
+	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/verify"
+)
+
+// password reads COSIGN_PASSWORD, as cosign does, or asks on the terminal.
+func password(cmd *cobra.Command, confirm bool) ([]byte, error) {
+	if pw, ok := os.LookupEnv("COSIGN_PASSWORD"); ok {
+		return []byte(pw), nil
+	}
+	fd := int(os.Stdin.Fd())
+	if !term.IsTerminal(fd) {
+		return nil, errors.New("no password: set COSIGN_PASSWORD (it may be empty)")
+	}
+	fmt.Fprint(cmd.ErrOrStderr(), "Enter password for private key: ")
+	pw, err := term.ReadPassword(fd)
+	fmt.Fprintln(cmd.ErrOrStderr())
+	if err != nil || !confirm {
+		return pw, err
+	}
+	fmt.Fprint(cmd.ErrOrStderr(), "Enter password for private key again: ")
+	again, err := term.ReadPassword(fd)
+	fmt.Fprintln(cmd.ErrOrStderr())
+	if err != nil {
+		return nil, err
+	}
+	if string(again) != string(pw) {
+		return nil, errors.New("passwords do not match")
+	}
+	return pw, nil
+}
+
+func newBundleSignCommand(o *bundles.Options) *cobra.Command {
+	var key, identity string
+	cmd := &cobra.Command{
+		Use:   "sign REF --key cosign.key",
+		Short: "Sign a bundle with a cosign key, storing the signature the way cosign does",
+		Long: `Sign adds a cosign signature to the bundle at REF (an OCI layout directory or a
+registry). The key is a cosign private key (cosign generate-key-pair or ferry keys
+generate); its password comes from COSIGN_PASSWORD or the terminal. Nothing is sent to
+a transparency log: Ferry is for sites with no network, and cosign verifies these
+signatures with --insecure-ignore-tlog=true.`,
+		Example: `  COSIGN_PASSWORD=... ferry bundle sign dist/edge-apps --key cosign.key
+  ferry bundle sign oci://registry.local:5000/site/edge-apps:1.4.0 --key cosign.key`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if key == "" {
+				return errors.New("--key is required")
+			}
+			addr, err := bundles.ParseAddress(args[0])
+			if err != nil {
+				return err
+			}
+			target, desc, err := bundles.OpenTarget(cmd.Context(), addr, *o)
+			if err != nil {
+				return err
+			}
+			b, err := bundles.Open(cmd.Context(), target, desc)
+			if err != nil {
+				return err
+			}
+			pw, err := password(cmd, false)
+			if err != nil {
+				return err
+			}
+			signer, err := bundler.LoadPrivateKey(key, pw)
+			if err != nil {
+				return err
+			}
+			if identity == "" {
+				identity = b.Metadata.Name
+				if addr.Kind == bundles.KindRegistry {
+					identity = addr.Ref.Registry + "/" + addr.Ref.Repository
+				}
+			}
+			if _, err := bundler.Sign(cmd.Context(), target, desc, signer, identity); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "signed %s %s (%s) as %s\n", b.Metadata.Name, b.Metadata.Version, desc.Digest, bundles.SignatureTag(desc))
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&key, "key", "", "cosign private key file")
+	cmd.Flags().StringVar(&identity, "identity", "", "docker-reference claimed in the signed payload (default: the registry repository, or the bundle name)")
+	return cmd
+}
+
+func newBundleVerifyCommand(o *bundles.Options) *cobra.Command {
+	var (
+		keys      []string
+		threshold int
+		p         = printer{}
+	)
+	cmd := &cobra.Command{
+		Use:   "verify REF --key cosign.pub",
+		Short: "Check a bundle's signatures offline, with the code the edge daemon uses",
+		Long: `Verify checks that the bundle at REF carries signatures by the given public keys
+over exactly its manifest digest, then reads and checks every blob of the bundle against
+that digest. It fails when any of it does not hold. Nothing is fetched from a network
+but the bundle itself.`,
+		Example: `  ferry bundle verify /media/usb/edge-apps.tar --key cosign.pub
+  ferry bundle verify oci://registry.local:5000/site/edge-apps:1.4.0 --key team-a.pub --key team-b.pub --threshold 2`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := p.validate(); err != nil {
+				return err
+			}
+			if len(keys) == 0 {
+				return errors.New("--key is required: verification without a trusted key proves nothing")
+			}
+			policy := verify.Policy{Threshold: threshold}
+			for _, k := range keys {
+				key, err := verify.LoadPublicKey(k)
+				if err != nil {
+					return err
+				}
+				policy.Keys = append(policy.Keys, key)
+			}
+			addr, err := bundles.ParseAddress(args[0])
+			if err != nil {
+				return err
+			}
+			src, desc, err := bundles.OpenSource(cmd.Context(), addr, *o)
+			if err != nil {
+				return err
+			}
+			defer src.Close()
+			res, err := verify.Bundle(cmd.Context(), src, desc, policy)
+			if err != nil {
+				return err
+			}
+			// Signatures cover the manifest; the manifest covers every blob. Read them all so a
+			// damaged or tampered copy fails here, not on the node.
+			b, err := bundles.Open(cmd.Context(), src, desc)
+			if err != nil {
+				return err
+			}
+			for i := range b.Metadata.Components {
+				if _, err := b.Layer(cmd.Context(), src, i); err != nil {
+					return err
+				}
+			}
+			return p.print(cmd.OutOrStdout(), res, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Verified %s %s (revision %d)\n", b.Metadata.Name, b.Metadata.Version, b.Metadata.Revision)
+				fmt.Fprintf(w, "Digest:\t%s\n", res.Digest)
+				for _, s := range res.Signers {
+					fmt.Fprintf(w, "Signed by:\t%s (%s)\n", s.KeyID, filepath.Base(s.KeySource))
+				}
+			})
+		},
+	}
+	cmd.Flags().StringArrayVar(&keys, "key", nil, "trusted cosign public key file (repeat for several)")
+	cmd.Flags().IntVar(&threshold, "threshold", 1, "distinct trusted keys that must have signed")
+	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
+	return cmd
+}
+
+func newKeysCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "keys", Short: "Manage signing keys"}
+	var prefix string
+	gen := &cobra.Command{
+		Use:   "generate",
+		Short: "Generate a cosign-format key pair (PREFIX.key, PREFIX.pub)",
+		Long: `Generate writes an ECDSA P-256 key pair in cosign's format: the private key encrypted
+with the password from COSIGN_PASSWORD (or the terminal), mode 0600, and the public key.
+cosign sign and ferry bundle sign both accept the private key. Existing files are never
+overwritten.`,
+		Example: `  COSIGN_PASSWORD=... ferry keys generate --prefix ci-signer`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			priv, pub := prefix+".key", prefix+".pub"
+			for _, f := range []string{priv, pub} {
+				if _, err := os.Stat(f); err == nil {
+					return fmt.Errorf("%s exists; not overwriting a key", f)
+				}
+			}
+			pw, err := password(cmd, true)
+			if err != nil {
+				return err
+			}
+			privPEM, pubPEM, err := bundler.GenerateKeyPair(pw)
+			if err != nil {
+				return err
+			}
+			if err := writeNew(priv, privPEM, 0o600); err != nil {
+				return err
+			}
+			if err := writeNew(pub, pubPEM, 0o644); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "Private key written to %s\nPublic key written to %s\n", priv, pub)
+			return err
+		},
+	}
+	gen.Flags().StringVar(&prefix, "prefix", "cosign", "file name prefix for the key pair")
+	cmd.AddCommand(gen)
+	return cmd
+}
+
+// writeNew creates a file that must not exist yet.
+func writeNew(path string, b []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

@@ -1,0 +1,202 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/plumbing/object"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content/oci"
+
+	"github.com/ferrygitops/ferry/bundler"
+	"github.com/ferrygitops/ferry/bundles"
+)
+
+// sourceTree writes a committed Git tree with ferry.yaml and two components.
+func sourceTree(t *testing.T, extra map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	files := map[string]string{
+		"ferry.yaml": `apiVersion: ferry.dev/v1
+kind: Bundle
+metadata:
+  name: edge-apps
+spec:
+  version: 1.4.0
+  components:
+    - name: infra
+      kustomize:
+        path: ./infra
+    - name: web
+      kustomize:
+        path: ./apps/web
+        prune: true
+        dependsOn: [{name: infra}]
+`,
+		"infra/kustomization.yaml":    "resources: [ns.yaml]\n",
+		"infra/ns.yaml":               "apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n",
+		"apps/web/kustomization.yaml": "resources: [deploy.yaml]\n",
+		"apps/web/deploy.yaml":        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: web}\n",
+	}
+	for k, v := range extra {
+		files[k] = v
+	}
+	for name, data := range files {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repo, err := git.PlainInit(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wt, _ := repo.Worktree()
+	if err := wt.AddGlob("."); err != nil {
+		t.Fatal(err)
+	}
+	sig := &object.Signature{Name: "CI", Email: "ci@example.com", When: time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC)}
+	if _, err := wt.Commit("release", &git.CommitOptions{Author: sig, Committer: sig}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// buildLayout builds the tree into a fresh OCI layout directory and returns its address.
+func buildLayout(t *testing.T, dir string) (bundles.Address, *bundler.Result) {
+	t.Helper()
+	out := t.TempDir()
+	store, err := oci.New(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := bundler.Build(t.Context(), store, bundler.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := bundles.ParseAddress(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addr, res
+}
+
+func s3Options() bundles.Options {
+	return bundles.Options{S3Endpoint: tb.S3.URL, S3Region: tb.S3.Region, S3AccessKey: tb.S3.AccessKey, S3SecretKey: tb.S3.SecretKey}
+}
+
+// TestBundleRoundTrips copies one bundle layout → registry → tar → S3 → layout and checks
+// that every hop preserves the digest and that the bundle opens and reads at the end.
+func TestBundleRoundTrips(t *testing.T) {
+	ctx := t.Context()
+	o := s3Options()
+	layout, res := buildLayout(t, sourceTree(t, nil))
+	hops := []string{
+		"oci://" + tb.Registry + "/site/edge-apps:1.4.0",
+		filepath.Join(t.TempDir(), "usb", "edge-apps.tar"),
+		"s3://" + tb.S3.Bucket + "/site",
+		filepath.Join(t.TempDir(), "edge") + ":1.4.0",
+	}
+	if err := os.MkdirAll(filepath.Dir(hops[1]), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	from := layout
+	for _, hop := range hops {
+		dst, err := bundles.ParseAddress(hop)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, desc, err := bundles.OpenSource(ctx, from, o)
+		if err != nil {
+			t.Fatalf("open %s: %v", from, err)
+		}
+		where, err := bundles.Copy(ctx, src, desc, dst, o)
+		src.Close()
+		if err != nil {
+			t.Fatalf("copy %s -> %s: %v", from, hop, err)
+		}
+		if desc.Digest != res.Descriptor.Digest {
+			t.Fatalf("at %s the digest is %s, built %s", from, desc.Digest, res.Descriptor.Digest)
+		}
+		if dst.Kind == bundles.KindS3 {
+			if where != "s3://"+tb.S3.Bucket+"/site/edge-apps-1.4.0.tar" {
+				t.Fatalf("uploaded to %s", where)
+			}
+			hop = where
+		}
+		if from, err = bundles.ParseAddress(hop); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src, desc, err := bundles.OpenSource(ctx, from, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	b, err := bundles.Open(ctx, src, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := b.Layer(ctx, src, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, ok := files.Get("deploy.yaml"); !ok || !strings.Contains(string(f.Data), "kind: Deployment") {
+		t.Fatalf("web layer after four hops: %+v", files)
+	}
+}
+
+// TestOrasReadsFerryBundles: any OCI tool can read what Ferry pushed.
+func TestOrasReadsFerryBundles(t *testing.T) {
+	ctx := t.Context()
+	layout, res := buildLayout(t, sourceTree(t, nil))
+	ref := tb.Registry + "/interop/edge-apps:1.4.0"
+	dst, _ := bundles.ParseAddress("oci://" + ref)
+	src, desc, err := bundles.OpenSource(ctx, layout, bundles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if _, err := bundles.Copy(ctx, src, desc, dst, bundles.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(ctx, tb.Bin("oras"), "manifest", "fetch", "--plain-http", ref).Output()
+	if err != nil {
+		t.Fatalf("oras manifest fetch: %v", err)
+	}
+	var man ocispec.Manifest
+	if err := json.Unmarshal(out, &man); err != nil {
+		t.Fatal(err)
+	}
+	if man.ArtifactType != bundles.ArtifactType || len(man.Layers) != 2 || man.Annotations[bundles.AnnotationVersion] != "1.4.0" {
+		t.Fatalf("oras sees %+v", man)
+	}
+	pulled := t.TempDir()
+	cmd := exec.CommandContext(ctx, tb.Bin("oras"), "pull", "--plain-http", "-o", pulled, ref)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("oras pull: %v\n%s", err, b)
+	}
+	// oras pull names each layer by its title annotation: the component name.
+	layer, err := os.ReadFile(filepath.Join(pulled, "web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := bundles.ReadLayer(bytes.NewReader(layer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := files.Get("deploy.yaml"); !ok {
+		t.Fatalf("layer pulled by oras: %+v", files)
+	}
+	_ = res
+}

@@ -1,0 +1,185 @@
+package verify
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content"
+
+	"github.com/ferrygitops/ferry/bundles"
+)
+
+// ErrUntrusted is wrapped by every refusal of a bundle's signatures.
+var ErrUntrusted = errors.New("untrusted bundle")
+
+// MaxKeyBytes bounds a public key file.
+const MaxKeyBytes = 64 << 10
+
+// Key is a trusted public key.
+type Key struct {
+	// ID is "sha256:" and the hex SHA-256 of the key's PKIX DER encoding.
+	ID     string
+	Public crypto.PublicKey
+	// Source says where the key came from (a file name), for messages.
+	Source string
+}
+
+// ParsePublicKey reads a PEM public key (PKIX "PUBLIC KEY": ECDSA P-256, Ed25519, RSA
+// of at least 2048 bits) as cosign writes it.
+func ParsePublicKey(source string, b []byte) (Key, error) {
+	if len(b) > MaxKeyBytes {
+		return Key{}, fmt.Errorf("%s: over the %d-byte limit for a key", source, MaxKeyBytes)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return Key{}, fmt.Errorf("%s: no PEM block", source)
+	}
+	if block.Type != "PUBLIC KEY" {
+		return Key{}, fmt.Errorf("%s: PEM type %q, want PUBLIC KEY", source, block.Type)
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return Key{}, fmt.Errorf("%s: %w", source, err)
+	}
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		// cosign signs with SHA-256 on P-256; other curves would need another hash.
+		if k.Curve != elliptic.P256() {
+			return Key{}, fmt.Errorf("%s: ECDSA curve %s, want P-256", source, k.Curve.Params().Name)
+		}
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return Key{}, fmt.Errorf("%s: RSA key of %d bits, want at least 2048", source, k.N.BitLen())
+		}
+	case ed25519.PublicKey:
+	default:
+		return Key{}, fmt.Errorf("%s: unsupported key type %T", source, pub)
+	}
+	sum := sha256.Sum256(block.Bytes)
+	return Key{ID: "sha256:" + hex.EncodeToString(sum[:]), Public: pub, Source: source}, nil
+}
+
+// LoadPublicKey reads a public key file.
+func LoadPublicKey(path string) (Key, error) {
+	b, err := readLimited(path, MaxKeyBytes)
+	if err != nil {
+		return Key{}, err
+	}
+	return ParsePublicKey(path, b)
+}
+
+func readLimited(path string, limit int64) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > limit {
+		return nil, fmt.Errorf("%s: %d bytes, over the %d-byte limit", path, fi.Size(), limit)
+	}
+	return os.ReadFile(path)
+}
+
+// Policy is what a bundle must carry to be trusted.
+type Policy struct {
+	Keys []Key
+	// Threshold is the number of distinct keys that must have signed; 0 means 1.
+	Threshold int
+}
+
+// Signer is one key that signed the bundle.
+type Signer struct {
+	KeyID     string `json:"keyID"`
+	KeySource string `json:"keySource,omitempty"`
+	// Payload is the digest of the signed payload blob.
+	Payload string `json:"payload"`
+}
+
+// Result records a successful verification; it is stored with the revision.
+type Result struct {
+	Digest     string    `json:"digest"`     // of the bundle manifest
+	Signatures string    `json:"signatures"` // digest of the signature manifest
+	Signers    []Signer  `json:"signers"`
+	Threshold  int       `json:"threshold"`
+	Time       time.Time `json:"time"`
+}
+
+// Source is what Bundle reads signatures from.
+type Source interface {
+	content.Fetcher
+	content.Resolver
+}
+
+// Bundle checks the signatures stored beside bundle d in src against p. It reads only the
+// signature manifest and its payloads, never the bundle's layers.
+func Bundle(ctx context.Context, src Source, d ocispec.Descriptor, p Policy) (*Result, error) {
+	if len(p.Keys) == 0 {
+		return nil, fmt.Errorf("%w: the policy trusts no key", ErrUntrusted)
+	}
+	threshold := max(p.Threshold, 1)
+	if threshold > len(p.Keys) {
+		return nil, fmt.Errorf("policy: threshold %d with only %d keys can never be met", threshold, len(p.Keys))
+	}
+	sigDesc, sigs, err := bundles.ReadSignatures(ctx, src, d)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrUntrusted, d.Digest, err)
+	}
+	res := &Result{Digest: d.Digest.String(), Signatures: sigDesc.Digest.String(), Threshold: threshold, Time: time.Now().UTC()}
+	signed := map[string]bool{}
+	var problems []error
+	for i, s := range sigs {
+		raw, err := base64.StdEncoding.DecodeString(s.Base64)
+		if err != nil {
+			problems = append(problems, fmt.Errorf("signature %d: not base64", i))
+			continue
+		}
+		if _, err := bundles.ParsePayload(s.Payload, d.Digest); err != nil {
+			problems = append(problems, fmt.Errorf("signature %d: %w", i, err))
+			continue
+		}
+		matched := false
+		for _, k := range p.Keys {
+			if signed[k.ID] || !verifySignature(k.Public, s.Payload, raw) {
+				continue
+			}
+			signed[k.ID], matched = true, true
+			res.Signers = append(res.Signers, Signer{KeyID: k.ID, KeySource: k.Source, Payload: s.Descriptor.Digest.String()})
+			break
+		}
+		if !matched {
+			problems = append(problems, fmt.Errorf("signature %d: made by no trusted key", i))
+		}
+	}
+	if len(signed) < threshold {
+		return nil, fmt.Errorf("%w: %s: %d of %d required trusted signatures: %w", ErrUntrusted, d.Digest, len(signed), threshold, errors.Join(problems...))
+	}
+	return res, nil
+}
+
+// verifySignature checks sig over payload the way cosign signs with each key type: SHA-256
+// then ECDSA (ASN.1) or RSA PKCS#1 v1.5; Ed25519 over the payload itself.
+func verifySignature(pub crypto.PublicKey, payload, sig []byte) bool {
+	sum := sha256.Sum256(payload)
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return ecdsa.VerifyASN1(k, sum[:], sig)
+	case *rsa.PublicKey:
+		return rsa.VerifyPKCS1v15(k, crypto.SHA256, sum[:], sig) == nil
+	case ed25519.PublicKey:
+		return ed25519.Verify(k, payload, sig)
+	}
+	return false
+}
