@@ -1,0 +1,147 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/plumbing/object"
+)
+
+func gitTree(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	files := map[string]string{
+		"ferry.yaml":             "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: demo}\nspec:\n  version: 0.2.0\n  components:\n  - name: web\n    kustomize: {path: ./web}\n",
+		"web/kustomization.yaml": "resources: [cm.yaml]\n",
+		"web/cm.yaml":            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {greeting: hello}\n",
+		".gitignore":             "dist/\n",
+	}
+	for name, data := range files {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repo, err := git.PlainInit(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wt, _ := repo.Worktree()
+	wt.AddGlob(".")
+	sig := &object.Signature{Name: "CI", Email: "ci@example.com", When: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	if _, err := wt.Commit("x", &git.CommitOptions{Author: sig, Committer: sig}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestBundleCLIEndToEnd drives the commands a CI job and a technician use: keys generate,
+// build, sign, export, verify; then the refusals a node must make.
+func TestBundleCLIEndToEnd(t *testing.T) {
+	t.Setenv("COSIGN_PASSWORD", "ci-secret")
+	dir := gitTree(t)
+	keys := t.TempDir()
+	if _, err := runFerry(t, "keys", "generate", "--prefix", filepath.Join(keys, "ci")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runFerry(t, "keys", "generate", "--prefix", filepath.Join(keys, "ci")); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Fatalf("keys generate overwrote a key: %v", err)
+	}
+	if _, err := runFerry(t, "keys", "generate", "--prefix", filepath.Join(keys, "stranger")); err != nil {
+		t.Fatal(err)
+	}
+	layout := filepath.Join(dir, "dist", "demo")
+	out, err := runFerry(t, "bundle", "build", dir, "--to", layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "demo 0.2.0 (revision 1)") {
+		t.Fatalf("build output %q", out)
+	}
+	stick := filepath.Join(t.TempDir(), "demo.tar")
+	if _, err := runFerry(t, "bundle", "export", layout, stick); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runFerry(t, "bundle", "verify", stick, "--key", filepath.Join(keys, "ci.pub")); err == nil || !strings.Contains(err.Error(), "not signed") {
+		t.Fatalf("unsigned bundle: err = %v", err)
+	}
+	if _, err := runFerry(t, "bundle", "sign", stick, "--key", filepath.Join(keys, "ci.key")); err == nil || !strings.Contains(err.Error(), "cannot be changed in place") {
+		t.Fatalf("signing a tar in place: err = %v", err)
+	}
+	if _, err := runFerry(t, "bundle", "sign", layout, "--key", filepath.Join(keys, "ci.key")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runFerry(t, "bundle", "export", layout, stick); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runFerry(t, "bundle", "verify", stick, "--key", filepath.Join(keys, "ci.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "Verified demo 0.2.0") {
+		t.Fatalf("verify output %q", out)
+	}
+	if _, err := runFerry(t, "bundle", "verify", stick, "--key", filepath.Join(keys, "stranger.pub")); err == nil || !strings.Contains(err.Error(), "untrusted") {
+		t.Fatalf("wrong key: err = %v", err)
+	}
+	if _, err := runFerry(t, "bundle", "verify", stick); err == nil || !strings.Contains(err.Error(), "--key is required") {
+		t.Fatalf("no key: err = %v", err)
+	}
+
+	// A stick whose component layer was altered after signing fails, naming the component.
+	tampered := filepath.Join(t.TempDir(), "tampered.tar")
+	flipLayerByte(t, stick, tampered)
+	if _, err := runFerry(t, "bundle", "verify", tampered, "--key", filepath.Join(keys, "ci.pub")); err == nil || !strings.Contains(err.Error(), "component web") {
+		t.Fatalf("tampered layer: err = %v", err)
+	}
+}
+
+// flipLayerByte copies a bundle tar, changing one byte of its gzip blob (the component
+// layer) while keeping sizes, as a corrupted or tampered stick would.
+func flipLayerByte(t *testing.T, from, to string) {
+	t.Helper()
+	in, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type ent struct {
+		hdr  *tar.Header
+		data []byte
+	}
+	var ents []ent
+	tr := tar.NewReader(bytes.NewReader(in))
+	layer := -1
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(tr)
+		ents = append(ents, ent{h, b})
+		if strings.HasPrefix(h.Name, "blobs/") && bytes.HasPrefix(b, []byte{0x1f, 0x8b}) {
+			layer = len(ents) - 1 // the gzip component layer
+		}
+	}
+	ents[layer].data[len(ents[layer].data)/2] ^= 0xff
+	var out bytes.Buffer
+	tw := tar.NewWriter(&out)
+	for _, e := range ents {
+		tw.WriteHeader(e.hdr)
+		tw.Write(e.data)
+	}
+	tw.Close()
+	if err := os.WriteFile(to, out.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

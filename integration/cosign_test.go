@@ -1,0 +1,151 @@
+package integration
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ferrygitops/ferry/bundler"
+	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/verify"
+)
+
+// cosign runs the real cosign CLI offline: no transparency log, a private TUF cache, and a
+// password from the environment.
+func cosign(t *testing.T, dir string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), tb.Bin("cosign"), args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "COSIGN_PASSWORD=interop", "TUF_ROOT="+filepath.Join(dir, "tuf"), "HOME="+dir)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// pushed builds a bundle and pushes it to the testbed registry; it returns the registry
+// address with the digest.
+func pushed(t *testing.T, repo string) (bundles.Address, string) {
+	t.Helper()
+	layout, res := buildLayout(t, sourceTree(t, nil))
+	src, desc, err := bundles.OpenSource(t.Context(), layout, bundles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, _ := bundles.ParseAddress("oci://" + tb.Registry + "/" + repo + ":1.4.0")
+	if _, err := bundles.Copy(t.Context(), src, desc, dst, bundles.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	byDigest := tb.Registry + "/" + repo + "@" + res.Descriptor.Digest.String()
+	addr, _ := bundles.ParseAddress("oci://" + byDigest)
+	return addr, byDigest
+}
+
+func verifyWithFerry(t *testing.T, addr bundles.Address, pub string) error {
+	t.Helper()
+	key, err := verify.LoadPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, desc, err := bundles.OpenSource(t.Context(), addr, bundles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	_, err = verify.Bundle(t.Context(), src, desc, verify.Policy{Keys: []verify.Key{key}})
+	return err
+}
+
+func TestCosignVerifiesFerrySignature(t *testing.T) {
+	work := t.TempDir()
+	addr, ref := pushed(t, "interop/ferry-signed")
+	privPEM, pubPEM, err := bundler.GenerateKeyPair([]byte("interop"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, pub := filepath.Join(work, "ferry.key"), filepath.Join(work, "ferry.pub")
+	os.WriteFile(priv, privPEM, 0o600)
+	os.WriteFile(pub, pubPEM, 0o644)
+
+	// Before signing, cosign must refuse: the check below is not vacuous.
+	if out, err := cosign(t, work, "verify", "--key", pub, "--insecure-ignore-tlog=true", "--allow-http-registry", ref); err == nil {
+		t.Fatalf("cosign verified an unsigned bundle:\n%s", out)
+	}
+	key, err := bundler.LoadPrivateKey(priv, []byte("interop"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, desc, err := bundles.OpenTarget(t.Context(), addr, bundles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundler.Sign(t.Context(), target, desc, key, addr.Ref.Registry+"/"+addr.Ref.Repository); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cosign(t, work, "verify", "--key", pub, "--insecure-ignore-tlog=true", "--allow-http-registry", ref)
+	if err != nil {
+		t.Fatalf("cosign verify of a ferry signature: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, desc.Digest.String()) {
+		t.Fatalf("cosign output does not name the digest:\n%s", out)
+	}
+	// cosign with another key refuses it.
+	other := filepath.Join(work, "other")
+	if out, err := cosign(t, work, "generate-key-pair", "--output-key-prefix", other); err != nil {
+		t.Fatalf("cosign generate-key-pair: %v\n%s", err, out)
+	}
+	if out, err := cosign(t, work, "verify", "--key", other+".pub", "--insecure-ignore-tlog=true", "--allow-http-registry", ref); err == nil {
+		t.Fatalf("cosign accepted the signature with an unrelated key:\n%s", out)
+	}
+}
+
+func TestFerryVerifiesCosignSignature(t *testing.T) {
+	work := t.TempDir()
+	addr, ref := pushed(t, "interop/cosign-signed")
+	prefix := filepath.Join(work, "cosign")
+	if out, err := cosign(t, work, "generate-key-pair", "--output-key-prefix", prefix); err != nil {
+		t.Fatalf("cosign generate-key-pair: %v\n%s", err, out)
+	}
+	if err := verifyWithFerry(t, addr, prefix+".pub"); !errors.Is(err, verify.ErrUntrusted) {
+		t.Fatalf("unsigned bundle: err = %v, want ErrUntrusted", err)
+	}
+	if out, err := cosign(t, work, "sign", "--key", prefix+".key", "--tlog-upload=false", "--allow-http-registry", "--yes", ref); err != nil {
+		t.Fatalf("cosign sign: %v\n%s", err, out)
+	}
+	if err := verifyWithFerry(t, addr, prefix+".pub"); err != nil {
+		t.Fatalf("ferry refused a cosign signature: %v", err)
+	}
+	// The signature travels with the bundle to a USB tar and still verifies there.
+	src, desc, err := bundles.OpenSource(t.Context(), addr, bundles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tarPath := filepath.Join(work, "stick.tar")
+	dst, _ := bundles.ParseAddress(tarPath)
+	if _, err := bundles.Copy(t.Context(), src, desc, dst, bundles.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	src.Close()
+	onStick, _ := bundles.ParseAddress(tarPath)
+	if err := verifyWithFerry(t, onStick, prefix+".pub"); err != nil {
+		t.Fatalf("cosign signature lost on the way to the stick: %v", err)
+	}
+	// And ferry signs with the key cosign generated.
+	key, err := bundler.LoadPrivateKey(prefix+".key", []byte("interop"))
+	if err != nil {
+		t.Fatalf("ferry cannot load a cosign key: %v", err)
+	}
+	target, desc, err := bundles.OpenTarget(t.Context(), addr, bundles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundler.Sign(t.Context(), target, desc, key, "x"); err != nil {
+		t.Fatal(err)
+	}
+	// Both signatures are now there; cosign still verifies.
+	if out, err := cosign(t, work, "verify", "--key", prefix+".pub", "--insecure-ignore-tlog=true", "--allow-http-registry", ref); err != nil {
+		t.Fatalf("cosign verify after ferry appended a signature: %v\n%s", err, out)
+	}
+}
