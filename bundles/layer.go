@@ -76,7 +76,7 @@ func PackDir(root string, w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		hdr := &tar.Header{Name: name, Format: tar.FormatPAX, ModTime: epoch, AccessTime: epoch, ChangeTime: epoch}
+		hdr := &tar.Header{Name: name, ModTime: epoch}
 		if info.IsDir() {
 			hdr.Typeflag, hdr.Name, hdr.Mode = tar.TypeDir, name+"/", 0o755
 			if err := tw.WriteHeader(hdr); err != nil {
