@@ -16,6 +16,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/content"
 
+	"github.com/ferrygitops/ferry/apply/render"
 	"github.com/ferrygitops/ferry/bundles"
 )
 
@@ -109,8 +110,18 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 		layers[i] = buf.Bytes()
 		ks := *c.Kustomize
 		ks.Path = "." // the layer is rooted at the component's directory (SPEC §2)
+		// Prove the component builds from exactly what the node will receive: the layer
+		// read back by the reader the node uses, rendered by the renderer the node uses.
+		files, err := bundles.ReadLayer(bytes.NewReader(layers[i]))
+		if err != nil {
+			return nil, fmt.Errorf("component %s: %w", c.Name, err)
+		}
+		objs, err := render.Kustomize(files, ks)
+		if err != nil {
+			return nil, fmt.Errorf("component %s (%s): %w", c.Name, c.Kustomize.Path, err)
+		}
 		meta.Components = append(meta.Components, bundles.Component{Name: c.Name, Type: "kustomize", Spec: ks})
-		opts.Log.Info("packed component", "component", c.Name, "bytes", buf.Len())
+		opts.Log.Info("packed component", "component", c.Name, "bytes", buf.Len(), "objects", objs.Size())
 	}
 	desc, err := bundles.Pack(ctx, dst, meta, layers)
 	if err != nil {

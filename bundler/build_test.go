@@ -123,7 +123,7 @@ func TestBuildRevisionIncreasesWithCommits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "web", "deploy.yaml"), []byte("kind: Deployment\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "web", "deploy.yaml"), []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: second}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	commit(t, repo, "second", time.Date(2026, 11, 2, 12, 0, 0, 0, time.UTC))
@@ -141,7 +141,7 @@ func TestBuildRevisionIncreasesWithCommits(t *testing.T) {
 
 func TestBuildRefusesDirtyTree(t *testing.T) {
 	dir, _ := gitTree(t)
-	if err := os.WriteFile(filepath.Join(dir, "web", "deploy.yaml"), []byte("kind: Changed\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "web", "deploy.yaml"), []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: changed}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	store := memory.New()
@@ -191,5 +191,21 @@ func TestRedactURL(t *testing.T) {
 		if got := redactURL(in); got != want {
 			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestBuildRefusesComponentThatDoesNotRender(t *testing.T) {
+	dir, repo := gitTree(t)
+	if err := os.WriteFile(filepath.Join(dir, "web", "kustomization.yaml"), []byte("resources:\n- https://example.com/remote.yaml\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	commit(t, repo, "remote base", time.Date(2026, 11, 3, 12, 0, 0, 0, time.UTC))
+	store := memory.New()
+	_, err := Build(t.Context(), store, Options{Dir: dir})
+	if err == nil || !strings.Contains(err.Error(), "component web") || !strings.Contains(err.Error(), "remote base") {
+		t.Fatalf("err = %v, want the remote base in component web refused", err)
+	}
+	if _, err := store.Resolve(t.Context(), "0.1.0"); err == nil {
+		t.Fatal("a refused build left a bundle behind")
 	}
 }

@@ -57,6 +57,8 @@ if [ ! -f "$dir/complete" ]; then
 		echo "testbed: go build tool (tools/$m)" >&2
 		(cd "$here/$m" && go build -trimpath -ldflags '-s -w' -o "$dir.tmp/bin/" tool) >&2
 	done
+	# go names etcd's binary after its module path's last element (server/v3 -> server).
+	mv "$dir.tmp/bin/server" "$dir.tmp/bin/etcd"
 	# kwok's default Stages ship inside its module; keep the ones the testbed uses beside it.
 	kwokdir=$(go env GOMODCACHE)/sigs.k8s.io/kwok@v0.8.0
 	mkdir -p "$dir.tmp/stages"

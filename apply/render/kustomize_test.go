@@ -1,0 +1,110 @@
+package render
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ferrygitops/ferry/bundles"
+)
+
+func files(kv ...string) bundles.Files {
+	var fs bundles.Files
+	for i := 0; i+1 < len(kv); i += 2 {
+		fs = append(fs, bundles.File{Name: kv[i], Mode: 0o644, Data: []byte(kv[i+1])})
+	}
+	return fs
+}
+
+const deploy = `apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: web:1}]}
+`
+
+func TestKustomizeWithFluxFields(t *testing.T) {
+	rm, err := Kustomize(files(
+		"kustomization.yaml", "resources: [deploy.yaml]\n",
+		"deploy.yaml", deploy,
+	), bundles.KustomizeSpec{
+		TargetNamespace: "web",
+		Patches: []bundles.Patch{{
+			Patch:  "- op: replace\n  path: /spec/replicas\n  value: 1\n",
+			Target: &bundles.Selector{Kind: "Deployment", Name: "web"},
+		}},
+		CommonMetadata: &bundles.CommonMetadata{Labels: map[string]string{"site": "north-7"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := rm.AsYaml()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"namespace: web", "replicas: 1", "site: north-7"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestKustomizeWithoutKustomization(t *testing.T) {
+	rm, err := Kustomize(files("deploy.yaml", deploy, "svc.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n"), bundles.KustomizeSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rm.Size() != 2 {
+		t.Fatalf("got %d objects, want 2", rm.Size())
+	}
+}
+
+func TestKustomizeRefusals(t *testing.T) {
+	tests := []struct {
+		name  string
+		files bundles.Files
+		want  string
+	}{
+		{"remote git base", files("kustomization.yaml", "resources:\n- github.com/org/repo//base?ref=v1\n"), "remote base"},
+		{"remote https", files("kustomization.yaml", "resources: [https://example.com/all.yaml]\n"), "remote base"},
+		{"nested remote", files("kustomization.yaml", "resources: [sub]\n", "sub/kustomization.yaml", "components: [git@github.com:org/repo.git]\n"), "sub/kustomization.yaml"},
+		{"escape the component", files("kustomization.yaml", "resources: [../../etc/passwd]\n"), "kustomize build"},
+		{"helm inflation", files("kustomization.yaml", "helmCharts: [{name: x, repo: ./c}]\n"), "kustomize build"},
+		{"exec function", files("kustomization.yaml", "generators: [gen.yaml]\n", "gen.yaml",
+			"apiVersion: v1\nkind: G\nmetadata:\n  name: g\n  annotations:\n    config.kubernetes.io/function: |\n      exec: {path: /bin/sh}\n"), "kustomize build"},
+		{"bad yaml", files("kustomization.yaml", "resources: [deploy.yaml]\n", "deploy.yaml", "kind: [\n"), "kustomize build"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Kustomize(tt.files, bundles.KustomizeSpec{})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+	_, err := Kustomize(files("kustomization.yaml", "resources: [https://x/y.yaml]\n"), bundles.KustomizeSpec{})
+	if !errors.Is(err, ErrRemoteBase) {
+		t.Fatalf("err = %v, want ErrRemoteBase", err)
+	}
+}
+
+// TestKustomizeNeverReadsTheDisk: a kustomization naming an absolute path on the node finds
+// nothing, because kustomize only sees the component's files.
+func TestKustomizeNeverReadsTheDisk(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "node-secret.yaml")
+	if err := os.WriteFile(secret, []byte("apiVersion: v1\nkind: Secret\nmetadata: {name: stolen}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rm, err := Kustomize(files("kustomization.yaml", "resources: ["+secret+"]\n"), bundles.KustomizeSpec{})
+	if err == nil {
+		out, _ := rm.AsYaml()
+		t.Fatalf("kustomize read a file from the node's disk:\n%s", out)
+	}
+}
