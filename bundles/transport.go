@@ -3,6 +3,7 @@ package bundles
 import (
 	"archive/tar"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -272,6 +273,9 @@ func exportTar(ctx context.Context, src Source, desc ocispec.Descriptor, tag, pa
 	if err := copyWithSignatures(ctx, src, store, desc, tag); err != nil {
 		return err
 	}
+	if err := sortIndex(filepath.Join(dir, "index.json")); err != nil {
+		return err
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
@@ -289,6 +293,31 @@ func exportTar(ctx context.Context, src Source, desc ocispec.Descriptor, tag, pa
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
+}
+
+// sortIndex orders index.json by tag and digest: oras writes it in map order, and an export
+// should not differ from the last one only by that.
+func sortIndex(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var idx ocispec.Index
+	if err := json.Unmarshal(b, &idx); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	sort.Slice(idx.Manifests, func(i, j int) bool {
+		a, b := idx.Manifests[i], idx.Manifests[j]
+		if ra, rb := a.Annotations[ocispec.AnnotationRefName], b.Annotations[ocispec.AnnotationRefName]; ra != rb {
+			return ra < rb
+		}
+		return a.Digest < b.Digest
+	})
+	out, err := json.Marshal(idx)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, out, 0o644)
 }
 
 // tarLayout writes the layout directory as a plain tar with the fixed entry metadata of

@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -143,5 +144,36 @@ func flipLayerByte(t *testing.T, from, to string) {
 	tw.Close()
 	if err := os.WriteFile(to, out.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestExportIsReproducible(t *testing.T) {
+	t.Setenv("COSIGN_PASSWORD", "")
+	dir := gitTree(t)
+	keys := t.TempDir()
+	if _, err := runFerry(t, "keys", "generate", "--prefix", filepath.Join(keys, "k")); err != nil {
+		t.Fatal(err)
+	}
+	layout := filepath.Join(dir, "dist", "demo")
+	if _, err := runFerry(t, "bundle", "build", dir, "--to", layout); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runFerry(t, "bundle", "sign", layout, "--key", filepath.Join(keys, "k.key")); err != nil {
+		t.Fatal(err)
+	}
+	var exports [][]byte
+	for i := range 3 {
+		p := filepath.Join(t.TempDir(), fmt.Sprintf("e%d.tar", i))
+		if _, err := runFerry(t, "bundle", "export", layout, p); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		exports = append(exports, b)
+	}
+	if !bytes.Equal(exports[0], exports[1]) || !bytes.Equal(exports[1], exports[2]) {
+		t.Fatal("exporting one signed bundle three times gave different tar files")
 	}
 }
