@@ -56,9 +56,12 @@ func (tb *Testbed) startS3(ctx context.Context) error {
 		SecretKey: "ferry-testbed-secret-key",
 		Bucket:    "ferry",
 	}
-	data := filepath.Join(tb.Dir, "s3")
-	if err := os.MkdirAll(data, 0o700); err != nil {
-		return err
+	// versitygw compares paths as strings: the sidecar must not share the root's prefix.
+	data, meta := filepath.Join(tb.Dir, "s3"), filepath.Join(tb.Dir, "sidecar-s3")
+	for _, d := range []string{data, meta} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
 	}
 	p, err := tb.run("versitygw", []string{
 		"--port", hostPort(ports[0]),
@@ -66,7 +69,7 @@ func (tb *Testbed) startS3(ctx context.Context) error {
 		"--health", "/health",
 		"posix",
 		// Object metadata in a sidecar directory: works on filesystems without user xattrs.
-		"--sidecar", filepath.Join(tb.Dir, "s3-meta"),
+		"--sidecar", meta,
 		data,
 	}, "ROOT_ACCESS_KEY_ID="+tb.S3.AccessKey, "ROOT_SECRET_ACCESS_KEY="+tb.S3.SecretKey)
 	if err != nil {
