@@ -9,11 +9,10 @@ import (
 	"time"
 
 	"github.com/go-git/go-git/v5"
-	gitconfig "github.com/go-git/go-git/v5/config"
-	"github.com/go-git/go-git/v5/plumbing/object"
 	"oras.land/oras-go/v2/content/memory"
 	"oras.land/oras-go/v2/content/oci"
 
+	"github.com/ferrygitops/ferry/bundler/bundlertest"
 	"github.com/ferrygitops/ferry/bundles"
 )
 
@@ -30,48 +29,18 @@ spec:
         prune: true
 `
 
-// gitTree makes a Git repository with ferry.yaml and one component, committed at a fixed time.
+// gitTree makes a Git repository with ferry.yaml and one component.
 func gitTree(t *testing.T) (string, *git.Repository) {
 	t.Helper()
-	dir := t.TempDir()
-	files := map[string]string{
+	return bundlertest.GitTree(t, map[string]string{
 		"ferry.yaml":             spec,
 		"web/kustomization.yaml": "resources: [deploy.yaml]\n",
 		"web/deploy.yaml":        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
-	}
-	for name, data := range files {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	repo, err := git.PlainInit(dir, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := repo.CreateRemote(&gitconfig.RemoteConfig{Name: "origin", URLs: []string{"https://ci:s3cret@git.example.com/site.git"}}); err != nil {
-		t.Fatal(err)
-	}
-	commit(t, repo, "first", time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC))
-	return dir, repo
+	}, time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC))
 }
 
 func commit(t *testing.T, repo *git.Repository, msg string, when time.Time) {
-	t.Helper()
-	wt, err := repo.Worktree()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := wt.AddGlob("."); err != nil {
-		t.Fatal(err)
-	}
-	sig := &object.Signature{Name: "CI", Email: "ci@example.com", When: when}
-	if _, err := wt.Commit(msg, &git.CommitOptions{Author: sig, Committer: sig, AllowEmptyCommits: true}); err != nil {
-		t.Fatal(err)
-	}
+	bundlertest.Commit(t, repo, msg, when)
 }
 
 func TestBuildIsReproducible(t *testing.T) {

@@ -73,12 +73,7 @@ func (m *Metadata) Validate() error {
 	if m.SchemaVersion != SchemaVersion {
 		bad("schemaVersion", "is %d, this Ferry reads %d", m.SchemaVersion, SchemaVersion)
 	}
-	if !dnsLabel.MatchString(m.Name) || len(m.Name) > 63 {
-		bad("name", "%q is not a DNS label (lower case letters, digits, '-', at most 63)", m.Name)
-	}
-	if !semverRE.MatchString(m.Version) {
-		bad("version", "%q is not a semantic version (like 1.4.0)", m.Version)
-	}
+	checkNameVersion(bad, "name", m.Name, "version", m.Version)
 	if m.Revision == 0 {
 		bad("revision", "must be a positive integer")
 	}
@@ -109,6 +104,16 @@ func (m *Metadata) Validate() error {
 		bad("images", "has %d entries, over the limit of %d", len(m.Images), MaxImages)
 	}
 	return errors.Join(errs...)
+}
+
+// checkNameVersion checks a bundle name and version, wherever they are written (SPEC §2).
+func checkNameVersion(bad func(field, format string, a ...any), nameField, name, versionField, version string) {
+	if !dnsLabel.MatchString(name) || len(name) > 63 {
+		bad(nameField, "%q is not a DNS label (lower case letters, digits, '-', at most 63)", name)
+	}
+	if !semverRE.MatchString(version) {
+		bad(versionField, "%q is not a semantic version (like 1.4.0)", version)
+	}
 }
 
 // FieldError is a problem with one field of a document.

@@ -183,12 +183,7 @@ func (s *Spec) validate(file string, root *yaml.Node) error {
 	if s.Kind != "Bundle" {
 		bad("kind", "is %q, want Bundle", s.Kind)
 	}
-	if !dnsLabel.MatchString(s.Metadata.Name) || len(s.Metadata.Name) > 63 {
-		bad("metadata.name", "%q is not a DNS label (lower case letters, digits, '-', at most 63)", s.Metadata.Name)
-	}
-	if !semverRE.MatchString(s.Spec.Version) {
-		bad("spec.version", "%q is not a semantic version (like 1.4.0)", s.Spec.Version)
-	}
+	checkNameVersion(bad, "metadata.name", s.Metadata.Name, "spec.version", s.Spec.Version)
 	comps := s.Spec.Components
 	if len(comps) == 0 || len(comps) > MaxComponents {
 		bad("spec.components", "has %d entries, want 1 to %d", len(comps), MaxComponents)

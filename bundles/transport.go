@@ -63,12 +63,9 @@ func OpenSource(ctx context.Context, a Address, o Options) (Source, ocispec.Desc
 	ref := a.Reference
 	switch a.Kind {
 	case KindRegistry:
-		repo, err := o.repository(a)
+		repo, err := o.referencedRepository(a)
 		if err != nil {
 			return nil, ocispec.Descriptor{}, err
-		}
-		if a.Ref.Reference == "" {
-			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: name a tag or digest", a)
 		}
 		src, ref = nopCloser{repo}, a.Ref.Reference
 	case KindLayout:
@@ -359,6 +356,14 @@ func tarLayout(dir string, w io.Writer) error {
 	return tw.Close()
 }
 
+// referencedRepository is repository for an address that must name a tag or digest.
+func (o Options) referencedRepository(a Address) (*remote.Repository, error) {
+	if a.Ref.Reference == "" {
+		return nil, fmt.Errorf("%s: name a tag or digest", a)
+	}
+	return o.repository(a)
+}
+
 func (o Options) repository(a Address) (*remote.Repository, error) {
 	repo, err := remote.NewRepository(a.Ref.Registry + "/" + a.Ref.Repository)
 	if err != nil {
@@ -480,14 +485,11 @@ func OpenTarget(ctx context.Context, a Address, o Options) (Target, ocispec.Desc
 	ref := a.Reference
 	switch a.Kind {
 	case KindRegistry:
-		repo, err := o.repository(a)
+		repo, err := o.referencedRepository(a)
 		if err != nil {
 			return nil, ocispec.Descriptor{}, err
 		}
 		t, ref = repo, a.Ref.Reference
-		if ref == "" {
-			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: name a tag or digest", a)
-		}
 	case KindLayout:
 		if fi, err := os.Stat(filepath.Join(a.Path, "oci-layout")); err != nil || fi.IsDir() {
 			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: not an OCI layout directory", a.Path)

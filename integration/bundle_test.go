@@ -10,19 +10,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-git/go-git/v5"
-	"github.com/go-git/go-git/v5/plumbing/object"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/content/oci"
 
 	"github.com/ferrygitops/ferry/bundler"
+	"github.com/ferrygitops/ferry/bundler/bundlertest"
 	"github.com/ferrygitops/ferry/bundles"
 )
 
 // sourceTree writes a committed Git tree with ferry.yaml and two components.
 func sourceTree(t *testing.T, extra map[string]string) string {
 	t.Helper()
-	dir := t.TempDir()
 	files := map[string]string{
 		"ferry.yaml": `apiVersion: ferry.dev/v1
 kind: Bundle
@@ -48,27 +46,7 @@ spec:
 	for k, v := range extra {
 		files[k] = v
 	}
-	for name, data := range files {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	repo, err := git.PlainInit(dir, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wt, _ := repo.Worktree()
-	if err := wt.AddGlob("."); err != nil {
-		t.Fatal(err)
-	}
-	sig := &object.Signature{Name: "CI", Email: "ci@example.com", When: time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC)}
-	if _, err := wt.Commit("release", &git.CommitOptions{Author: sig, Committer: sig}); err != nil {
-		t.Fatal(err)
-	}
+	dir, _ := bundlertest.GitTree(t, files, time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC))
 	return dir
 }
 

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 	"oras.land/oras-go/v2/content/memory"
 
@@ -171,11 +172,7 @@ func newBundleCopyCommand(o *bundles.Options, verb string) *cobra.Command {
 }
 
 func copyBundle(ctx context.Context, cmd *cobra.Command, o bundles.Options, from string, dst bundles.Address) error {
-	srcAddr, err := bundles.ParseAddress(from)
-	if err != nil {
-		return err
-	}
-	src, desc, err := bundles.OpenSource(ctx, srcAddr, o)
+	src, desc, err := openSource(ctx, o, from)
 	if err != nil {
 		return err
 	}
@@ -186,6 +183,15 @@ func copyBundle(ctx context.Context, cmd *cobra.Command, o bundles.Options, from
 	}
 	_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s -> %s\n", desc.Digest, where)
 	return err
+}
+
+// openSource parses a bundle address and opens it for reading.
+func openSource(ctx context.Context, o bundles.Options, ref string) (bundles.Source, ocispec.Descriptor, error) {
+	addr, err := bundles.ParseAddress(ref)
+	if err != nil {
+		return nil, ocispec.Descriptor{}, err
+	}
+	return bundles.OpenSource(ctx, addr, o)
 }
 
 type inspectOutput struct {
@@ -225,11 +231,7 @@ func newBundleInspectCommand(o *bundles.Options) *cobra.Command {
 			if err := p.validate(); err != nil {
 				return err
 			}
-			addr, err := bundles.ParseAddress(args[0])
-			if err != nil {
-				return err
-			}
-			src, desc, err := bundles.OpenSource(cmd.Context(), addr, *o)
+			src, desc, err := openSource(cmd.Context(), *o, args[0])
 			if err != nil {
 				return err
 			}

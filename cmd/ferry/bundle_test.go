@@ -11,36 +11,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-git/go-git/v5"
-	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/ferrygitops/ferry/bundler/bundlertest"
 )
 
 func gitTree(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	files := map[string]string{
+	dir, _ := bundlertest.GitTree(t, map[string]string{
 		"ferry.yaml":             "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: demo}\nspec:\n  version: 0.2.0\n  components:\n  - name: web\n    kustomize: {path: ./web}\n",
 		"web/kustomization.yaml": "resources: [cm.yaml]\n",
 		"web/cm.yaml":            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {greeting: hello}\n",
 		".gitignore":             "dist/\n",
-	}
-	for name, data := range files {
-		p := filepath.Join(dir, filepath.FromSlash(name))
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	repo, err := git.PlainInit(dir, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wt, _ := repo.Worktree()
-	wt.AddGlob(".")
-	sig := &object.Signature{Name: "CI", Email: "ci@example.com", When: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-	if _, err := wt.Commit("x", &git.CommitOptions{Author: sig, Committer: sig}); err != nil {
-		t.Fatal(err)
-	}
+	}, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 	return dir
 }
 

@@ -128,11 +128,7 @@ but the bundle itself.`,
 				}
 				policy.Keys = append(policy.Keys, key)
 			}
-			addr, err := bundles.ParseAddress(args[0])
-			if err != nil {
-				return err
-			}
-			src, desc, err := bundles.OpenSource(cmd.Context(), addr, *o)
+			src, desc, err := openSource(cmd.Context(), *o, args[0])
 			if err != nil {
 				return err
 			}
