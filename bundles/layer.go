@@ -2,6 +2,7 @@ package bundles
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"errors"
@@ -152,11 +153,15 @@ func (fs Files) Get(name string) (File, bool) {
 // names, no duplicates, regular files and directories only, and the size and count limits. The
 // layer is refused whole on the first violation; the error names the entry.
 func ReadLayer(r io.Reader) (Files, error) {
-	gz, err := gzip.NewReader(r)
+	br := bufio.NewReader(r)
+	gz, err := gzip.NewReader(br)
 	if err != nil {
 		return nil, fmt.Errorf("layer: not gzip: %w", err)
 	}
 	defer gz.Close()
+	// One gzip member only: Go would otherwise join concatenated members silently, and a
+	// second member could hide a second tar stream behind the first.
+	gz.Multistream(false)
 	// Bound the decompressed stream too: a gzip bomb stops at the limit, not at the disk.
 	limited := &io.LimitedReader{R: gz, N: MaxLayerBytes + 64<<20}
 	tr := tar.NewReader(limited)
@@ -208,6 +213,14 @@ func ReadLayer(r io.Reader) (Files, error) {
 			mode = 0o755
 		}
 		files = append(files, File{Name: name, Mode: mode, Data: buf.Bytes()})
+	}
+	// The tar's end-of-archive blocks may be followed by zero padding, nothing else; after the
+	// gzip member, nothing at all.
+	if _, err := io.Copy(io.Discard, io.LimitReader(gz, 1<<20)); err != nil {
+		return nil, fmt.Errorf("layer: %w", err)
+	}
+	if _, err := br.ReadByte(); err == nil {
+		return nil, errors.New("layer: data after the gzip stream")
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].Name < files[j].Name })
 	return files, nil

@@ -189,3 +189,38 @@ func FuzzReadLayer(f *testing.F) {
 		}
 	})
 }
+
+func TestReadLayerRefusesConcatenatedGzip(t *testing.T) {
+	first := rawLayer(t, entry{name: "a.yaml", typeflag: tar.TypeReg, data: "a", size: -1})
+	second := rawLayer(t, entry{name: "evil.yaml", typeflag: tar.TypeReg, data: "b", size: -1})
+	_, err := ReadLayer(bytes.NewReader(append(bytes.Clone(first), second...)))
+	if err == nil || !strings.Contains(err.Error(), "after the gzip stream") {
+		t.Fatalf("err = %v, want concatenated members refused", err)
+	}
+	if _, err := ReadLayer(bytes.NewReader(first)); err != nil {
+		t.Fatalf("control: %v", err)
+	}
+}
+
+func TestReadLayerCapsAGzipBomb(t *testing.T) {
+	// 100 MiB of zeros in one tar entry compress to about 100 KiB. The declared size is
+	// refused before any of it is expanded.
+	var buf bytes.Buffer
+	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	tw := tar.NewWriter(gz)
+	size := int64(100 << 20)
+	tw.WriteHeader(&tar.Header{Name: "bomb", Typeflag: tar.TypeReg, Size: size, Mode: 0o644})
+	zeros := make([]byte, 1<<20)
+	for written := int64(0); written < size; written += int64(len(zeros)) {
+		tw.Write(zeros)
+	}
+	tw.Close()
+	gz.Close()
+	if buf.Len() > 2<<20 {
+		t.Fatalf("bomb is %d bytes compressed; test setup wrong", buf.Len())
+	}
+	_, err := ReadLayer(bytes.NewReader(buf.Bytes()))
+	if err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("err = %v, want the expanded size capped", err)
+	}
+}

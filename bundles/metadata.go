@@ -152,6 +152,9 @@ func ParseMetadata(b []byte) (*Metadata, error) {
 	if len(b) > MaxConfigBytes {
 		return nil, fmt.Errorf("bundle config: %d bytes, over the %d-byte limit", len(b), MaxConfigBytes)
 	}
+	if err := checkJSON(b); err != nil {
+		return nil, fmt.Errorf("bundle config: %w", err)
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	var m Metadata

@@ -79,6 +79,9 @@ func Open(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor) (*B
 	if err != nil {
 		return nil, fmt.Errorf("bundle %s: manifest: %w", desc.Digest, err)
 	}
+	if err := checkJSON(raw); err != nil {
+		return nil, fmt.Errorf("bundle %s: manifest: %w", desc.Digest, err)
+	}
 	var man ocispec.Manifest
 	if err := json.Unmarshal(raw, &man); err != nil {
 		return nil, fmt.Errorf("bundle %s: manifest: %w", desc.Digest, err)

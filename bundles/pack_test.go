@@ -234,3 +234,16 @@ func FuzzParseMetadata(f *testing.F) {
 }
 
 func specsVersioned() specs.Versioned { return specs.Versioned{SchemaVersion: 2} }
+
+func TestParseMetadataRefusesAmbiguousJSON(t *testing.T) {
+	good, _ := testMetadata().Marshal()
+	// Two revisions: encoding/json would keep the second, another reader the first.
+	dup := strings.Replace(string(good), `"revision":42`, `"revision":1,"revision":42`, 1)
+	if _, err := ParseMetadata([]byte(dup)); err == nil || !strings.Contains(err.Error(), "duplicate key") {
+		t.Fatalf("err = %v, want duplicate key refused", err)
+	}
+	deep := strings.Repeat("[", 100) + strings.Repeat("]", 100)
+	if err := checkJSON([]byte(deep)); err == nil || !strings.Contains(err.Error(), "deeper") {
+		t.Fatalf("err = %v, want nesting refused", err)
+	}
+}

@@ -59,6 +59,9 @@ func ParsePayload(b []byte, want digest.Digest) (*SimpleSigning, error) {
 	if len(b) > MaxPayloadBytes {
 		return nil, fmt.Errorf("signature payload: %d bytes, over the %d-byte limit", len(b), MaxPayloadBytes)
 	}
+	if err := checkJSON(b); err != nil {
+		return nil, fmt.Errorf("signature payload: %w", err)
+	}
 	var p SimpleSigning
 	if err := json.Unmarshal(b, &p); err != nil {
 		return nil, fmt.Errorf("signature payload: %w", err)
@@ -92,6 +95,9 @@ func ReadSignatures(ctx context.Context, src interface {
 	}
 	raw, err := FetchLimited(ctx, src, sigDesc, MaxManifestBytes)
 	if err != nil {
+		return sigDesc, nil, fmt.Errorf("signature manifest %s: %w", tag, err)
+	}
+	if err := checkJSON(raw); err != nil {
 		return sigDesc, nil, fmt.Errorf("signature manifest %s: %w", tag, err)
 	}
 	var man ocispec.Manifest
