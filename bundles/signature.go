@@ -82,30 +82,54 @@ type SignatureLayer struct {
 	Base64     string
 }
 
+// Signatures is the signature manifest of a bundle and its simple-signing layers.
+type Signatures struct {
+	Descriptor ocispec.Descriptor // of the signature manifest
+	Manifest   ocispec.Manifest
+	Layers     []SignatureLayer
+}
+
+// Blobs lists everything the signatures are stored as: manifest, config and payloads.
+func (s *Signatures) Blobs() []ocispec.Descriptor {
+	out := []ocispec.Descriptor{s.Descriptor, s.Manifest.Config}
+	return append(out, s.Manifest.Layers...)
+}
+
 // ReadSignatures fetches the signature manifest for bundle d from src and every layer's
 // payload, digest- and size-checked. It returns ErrNoSignatures when there is none.
 func ReadSignatures(ctx context.Context, src interface {
 	content.Fetcher
 	content.Resolver
-}, d ocispec.Descriptor) (ocispec.Descriptor, []SignatureLayer, error) {
+}, d ocispec.Descriptor) (*Signatures, error) {
+	sigDesc, man, layers, err := readSignatures(ctx, src, d)
+	if err != nil {
+		return nil, err
+	}
+	return &Signatures{Descriptor: sigDesc, Manifest: man, Layers: layers}, nil
+}
+
+func readSignatures(ctx context.Context, src interface {
+	content.Fetcher
+	content.Resolver
+}, d ocispec.Descriptor) (ocispec.Descriptor, ocispec.Manifest, []SignatureLayer, error) {
+	var man ocispec.Manifest
 	tag := SignatureTag(d)
 	sigDesc, err := src.Resolve(ctx, tag)
 	if err != nil {
-		return ocispec.Descriptor{}, nil, fmt.Errorf("%w (%s: %v)", ErrNoSignatures, tag, err)
+		return ocispec.Descriptor{}, man, nil, fmt.Errorf("%w (%s: %v)", ErrNoSignatures, tag, err)
 	}
 	raw, err := FetchLimited(ctx, src, sigDesc, MaxManifestBytes)
 	if err != nil {
-		return sigDesc, nil, fmt.Errorf("signature manifest %s: %w", tag, err)
+		return sigDesc, man, nil, fmt.Errorf("signature manifest %s: %w", tag, err)
 	}
 	if err := checkJSON(raw); err != nil {
-		return sigDesc, nil, fmt.Errorf("signature manifest %s: %w", tag, err)
+		return sigDesc, man, nil, fmt.Errorf("signature manifest %s: %w", tag, err)
 	}
-	var man ocispec.Manifest
 	if err := json.Unmarshal(raw, &man); err != nil {
-		return sigDesc, nil, fmt.Errorf("signature manifest %s: %w", tag, err)
+		return sigDesc, man, nil, fmt.Errorf("signature manifest %s: %w", tag, err)
 	}
 	if len(man.Layers) > MaxSignatures {
-		return sigDesc, nil, fmt.Errorf("signature manifest %s: %d layers, over the limit of %d", tag, len(man.Layers), MaxSignatures)
+		return sigDesc, man, nil, fmt.Errorf("signature manifest %s: %d layers, over the limit of %d", tag, len(man.Layers), MaxSignatures)
 	}
 	var out []SignatureLayer
 	for _, l := range man.Layers {
@@ -118,14 +142,14 @@ func ReadSignatures(ctx context.Context, src interface {
 		}
 		payload, err := FetchLimited(ctx, src, l, MaxPayloadBytes)
 		if err != nil {
-			return sigDesc, nil, fmt.Errorf("signature manifest %s: payload: %w", tag, err)
+			return sigDesc, man, nil, fmt.Errorf("signature manifest %s: payload: %w", tag, err)
 		}
 		out = append(out, SignatureLayer{Descriptor: l, Payload: payload, Base64: b64})
 	}
 	if len(out) == 0 {
-		return sigDesc, nil, fmt.Errorf("%w (%s holds no simple-signing layer)", ErrNoSignatures, tag)
+		return sigDesc, man, nil, fmt.Errorf("%w (%s holds no simple-signing layer)", ErrNoSignatures, tag)
 	}
-	return sigDesc, out, nil
+	return sigDesc, man, out, nil
 }
 
 // ErrNoSignatures is returned when a bundle carries no signature at all.
@@ -140,8 +164,8 @@ func AppendSignature(ctx context.Context, dst interface {
 	content.Tagger
 }, d ocispec.Descriptor, payload []byte, b64 string) (ocispec.Descriptor, error) {
 	var layers []ocispec.Descriptor
-	if _, existing, err := ReadSignatures(ctx, dst, d); err == nil {
-		for _, s := range existing {
+	if existing, err := ReadSignatures(ctx, dst, d); err == nil {
+		for _, s := range existing.Layers {
 			if bytes.Equal(s.Payload, payload) && s.Base64 == b64 {
 				return ocispec.Descriptor{}, nil
 			}

@@ -78,6 +78,9 @@ func OpenSource(ctx context.Context, a Address, o Options) (Source, ocispec.Desc
 		}
 		src = nopCloser{s}
 	case KindTar:
+		if err := CheckArchive(a.Path); err != nil {
+			return nil, ocispec.Descriptor{}, err
+		}
 		s, err := oci.NewFromTar(ctx, a.Path)
 		if err != nil {
 			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: %w", a.Path, err)
@@ -90,6 +93,10 @@ func OpenSource(ctx context.Context, a Address, o Options) (Source, ocispec.Desc
 		tmp, err := o.download(ctx, a)
 		if err != nil {
 			return nil, ocispec.Descriptor{}, err
+		}
+		if err := CheckArchive(tmp); err != nil {
+			os.Remove(tmp)
+			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: %w", a, err)
 		}
 		s, err := oci.NewFromTar(ctx, tmp)
 		if err != nil {
@@ -113,6 +120,54 @@ func OpenSource(ctx context.Context, a Address, o Options) (Source, ocispec.Desc
 		return nil, ocispec.Descriptor{}, fmt.Errorf("%s: resolve %q: %w", a, ref, err)
 	}
 	return src, desc, nil
+}
+
+// MaxArchiveEntries bounds the entries of a bundle archive.
+const MaxArchiveEntries = 100_000
+
+// CheckArchive reads a bundle archive (an OCI layout in a tar) once and refuses it unless every
+// entry is a directory or regular file with a clean relative name inside the layout
+// (oci-layout, index.json, blobs/…), within the size and count limits. Nothing is extracted
+// either way: blobs are read from the archive by digest and checked as they are.
+func CheckArchive(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() > MaxArchiveBytes {
+		return fmt.Errorf("%s: %d bytes, over the %d-byte limit", path, fi.Size(), int64(MaxArchiveBytes))
+	}
+	tr := tar.NewReader(f)
+	for n := 0; ; n++ {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			if n == 0 {
+				return fmt.Errorf("%s: empty archive", path)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: not a complete tar archive: %w", path, err)
+		}
+		if n >= MaxArchiveEntries {
+			return fmt.Errorf("%s: more than %d entries", path, MaxArchiveEntries)
+		}
+		name, err := cleanEntryName(strings.TrimPrefix(hdr.Name, "./"))
+		if err != nil {
+			return fmt.Errorf("%s: entry %q: %w", path, hdr.Name, err)
+		}
+		if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeDir {
+			return fmt.Errorf("%s: entry %q: type %q not allowed (regular files and directories only)", path, hdr.Name, string(hdr.Typeflag))
+		}
+		if name != "oci-layout" && name != "index.json" && name != "blobs" && !strings.HasPrefix(name, "blobs/") {
+			return fmt.Errorf("%s: entry %q is not part of an OCI layout", path, hdr.Name)
+		}
+	}
 }
 
 // onlyBundleTag finds the one tag in a layout that is not a signature.
@@ -325,8 +380,16 @@ func tarLayout(dir string, w io.Writer) error {
 		if err != nil || p == dir {
 			return err
 		}
-		rel, _ := filepath.Rel(dir, p)
-		names = append(names, filepath.ToSlash(rel))
+		rel, err := filepath.Rel(dir, p)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		// oras keeps an ingest/ directory for uploads in progress; it is not layout content.
+		if rel == "ingest" {
+			return filepath.SkipDir
+		}
+		names = append(names, rel)
 		return nil
 	})
 	if err != nil {

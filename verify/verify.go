@@ -115,7 +115,13 @@ type Result struct {
 	Signers    []Signer  `json:"signers"`
 	Threshold  int       `json:"threshold"`
 	Time       time.Time `json:"time"`
+
+	signatures *bundles.Signatures
 }
+
+// SignatureBlobs are the blobs the verified signatures are stored as, to be kept with the
+// revision so a node can show (and re-check) what it admitted.
+func (r *Result) SignatureBlobs() []ocispec.Descriptor { return r.signatures.Blobs() }
 
 // Source is what Bundle reads signatures from.
 type Source interface {
@@ -133,11 +139,12 @@ func Bundle(ctx context.Context, src Source, d ocispec.Descriptor, p Policy) (*R
 	if threshold > len(p.Keys) {
 		return nil, fmt.Errorf("policy: threshold %d with only %d keys can never be met", threshold, len(p.Keys))
 	}
-	sigDesc, sigs, err := bundles.ReadSignatures(ctx, src, d)
+	found, err := bundles.ReadSignatures(ctx, src, d)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrUntrusted, d.Digest, err)
 	}
-	res := &Result{Digest: d.Digest.String(), Signatures: sigDesc.Digest.String(), Threshold: threshold, Time: time.Now().UTC()}
+	sigs := found.Layers
+	res := &Result{Digest: d.Digest.String(), Signatures: found.Descriptor.Digest.String(), Threshold: threshold, Time: time.Now().UTC(), signatures: found}
 	signed := map[string]bool{}
 	var problems []error
 	for i, s := range sigs {

@@ -1,0 +1,134 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content"
+)
+
+// blobPath is where a blob lives in the content store. d must be a validated sha256 digest.
+func (s *Store) blobPath(d digest.Digest) string {
+	return filepath.Join(s.dir, "blobs", "sha256", d.Encoded())
+}
+
+// HasBlob reports whether the content store holds d.
+func (s *Store) HasBlob(d digest.Digest) bool {
+	if d.Validate() != nil || d.Algorithm() != digest.SHA256 {
+		return false
+	}
+	_, err := os.Stat(s.blobPath(d))
+	return err == nil
+}
+
+// OpenBlob opens a stored blob for reading.
+func (s *Store) OpenBlob(d digest.Digest) (*os.File, error) {
+	if err := d.Validate(); err != nil || d.Algorithm() != digest.SHA256 {
+		return nil, fmt.Errorf("%q: %w", d, ErrNotFound)
+	}
+	f, err := os.Open(s.blobPath(d))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("blob %s: %w", d, ErrNotFound)
+	}
+	return f, err
+}
+
+// Fetch implements content.Fetcher over the content store, so a stored revision can be read
+// like any other bundle source.
+func (s *Store) Fetch(_ context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	return s.OpenBlob(desc.Digest)
+}
+
+// writeBlob streams desc from r into the content store: into tmp/, hashing every byte as it
+// is written, then fsync and rename. Content whose size or digest differs from desc is
+// refused and leaves nothing behind.
+func (s *Store) writeBlob(r io.Reader, desc ocispec.Descriptor) error {
+	if err := desc.Digest.Validate(); err != nil || desc.Digest.Algorithm() != digest.SHA256 {
+		return fmt.Errorf("blob %q: not a sha256 digest", desc.Digest)
+	}
+	if desc.Size < 0 {
+		return fmt.Errorf("blob %s: negative size", desc.Digest)
+	}
+	tmp, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), "blob-*")
+	if err != nil {
+		return err
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	vr := content.NewVerifyReader(r, desc)
+	if _, err := io.Copy(tmp, vr); err != nil {
+		return fmt.Errorf("blob %s: %w", desc.Digest, mapVerifyErr(err))
+	}
+	if err := vr.Verify(); err != nil {
+		return fmt.Errorf("blob %s: %w", desc.Digest, mapVerifyErr(err))
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), s.blobPath(desc.Digest)); err != nil {
+		return err
+	}
+	keep = true
+	return syncDir(filepath.Dir(s.blobPath(desc.Digest)))
+}
+
+func mapVerifyErr(err error) error {
+	if errors.Is(err, content.ErrMismatchedDigest) || errors.Is(err, content.ErrTrailingData) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w (%v)", ErrDigestMismatch, err)
+	}
+	return err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// WriteFileAtomic writes data to path so that a reader (or a crash) sees the old content or
+// the new, never a part: temp file in the same directory, write, fsync, rename, fsync the
+// directory.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}

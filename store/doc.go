@@ -1,0 +1,38 @@
+// Package store keeps what an edge node holds: every admitted revision of every bundle, in
+// one bbolt database, and the blobs they are made of, in a content store beside it.
+//
+// # Layout under the state directory (default /var/lib/ferry)
+//
+//	ferry.db                     bbolt database (schema below)
+//	blobs/sha256/<hex>           content store: one file per blob, named by its digest
+//	tmp/                         blobs being written; emptied at Open
+//
+// # Database schema (schema version 1; values are JSON)
+//
+//	meta        "schema" → 1
+//	bundles     <name> → Bundle{Name, Newest, Current, LastGood}
+//	revisions   <name>/<revision, 20 digits> → Revision{…, Blobs, State, History}
+//	inventories <name>/<revision, 20 digits>/<component> → inventory (written by apply)
+//	events      <sequence, 20 digits> → Event
+//
+// # Invariants
+//
+//   - A revision record exists only once every blob it lists is in the content store and
+//     matched its digest while it was written: blobs are copied first, the record is written
+//     in one transaction after. A crash between the two leaves only unreferenced blobs, which
+//     Open's recovery and GC remove.
+//   - Blob files appear only by rename from tmp/ after fsync, so a blob file is always whole.
+//   - For each bundle name, revisions admitted are strictly increasing: a revision lower than
+//     or equal to Bundle.Newest is refused (ErrDowngrade), and the same revision with another
+//     digest is reported as equivocation (ErrEquivocation). Going back is a rollback to a
+//     revision already stored, never an admission.
+//   - A blob is kept while any kept revision lists it. References are derived from the
+//     revision records at GC time rather than kept as counters, so they cannot drift after
+//     a crash.
+//   - Retention keeps the newest N revisions of a bundle (default 10) and always its current
+//     and last-good ones.
+//
+// The store does not verify signatures or parse bundles: its caller (the daemon's ingest)
+// verifies first and hands over descriptors to copy. It never talks to the cluster, and no
+// transaction does I/O other than bbolt's own.
+package store

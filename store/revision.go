@@ -1,0 +1,382 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	bolt "go.etcd.io/bbolt"
+	"oras.land/oras-go/v2/content"
+)
+
+// State of a revision (DESIGN: received → verified → applying → healthy | failed → rolled-back).
+type State string
+
+// Revision states.
+const (
+	StateVerified   State = "verified"
+	StateApplying   State = "applying"
+	StateHealthy    State = "healthy"
+	StateFailed     State = "failed"
+	StateRolledBack State = "rolled-back"
+)
+
+// Bundle is the per-name record.
+type Bundle struct {
+	Name     string `json:"name"`
+	Newest   uint64 `json:"newest"`   // highest revision ever admitted (anti-downgrade)
+	Current  uint64 `json:"current"`  // revision applied now (0: none)
+	LastGood uint64 `json:"lastGood"` // last revision that was healthy (0: none)
+}
+
+// Revision is one admitted revision of a bundle.
+type Revision struct {
+	Name         string               `json:"name"`
+	Revision     uint64               `json:"revision"`
+	Version      string               `json:"version"`
+	Manifest     ocispec.Descriptor   `json:"manifest"`
+	Blobs        []ocispec.Descriptor `json:"blobs"` // everything stored for it, manifest included
+	Source       string               `json:"source"`
+	Verification json.RawMessage      `json:"verification"`
+	State        State                `json:"state"`
+	Admitted     time.Time            `json:"admitted"`
+	History      []Transition         `json:"history"`
+}
+
+// Transition is one change of state.
+type Transition struct {
+	State State     `json:"state"`
+	Time  time.Time `json:"time"`
+	Note  string    `json:"note,omitempty"`
+}
+
+// Admission is what the caller has verified and asks the store to keep.
+type Admission struct {
+	Name     string
+	Revision uint64
+	Version  string
+	Manifest ocispec.Descriptor
+	// Blobs to copy: config, layers, signature manifests and payloads. The manifest itself
+	// is copied too and need not be listed.
+	Blobs        []ocispec.Descriptor
+	Source       string
+	Verification json.RawMessage
+}
+
+func revisionKey(name string, rev uint64) []byte {
+	return []byte(fmt.Sprintf("%s/%020d", name, rev))
+}
+
+// Admit copies the admission's blobs into the content store, each checked against its digest
+// while it streams, and then records the revision as verified, in one transaction. It refuses
+// a revision that is not newer than the newest admitted for the name (ErrDowngrade, or
+// ErrEquivocation for the same number with another digest) before copying anything, and an
+// admission that would not fit (ErrNoSpace). On any error the revisions are unchanged and
+// blobs it wrote are unreferenced (collected by GC).
+func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*Revision, error) {
+	if a.Name == "" || a.Revision == 0 {
+		return nil, errors.New("admit: name and revision are required")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.checkNewer(a); err != nil {
+		return nil, err
+	}
+	blobs := append([]ocispec.Descriptor{a.Manifest}, a.Blobs...)
+	var need int64
+	for _, b := range blobs {
+		if !s.HasBlob(b.Digest) {
+			need += b.Size
+		}
+	}
+	if err := s.checkSpace(need); err != nil {
+		return nil, err
+	}
+	for _, b := range blobs {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if s.HasBlob(b.Digest) {
+			continue
+		}
+		rc, err := src.Fetch(ctx, b)
+		if err != nil {
+			return nil, fmt.Errorf("fetch %s: %w", b.Digest, err)
+		}
+		err = s.writeBlob(rc, b)
+		rc.Close()
+		if err != nil {
+			if errors.Is(err, syscall.ENOSPC) {
+				return nil, fmt.Errorf("%w: %v", ErrNoSpace, err)
+			}
+			return nil, err
+		}
+	}
+	now := time.Now().UTC()
+	rev := &Revision{
+		Name: a.Name, Revision: a.Revision, Version: a.Version, Manifest: a.Manifest, Blobs: blobs,
+		Source: a.Source, Verification: a.Verification, State: StateVerified, Admitted: now,
+		History: []Transition{{State: StateVerified, Time: now}},
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		// Checked again inside the transaction: another admission may have committed while
+		// this one copied.
+		b, err := getBundle(tx, a.Name)
+		if err != nil {
+			return err
+		}
+		if err := newerThan(tx, b, a); err != nil {
+			return err
+		}
+		b.Name, b.Newest = a.Name, a.Revision
+		if err := putJSON(tx.Bucket(bucketBundles), []byte(a.Name), b); err != nil {
+			return err
+		}
+		if err := putJSON(tx.Bucket(bucketRevisions), revisionKey(a.Name, a.Revision), rev); err != nil {
+			return err
+		}
+		return appendEvent(tx, Event{Time: now, Bundle: a.Name, Revision: a.Revision, Reason: "Admitted",
+			Message: fmt.Sprintf("revision %d (%s) verified and stored", a.Revision, a.Manifest.Digest)})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rev, nil
+}
+
+func (s *Store) checkNewer(a Admission) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		b, err := getBundle(tx, a.Name)
+		if err != nil {
+			return err
+		}
+		return newerThan(tx, b, a)
+	})
+}
+
+// newerThan is the anti-downgrade rule of SPEC §2.
+func newerThan(tx *bolt.Tx, b Bundle, a Admission) error {
+	if a.Revision > b.Newest {
+		return nil
+	}
+	if v := tx.Bucket(bucketRevisions).Get(revisionKey(a.Name, a.Revision)); v != nil {
+		var old Revision
+		if err := json.Unmarshal(v, &old); err == nil && old.Manifest.Digest != a.Manifest.Digest {
+			return fmt.Errorf("%s revision %d: %w: stored %s, offered %s", a.Name, a.Revision, ErrEquivocation, old.Manifest.Digest, a.Manifest.Digest)
+		}
+	}
+	return fmt.Errorf("%s revision %d: %w (%d)", a.Name, a.Revision, ErrDowngrade, b.Newest)
+}
+
+func getBundle(tx *bolt.Tx, name string) (Bundle, error) {
+	var b Bundle
+	v := tx.Bucket(bucketBundles).Get([]byte(name))
+	if v == nil {
+		return Bundle{Name: name}, nil
+	}
+	if err := json.Unmarshal(v, &b); err != nil {
+		return b, fmt.Errorf("bundle record %s: %w", name, err)
+	}
+	return b, nil
+}
+
+func (s *Store) checkSpace(need int64) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(s.dir, &st); err != nil {
+		return err
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if need+s.opts.SpaceMargin > free {
+		return fmt.Errorf("%w: need %d bytes plus a %d-byte margin, %d free in %s", ErrNoSpace, need, s.opts.SpaceMargin, free, s.dir)
+	}
+	return nil
+}
+
+// GetRevision returns one stored revision.
+func (s *Store) GetRevision(name string, rev uint64) (*Revision, error) {
+	var r Revision
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketRevisions).Get(revisionKey(name, rev))
+		if v == nil {
+			return fmt.Errorf("%s revision %d: %w", name, rev, ErrNotFound)
+		}
+		return json.Unmarshal(v, &r)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Revisions lists the stored revisions of a bundle, oldest first.
+func (s *Store) Revisions(name string) ([]Revision, error) {
+	var out []Revision
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketRevisions).Cursor()
+		prefix := []byte(name + "/")
+		for k, v := c.Seek(prefix); k != nil && strings.HasPrefix(string(k), string(prefix)); k, v = c.Next() {
+			var r Revision
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("revision %s: %w", k, err)
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// GetBundle returns the record of a bundle name.
+func (s *Store) GetBundle(name string) (Bundle, error) {
+	var b Bundle
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		b, err = getBundle(tx, name)
+		return err
+	})
+	return b, err
+}
+
+// SetState records a state change of a revision and, for healthy or applying, moves the
+// bundle's current and last-good pointers, in one transaction.
+func (s *Store) SetState(name string, rev uint64, state State, note string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		key := revisionKey(name, rev)
+		v := tx.Bucket(bucketRevisions).Get(key)
+		if v == nil {
+			return fmt.Errorf("%s revision %d: %w", name, rev, ErrNotFound)
+		}
+		var r Revision
+		if err := json.Unmarshal(v, &r); err != nil {
+			return err
+		}
+		now := time.Now().UTC()
+		r.State = state
+		r.History = append(r.History, Transition{State: state, Time: now, Note: note})
+		if err := putJSON(tx.Bucket(bucketRevisions), key, r); err != nil {
+			return err
+		}
+		b, err := getBundle(tx, name)
+		if err != nil {
+			return err
+		}
+		switch state {
+		case StateApplying:
+			b.Current = rev
+		case StateHealthy:
+			b.Current, b.LastGood = rev, rev
+		}
+		if err := putJSON(tx.Bucket(bucketBundles), []byte(name), b); err != nil {
+			return err
+		}
+		return appendEvent(tx, Event{Time: now, Bundle: name, Revision: rev, Reason: string(state), Message: note})
+	})
+}
+
+// GC applies retention and removes blobs that no kept revision lists. It returns the number of
+// blobs removed.
+func (s *Store) GC() (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keep := map[digest.Digest]bool{}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		revs := tx.Bucket(bucketRevisions)
+		byName := map[string][]Revision{}
+		if err := revs.ForEach(func(k, v []byte) error {
+			var r Revision
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("revision %s: %w", k, err)
+			}
+			byName[r.Name] = append(byName[r.Name], r)
+			return nil
+		}); err != nil {
+			return err
+		}
+		for name, rs := range byName {
+			b, err := getBundle(tx, name)
+			if err != nil {
+				return err
+			}
+			sort.Slice(rs, func(i, j int) bool { return rs[i].Revision > rs[j].Revision })
+			for i, r := range rs {
+				if i < s.opts.Keep || r.Revision == b.Current || r.Revision == b.LastGood {
+					for _, d := range r.Blobs {
+						keep[d.Digest] = true
+					}
+					continue
+				}
+				if err := revs.Delete(revisionKey(name, r.Revision)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	dir := filepath.Join(s.dir, "blobs", "sha256")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	removed := 0
+	for _, e := range entries {
+		d := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
+		if d.Validate() == nil && keep[d] {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+			return removed, err
+		}
+		removed++
+	}
+	if removed > 0 {
+		s.log.Info("collected unreferenced blobs", "blobs", removed)
+		return removed, syncDir(dir)
+	}
+	return 0, nil
+}
+
+// Check verifies the store's invariants: every blob a revision lists exists and matches its
+// digest. It reads every blob; use it in tests and `ferry` diagnostics, not on every start.
+func (s *Store) Check() error {
+	var revs []Revision
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRevisions).ForEach(func(k, v []byte) error {
+			var r Revision
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("revision %s: %w", k, err)
+			}
+			revs = append(revs, r)
+			return nil
+		})
+	}); err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range revs {
+		for _, d := range r.Blobs {
+			f, err := s.OpenBlob(d.Digest)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s revision %d: %w", r.Name, r.Revision, err))
+				continue
+			}
+			_, err = content.ReadAll(f, d)
+			f.Close()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s revision %d: blob %s: %w", r.Name, r.Revision, d.Digest, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
