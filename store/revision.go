@@ -80,8 +80,8 @@ func revisionKey(name string, rev uint64) []byte {
 // while it streams, and then records the revision as verified, in one transaction. It refuses
 // a revision that is not newer than the newest admitted for the name (ErrDowngrade, or
 // ErrEquivocation for the same number with another digest) before copying anything, and an
-// admission that would not fit (ErrNoSpace). On any error the revisions are unchanged and
-// blobs it wrote are unreferenced (collected by GC).
+// admission that would not fit (ErrNoSpace). On any error the store is left as it was: no
+// revision recorded and the blobs it wrote removed (after a crash, Open's recovery does that).
 func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*Revision, error) {
 	if a.Name == "" || a.Revision == 0 {
 		return nil, errors.New("admit: name and revision are required")
@@ -101,6 +101,19 @@ func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*R
 	if err := s.checkSpace(need); err != nil {
 		return nil, err
 	}
+	// Blobs this admission writes are removed again if it fails, so a refusal leaves the
+	// content store as it was. (They were absent before, so no committed revision uses them,
+	// and s.mu keeps GC and other admissions out meanwhile.)
+	var written []digest.Digest
+	committed := false
+	defer func() {
+		if committed {
+			return
+		}
+		for _, d := range written {
+			os.Remove(s.blobPath(d))
+		}
+	}()
 	for _, b := range blobs {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -120,6 +133,7 @@ func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*R
 			}
 			return nil, err
 		}
+		written = append(written, b.Digest)
 	}
 	now := time.Now().UTC()
 	rev := &Revision{
@@ -150,6 +164,7 @@ func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*R
 	if err != nil {
 		return nil, err
 	}
+	committed = true
 	return rev, nil
 }
 

@@ -1,0 +1,43 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/store"
+	"github.com/ferrygitops/ferry/verify"
+)
+
+// Ingest admits the bundle desc from src into st if, and only if, its signatures satisfy
+// policy. In order: verify the signatures over the manifest digest (reading only the
+// signature manifest and payloads), read and validate the manifest and config (size- and
+// digest-checked), then let the store copy the blobs, each checked while it streams, and
+// apply the anti-downgrade rule. source names where the bundle came from, for the record.
+func Ingest(ctx context.Context, st *store.Store, src bundles.Source, desc ocispec.Descriptor, policy verify.Policy, source string) (*store.Revision, error) {
+	res, err := verify.Bundle(ctx, src, desc, policy)
+	if err != nil {
+		return nil, err
+	}
+	b, err := bundles.Open(ctx, src, desc)
+	if err != nil {
+		return nil, err
+	}
+	record, err := json.Marshal(res)
+	if err != nil {
+		return nil, err
+	}
+	blobs := append([]ocispec.Descriptor{b.Manifest.Config}, b.Manifest.Layers...)
+	blobs = append(blobs, res.SignatureBlobs()...)
+	rev, err := st.Admit(ctx, src, store.Admission{
+		Name: b.Metadata.Name, Revision: b.Metadata.Revision, Version: b.Metadata.Version,
+		Manifest: desc, Blobs: blobs, Source: source, Verification: record,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ingest %s revision %d: %w", b.Metadata.Name, b.Metadata.Revision, err)
+	}
+	return rev, nil
+}

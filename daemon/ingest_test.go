@@ -1,0 +1,327 @@
+package daemon
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/content/memory"
+
+	"github.com/ferrygitops/ferry/bundler"
+	"github.com/ferrygitops/ferry/bundler/bundlertest"
+	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/store"
+	"github.com/ferrygitops/ferry/verify"
+)
+
+// keyPair is a signing key and the policy that trusts it.
+type keyPair struct {
+	signer crypto.Signer
+	policy verify.Policy
+}
+
+func newKey(t testing.TB) keyPair {
+	t.Helper()
+	privPEM, pubPEM, err := bundler.GenerateKeyPair([]byte("pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "k.key"), privPEM, 0o600)
+	signer, err := bundler.LoadPrivateKey(filepath.Join(dir, "k.key"), []byte("pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := verify.ParsePublicKey("k.pub", pubPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keyPair{signer: signer, policy: verify.Policy{Keys: []verify.Key{pub}}}
+}
+
+type memSource struct{ *memory.Store }
+
+func (memSource) Close() error { return nil }
+
+// makeBundle packs a one-component bundle of the given revision into src; payload varies the
+// layer's content (and size).
+func makeBundle(t testing.TB, src *memory.Store, name string, revision uint64, payload string) ocispec.Descriptor {
+	t.Helper()
+	dir := bundlertest.WriteTree(t, map[string]string{
+		"kustomization.yaml": "resources: [cm.yaml]\n",
+		"cm.yaml":            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {v: " + fmt.Sprintf("%q", payload) + "}\n",
+	})
+	var layer bytes.Buffer
+	if err := bundles.PackDir(dir, &layer); err != nil {
+		t.Fatal(err)
+	}
+	m := &bundles.Metadata{
+		SchemaVersion: bundles.SchemaVersion, Name: name, Version: fmt.Sprintf("1.0.%d", revision), Revision: revision,
+		Created:    time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC),
+		Components: []bundles.Component{{Name: "app", Type: "kustomize", Spec: bundles.KustomizeSpec{Path: "."}}},
+	}
+	desc, err := bundles.Pack(t.Context(), src, m, [][]byte{layer.Bytes()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Tag(t.Context(), desc, m.Version); err != nil {
+		t.Fatal(err)
+	}
+	return desc
+}
+
+func sign(t testing.TB, src *memory.Store, desc ocispec.Descriptor, k keyPair) {
+	t.Helper()
+	if _, err := bundler.Sign(context.Background(), src, desc, k.signer, "test"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func openStore(t testing.TB, dir string) *store.Store {
+	t.Helper()
+	st, err := store.Open(dir, store.Options{SpaceMargin: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// snapshot describes everything the store holds: bundle records, revisions and blob files.
+func snapshot(t *testing.T, st *store.Store, names ...string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, n := range names {
+		rec, err := st.GetBundle(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		revs, err := st.Revisions(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%+v\n", rec)
+		for _, r := range revs {
+			fmt.Fprintf(&b, "%s %d %s %s\n", r.Name, r.Revision, r.Manifest.Digest, r.State)
+		}
+	}
+	entries, _ := os.ReadDir(filepath.Join(st.Dir(), "blobs", "sha256"))
+	var files []string
+	for _, e := range entries {
+		files = append(files, e.Name())
+	}
+	sort.Strings(files)
+	fmt.Fprintf(&b, "blobs: %s\n", strings.Join(files, ","))
+	return b.String()
+}
+
+func TestIngestAdmitsVerifiedBundle(t *testing.T) {
+	k := newKey(t)
+	src := memory.New()
+	desc := makeBundle(t, src, "site", 3, "hello")
+	sign(t, src, desc, k)
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+
+	rev, err := Ingest(t.Context(), st, memSource{src}, desc, k.policy, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev.State != store.StateVerified || rev.Revision != 3 || len(rev.Verification) == 0 {
+		t.Fatalf("revision %+v", rev)
+	}
+	if err := st.Check(); err != nil {
+		t.Fatal(err)
+	}
+	// What was admitted reads back from the store as a bundle, layer included.
+	b, err := bundles.Open(t.Context(), st, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := b.Layer(t.Context(), st, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, ok := files.Get("cm.yaml"); !ok || !strings.Contains(string(f.Data), "hello") {
+		t.Fatalf("layer %+v", files)
+	}
+	// Admitting the same bundle again is a downgrade (not newer), and changes nothing.
+	before := snapshot(t, st, "site")
+	if _, err := Ingest(t.Context(), st, memSource{src}, desc, k.policy, "test"); !errors.Is(err, store.ErrDowngrade) {
+		t.Fatalf("re-ingest: err = %v, want ErrDowngrade", err)
+	}
+	if after := snapshot(t, st, "site"); after != before {
+		t.Fatalf("store changed:\n%s\n---\n%s", before, after)
+	}
+}
+
+// forging serves other bytes for one digest, as a corrupted stick or hostile mirror would.
+type forging struct {
+	memSource
+	digest digest.Digest
+	data   []byte
+}
+
+func (f forging) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	if d.Digest == f.digest {
+		return io.NopCloser(bytes.NewReader(f.data)), nil
+	}
+	return f.memSource.Fetch(ctx, d)
+}
+
+func TestIngestRefusalsLeaveStoreUnchanged(t *testing.T) {
+	trusted, stranger := newKey(t), newKey(t)
+	tests := []struct {
+		name string
+		// run offers something to a store that already holds revision 5 of "site".
+		run  func(t *testing.T, st *store.Store) error
+		want error
+		msg  string
+	}{
+		{"no signature", func(t *testing.T, st *store.Store) error {
+			src := memory.New()
+			d := makeBundle(t, src, "site", 6, "unsigned")
+			return ingestErr(t, st, src, d, trusted)
+		}, verify.ErrUntrusted, "not signed"},
+		{"untrusted key", func(t *testing.T, st *store.Store) error {
+			src := memory.New()
+			d := makeBundle(t, src, "site", 6, "stranger")
+			sign(t, src, d, stranger)
+			return ingestErr(t, st, src, d, trusted)
+		}, verify.ErrUntrusted, "no trusted key"},
+		{"signature over another digest", func(t *testing.T, st *store.Store) error {
+			src := memory.New()
+			a := makeBundle(t, src, "site", 6, "bundle A")
+			b := makeBundle(t, src, "site", 7, "bundle B")
+			sign(t, src, a, trusted)
+			// Bundle A's genuine signature manifest, stored under B's signature tag.
+			sigA, err := src.Resolve(t.Context(), bundles.SignatureTag(a))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := src.Tag(t.Context(), sigA, bundles.SignatureTag(b)); err != nil {
+				t.Fatal(err)
+			}
+			return ingestErr(t, st, src, b, trusted)
+		}, verify.ErrUntrusted, "not this bundle"},
+		{"layer differs from its digest", func(t *testing.T, st *store.Store) error {
+			src := memory.New()
+			d := makeBundle(t, src, "site", 6, "genuine")
+			sign(t, src, d, trusted)
+			b, err := bundles.Open(t.Context(), src, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			layer := b.Manifest.Layers[0]
+			evil := make([]byte, layer.Size)
+			_, err = Ingest(t.Context(), st, forging{memSource{src}, layer.Digest, evil}, d, trusted.policy, "test")
+			return err
+		}, store.ErrDigestMismatch, "digest"},
+		{"downgrade", func(t *testing.T, st *store.Store) error {
+			src := memory.New()
+			d := makeBundle(t, src, "site", 4, "old but validly signed")
+			sign(t, src, d, trusted)
+			return ingestErr(t, st, src, d, trusted)
+		}, store.ErrDowngrade, "revision 4"},
+		{"equivocation", func(t *testing.T, st *store.Store) error {
+			src := memory.New()
+			d := makeBundle(t, src, "site", 5, "same number, other content")
+			sign(t, src, d, trusted)
+			return ingestErr(t, st, src, d, trusted)
+		}, store.ErrEquivocation, "revision 5"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := openStore(t, t.TempDir())
+			defer st.Close()
+			src := memory.New()
+			d := makeBundle(t, src, "site", 5, "current")
+			sign(t, src, d, trusted)
+			if _, err := Ingest(t.Context(), st, memSource{src}, d, trusted.policy, "test"); err != nil {
+				t.Fatal(err)
+			}
+			before := snapshot(t, st, "site")
+			err := tt.run(t, st)
+			if !errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.msg) {
+				t.Fatalf("err = %v, want %v mentioning %q", err, tt.want, tt.msg)
+			}
+			if after := snapshot(t, st, "site"); after != before {
+				t.Fatalf("refused ingest changed the store:\n%s\n---\n%s", before, after)
+			}
+			if err := st.Check(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func ingestErr(t *testing.T, st *store.Store, src *memory.Store, d ocispec.Descriptor, k keyPair) error {
+	t.Helper()
+	rev, err := Ingest(t.Context(), st, memSource{src}, d, k.policy, "test")
+	if err == nil {
+		t.Fatalf("admitted %+v", rev)
+	}
+	return err
+}
+
+// TestHostileArchivesAreRefusedBeforeIngest: a stick's tar is checked as a whole before any
+// of it is opened, so none of these reach verification or the store.
+func TestHostileArchivesAreRefusedBeforeIngest(t *testing.T) {
+	entry := func(name string, typ byte, data string) func(*tar.Writer) {
+		return func(tw *tar.Writer) {
+			tw.WriteHeader(&tar.Header{Name: name, Typeflag: typ, Size: int64(len(data)), Mode: 0o644, Linkname: "/etc/passwd"})
+			tw.Write([]byte(data))
+		}
+	}
+	layout := entry("oci-layout", tar.TypeReg, `{"imageLayoutVersion":"1.0.0"}`)
+	tests := []struct {
+		name    string
+		entries []func(*tar.Writer)
+		cut     int // bytes to drop from the end
+		want    string
+	}{
+		{"dotdot path", []func(*tar.Writer){layout, entry("../../etc/cron.d/x", tar.TypeReg, "x")}, 0, "unsafe path"},
+		{"absolute path", []func(*tar.Writer){layout, entry("/etc/passwd", tar.TypeReg, "x")}, 0, "absolute"},
+		{"symlink out", []func(*tar.Writer){layout, entry("blobs/sha256/aa", tar.TypeSymlink, "")}, 0, "not allowed"},
+		{"hardlink out", []func(*tar.Writer){layout, entry("blobs/sha256/aa", tar.TypeLink, "")}, 0, "not allowed"},
+		{"device", []func(*tar.Writer){layout, entry("blobs/dev", tar.TypeBlock, "")}, 0, "not allowed"},
+		{"foreign file", []func(*tar.Writer){layout, entry("install.sh", tar.TypeReg, "rm -rf /")}, 0, "not part of an OCI layout"},
+		{"truncated", []func(*tar.Writer){layout, entry("index.json", tar.TypeReg, strings.Repeat("{}", 600))}, 1500, "not a complete tar"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			tw := tar.NewWriter(&buf)
+			for _, e := range tt.entries {
+				e(tw)
+			}
+			tw.Close()
+			b := buf.Bytes()[:buf.Len()-tt.cut]
+			path := filepath.Join(t.TempDir(), "stick.tar")
+			os.WriteFile(path, b, 0o644)
+			addr, _ := bundles.ParseAddress(path)
+			src, _, err := bundles.OpenSource(t.Context(), addr, bundles.Options{})
+			if err == nil {
+				src.Close()
+				t.Fatal("archive accepted")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+		})
+	}
+}
+
+var _ content.Fetcher = (*store.Store)(nil)
