@@ -9,12 +9,14 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sync/errgroup"
 	"oras.land/oras-go/v2/content"
 )
 
@@ -72,6 +74,9 @@ type Admission struct {
 	Verification json.RawMessage
 }
 
+// copyConcurrency is how many blobs Admit copies at once.
+const copyConcurrency = 4
+
 func revisionKey(name string, rev uint64) []byte {
 	return []byte(fmt.Sprintf("%s/%020d", name, rev))
 }
@@ -104,8 +109,11 @@ func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*R
 	// Blobs this admission writes are removed again if it fails, so a refusal leaves the
 	// content store as it was. (They were absent before, so no committed revision uses them,
 	// and s.mu keeps GC and other admissions out meanwhile.)
-	var written []digest.Digest
-	committed := false
+	var (
+		mu        sync.Mutex
+		written   []digest.Digest
+		committed bool
+	)
 	defer func() {
 		if committed {
 			return
@@ -114,26 +122,37 @@ func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*R
 			os.Remove(s.blobPath(d))
 		}
 	}()
+	// Blobs are copied in parallel: each copy hashes on one core while the other's fsync
+	// waits on the disk.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(copyConcurrency)
+	seen := map[digest.Digest]bool{}
 	for _, b := range blobs {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		if s.HasBlob(b.Digest) {
+		if seen[b.Digest] || s.HasBlob(b.Digest) {
 			continue
 		}
-		rc, err := src.Fetch(ctx, b)
-		if err != nil {
-			return nil, fmt.Errorf("fetch %s: %w", b.Digest, err)
-		}
-		err = s.writeBlob(rc, b)
-		rc.Close()
-		if err != nil {
-			if errors.Is(err, syscall.ENOSPC) {
-				return nil, fmt.Errorf("%w: %v", ErrNoSpace, err)
+		seen[b.Digest] = true
+		g.Go(func() error {
+			rc, err := src.Fetch(gctx, b)
+			if err != nil {
+				return fmt.Errorf("fetch %s: %w", b.Digest, err)
 			}
-			return nil, err
-		}
-		written = append(written, b.Digest)
+			err = s.writeBlob(rc, b)
+			rc.Close()
+			if err != nil {
+				if errors.Is(err, syscall.ENOSPC) {
+					return fmt.Errorf("%w: %v", ErrNoSpace, err)
+				}
+				return err
+			}
+			mu.Lock()
+			written = append(written, b.Digest)
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
 	now := time.Now().UTC()
 	rev := &Revision{

@@ -1,0 +1,238 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/content/memory"
+	bolt "go.etcd.io/bbolt"
+)
+
+// admission stores a manifest and one blob in a memory source and describes them.
+func admission(t *testing.T, name string, rev uint64, payload string) (*memory.Store, Admission) {
+	t.Helper()
+	src := memory.New()
+	push := func(mt string, b []byte) ocispec.Descriptor {
+		d := content.NewDescriptorFromBytes(mt, b)
+		if err := src.Push(t.Context(), d, bytes.NewReader(b)); err != nil && !strings.Contains(err.Error(), "exists") {
+			t.Fatal(err)
+		}
+		return d
+	}
+	blob := push("application/octet-stream", []byte(payload))
+	man := push(ocispec.MediaTypeImageManifest, []byte(fmt.Sprintf(`{"rev":%d,"blob":%q}`, rev, blob.Digest)))
+	return src, Admission{Name: name, Revision: rev, Version: "1.0.0", Manifest: man, Blobs: []ocispec.Descriptor{blob}, Source: "test"}
+}
+
+func open(t *testing.T, dir string, opts Options) *Store {
+	t.Helper()
+	if opts.SpaceMargin == 0 {
+		opts.SpaceMargin = 1
+	}
+	s, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func blobCount(t *testing.T, s *Store) int {
+	t.Helper()
+	e, err := os.ReadDir(filepath.Join(s.Dir(), "blobs", "sha256"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(e)
+}
+
+func TestOpenRefusesASecondHolder(t *testing.T) {
+	dir := t.TempDir()
+	open(t, dir, Options{})
+	start := time.Now()
+	_, err := Open(dir, Options{LockTimeout: 200 * time.Millisecond})
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "another ferry daemon") {
+		t.Fatalf("err = %v, want ErrLocked with a hint", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatal("the lock timeout was not honoured")
+	}
+}
+
+func TestOpenRefusesAnotherSchema(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{})
+	s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put([]byte("schema"), []byte("99")) })
+	s.Close()
+	if _, err := Open(dir, Options{}); err == nil || !strings.Contains(err.Error(), "schema 99") {
+		t.Fatalf("err = %v, want the schema named", err)
+	}
+}
+
+func TestAdmitAndAntiDowngrade(t *testing.T) {
+	s := open(t, t.TempDir(), Options{})
+	src, a := admission(t, "site", 5, "five")
+	if _, err := s.Admit(t.Context(), src, a); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		rev     uint64
+		payload string
+		want    error
+	}{
+		{4, "older", ErrDowngrade},
+		{5, "five", ErrDowngrade},              // a replay of what is there
+		{5, "five, but other", ErrEquivocation}, // same number, other digest
+	} {
+		src, a := admission(t, "site", tt.rev, tt.payload)
+		before := blobCount(t, s)
+		if _, err := s.Admit(t.Context(), src, a); !errors.Is(err, tt.want) {
+			t.Fatalf("revision %d %q: err = %v, want %v", tt.rev, tt.payload, err, tt.want)
+		}
+		if blobCount(t, s) != before {
+			t.Fatalf("refused admission left blobs behind")
+		}
+	}
+	// Another bundle name has its own sequence.
+	src, other := admission(t, "other", 1, "one")
+	if _, err := s.Admit(t.Context(), src, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Check(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAdmitRefusesWhatDoesNotFit(t *testing.T) {
+	s := open(t, t.TempDir(), Options{SpaceMargin: 1 << 62})
+	src, a := admission(t, "site", 1, "x")
+	if _, err := s.Admit(t.Context(), src, a); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("err = %v, want ErrNoSpace", err)
+	}
+	if blobCount(t, s) != 0 {
+		t.Fatal("a refused admission wrote blobs")
+	}
+}
+
+func TestRetentionKeepsCurrentAndLastGood(t *testing.T) {
+	s := open(t, t.TempDir(), Options{Keep: 3})
+	for rev := uint64(1); rev <= 8; rev++ {
+		src, a := admission(t, "site", rev, fmt.Sprintf("payload %d", rev))
+		if _, err := s.Admit(t.Context(), src, a); err != nil {
+			t.Fatal(err)
+		}
+		if rev == 2 {
+			if err := s.SetState("site", 2, StateHealthy, "rolled out"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.SetState("site", 4, StateApplying, "rollback to 4"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(); err != nil {
+		t.Fatal(err)
+	}
+	revs, err := s.Revisions("site")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	for _, r := range revs {
+		got = append(got, r.Revision)
+	}
+	if fmt.Sprint(got) != "[2 4 6 7 8]" {
+		t.Fatalf("kept %v, want [2 4 6 7 8] (newest 3, last good 2, current 4)", got)
+	}
+	// Each kept revision has manifest + blob; nothing else survives.
+	if n := blobCount(t, s); n != 2*len(got) {
+		t.Fatalf("%d blobs for %d revisions", n, len(got))
+	}
+	if err := s.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := s.GetBundle("site"); b.Newest != 8 || b.LastGood != 2 || b.Current != 4 {
+		t.Fatalf("bundle record %+v", b)
+	}
+	// Deleted revisions stay below the anti-downgrade line.
+	src, a := admission(t, "site", 3, "payload 3")
+	if _, err := s.Admit(t.Context(), src, a); !errors.Is(err, ErrDowngrade) {
+		t.Fatalf("re-admitting a collected revision: err = %v", err)
+	}
+}
+
+func TestOpenRecoversFromACrash(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{})
+	src, a := admission(t, "site", 1, "kept")
+	if _, err := s.Admit(t.Context(), src, a); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// What a crash mid-admission leaves: a half-written temp file and a whole blob that no
+	// revision lists yet.
+	os.WriteFile(filepath.Join(dir, "tmp", "blob-123"), []byte("half"), 0o600)
+	orphan := filepath.Join(dir, "blobs", "sha256", strings.Repeat("ab", 32))
+	os.WriteFile(orphan, []byte("orphan"), 0o600)
+	s = open(t, dir, Options{})
+	if e, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(e) != 0 {
+		t.Fatal("temp files survived recovery")
+	}
+	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
+		t.Fatal("unreferenced blob survived recovery")
+	}
+	if err := s.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetRevision("site", 1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestEventsRecordChanges(t *testing.T) {
+	s := open(t, t.TempDir(), Options{})
+	src, a := admission(t, "site", 1, "x")
+	s.Admit(t.Context(), src, a)
+	s.SetState("site", 1, StateApplying, "")
+	s.SetState("site", 1, StateHealthy, "all Ready")
+	ev, err := s.Events(0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reasons []string
+	for _, e := range ev {
+		reasons = append(reasons, e.Reason)
+	}
+	if strings.Join(reasons, ",") != "Admitted,applying,healthy" {
+		t.Fatalf("events %v", reasons)
+	}
+	if later, _ := s.Events(ev[1].Seq, 10); len(later) != 1 {
+		t.Fatalf("events after %d: %d", ev[1].Seq, len(later))
+	}
+}
+
+func TestWriteFileAtomic(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := WriteFileAtomic(p, []byte("a: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFileAtomic(p, []byte("a: 2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(p)
+	fi, _ := os.Stat(p)
+	if string(b) != "a: 2\n" || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("%q %v", b, fi.Mode())
+	}
+	if e, _ := os.ReadDir(filepath.Dir(p)); len(e) != 1 {
+		t.Fatalf("temp files left: %d entries", len(e))
+	}
+}
