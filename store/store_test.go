@@ -11,9 +11,9 @@ import (
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	bolt "go.etcd.io/bbolt"
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/content/memory"
-	bolt "go.etcd.io/bbolt"
 )
 
 // admission stores a manifest and one blob in a memory source and describes them.
@@ -89,7 +89,7 @@ func TestAdmitAndAntiDowngrade(t *testing.T) {
 		want    error
 	}{
 		{4, "older", ErrDowngrade},
-		{5, "five", ErrDowngrade},              // a replay of what is there
+		{5, "five", ErrDowngrade},               // a replay of what is there
 		{5, "five, but other", ErrEquivocation}, // same number, other digest
 	} {
 		src, a := admission(t, "site", tt.rev, tt.payload)
