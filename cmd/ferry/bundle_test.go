@@ -74,8 +74,13 @@ func TestBundleCLIEndToEnd(t *testing.T) {
 	if _, err := runFerry(t, "bundle", "verify", stick, "--key", filepath.Join(keys, "stranger.pub")); err == nil || !strings.Contains(err.Error(), "untrusted") {
 		t.Fatalf("wrong key: err = %v", err)
 	}
-	if _, err := runFerry(t, "bundle", "verify", stick); err == nil || !strings.Contains(err.Error(), "--key is required") {
+	if _, err := runFerry(t, "bundle", "verify", stick); err == nil || !strings.Contains(err.Error(), "--key or --policy is required") {
 		t.Fatalf("no key: err = %v", err)
+	}
+	policy := filepath.Join(keys, "policy.yaml")
+	os.WriteFile(policy, []byte("apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeys:\n  - name: ci\n    path: ci.pub\n"), 0o644)
+	if out, err := runFerry(t, "bundle", "verify", stick, "--policy", policy); err != nil || !strings.Contains(out, "(ci)") {
+		t.Fatalf("verify with the node's policy: %v\n%s", err, out)
 	}
 
 	// A stick whose component layer was altered after signing fails, naming the component.

@@ -99,9 +99,10 @@ signatures with --insecure-ignore-tlog=true.`,
 
 func newBundleVerifyCommand(o *bundles.Options) *cobra.Command {
 	var (
-		keys      []string
-		threshold int
-		p         = printer{}
+		keys       []string
+		threshold  int
+		policyFile string
+		p          = printer{}
 	)
 	cmd := &cobra.Command{
 		Use:   "verify REF --key cosign.pub",
@@ -111,16 +112,27 @@ over exactly its manifest digest, then reads and checks every blob of the bundle
 that digest. It fails when any of it does not hold. Nothing is fetched from a network
 but the bundle itself.`,
 		Example: `  ferry bundle verify /media/usb/edge-apps.tar --key cosign.pub
-  ferry bundle verify oci://registry.local:5000/site/edge-apps:1.4.0 --key team-a.pub --key team-b.pub --threshold 2`,
+  ferry bundle verify oci://registry.local:5000/site/edge-apps:1.4.0 --key team-a.pub --key team-b.pub --threshold 2
+  ferry bundle verify /media/usb/edge-apps.tar --policy /etc/ferry/trust-policy.yaml`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := p.validate(); err != nil {
 				return err
 			}
-			if len(keys) == 0 {
-				return errors.New("--key is required: verification without a trusted key proves nothing")
+			var policy verify.Policy
+			switch {
+			case policyFile != "" && len(keys) > 0:
+				return errors.New("--policy and --key: use one (the policy lists its keys)")
+			case policyFile != "":
+				var err error
+				if policy, err = verify.LoadPolicy(policyFile); err != nil {
+					return err
+				}
+			case len(keys) == 0:
+				return errors.New("--key or --policy is required: verification without a trusted key proves nothing")
+			default:
+				policy.Threshold = threshold
 			}
-			policy := verify.Policy{Threshold: threshold}
 			for _, k := range keys {
 				key, err := verify.LoadPublicKey(k)
 				if err != nil {
@@ -159,6 +171,7 @@ but the bundle itself.`,
 	}
 	cmd.Flags().StringArrayVar(&keys, "key", nil, "trusted cosign public key file (repeat for several)")
 	cmd.Flags().IntVar(&threshold, "threshold", 1, "distinct trusted keys that must have signed")
+	cmd.Flags().StringVar(&policyFile, "policy", "", "the node's trust policy file (keys and threshold), to check exactly what a node would admit")
 	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
 	return cmd
 }
