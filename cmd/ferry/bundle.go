@@ -35,7 +35,7 @@ Addresses, the same for every command:
 	cmd.PersistentFlags().StringVar(&o.S3Region, "s3-region", "", "S3 region (default $AWS_REGION or us-east-1)")
 	cmd.AddCommand(newBundleBuildCommand(&o), newBundleCopyCommand(&o, "push"), newBundleCopyCommand(&o, "export"),
 		newBundleCopyCommand(&o, "upload"), newBundleInspectCommand(&o),
-		newBundleSignCommand(&o), newBundleVerifyCommand(&o))
+		newBundleSignCommand(&o), newBundleVerifyCommand(&o), newBundleDiffCommand(&o))
 	return cmd
 }
 

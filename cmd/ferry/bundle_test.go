@@ -163,3 +163,33 @@ func TestExportIsReproducible(t *testing.T) {
 		t.Fatal("exporting one signed bundle three times gave different tar files")
 	}
 }
+
+func TestBundleDiff(t *testing.T) {
+	dir := gitTree(t)
+	a := filepath.Join(t.TempDir(), "a")
+	if _, err := runFerry(t, "bundle", "build", dir, "--to", a); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runFerry(t, "bundle", "diff", a, a); err != nil || !strings.Contains(out, "no changes") {
+		t.Fatalf("a bundle against itself: %v\n%s", err, out)
+	}
+	os.WriteFile(filepath.Join(dir, "web", "cm.yaml"), []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {greeting: bonjour}\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "web", "secret.yaml"), []byte("apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {password: hunter2}\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "web", "kustomization.yaml"), []byte("resources: [cm.yaml, secret.yaml]\n"), 0o644)
+	b := filepath.Join(t.TempDir(), "b")
+	if _, err := runFerry(t, "bundle", "build", dir, "--to", b, "--allow-dirty"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runFerry(t, "bundle", "diff", a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"changed ConfigMap web", "added Secret db", "+data: {greeting: bonjour}", "<hidden sha256:"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("diff lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "hunter2") {
+		t.Fatalf("diff shows a secret:\n%s", out)
+	}
+}

@@ -1,0 +1,129 @@
+package render
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sort"
+
+	"github.com/pmezard/go-difflib/difflib"
+	"oras.land/oras-go/v2/content"
+	"sigs.k8s.io/kustomize/kyaml/yaml"
+
+	"github.com/ferrygitops/ferry/bundles"
+)
+
+// Object is one rendered object of a bundle, secrets masked.
+type Object struct {
+	Component string `json:"component"`
+	ID        string `json:"id"` // Kind[.group] [namespace/]name
+	YAML      string `json:"-"`
+}
+
+// Objects renders every component of b (read from src) and returns its objects with the
+// values of Secrets replaced by a short hash, so they can be shown and compared without being
+// revealed. No substitution is done: variables come from the node.
+func Objects(ctx context.Context, src content.Fetcher, b *bundles.Bundle) ([]Object, error) {
+	var out []Object
+	for i, c := range b.Metadata.Components {
+		files, err := b.Layer(ctx, src, i)
+		if err != nil {
+			return nil, err
+		}
+		rm, err := Kustomize(files, c.Spec)
+		if err != nil {
+			return nil, fmt.Errorf("component %s: %w", c.Name, err)
+		}
+		for _, res := range rm.Resources() {
+			node := res.RNode.Copy()
+			if err := maskSecret(node); err != nil {
+				return nil, err
+			}
+			s, err := node.String()
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, Object{Component: c.Name, ID: objectID(res.GetGvk().Group, res.GetKind(), res.GetNamespace(), res.GetName()), YAML: s})
+		}
+	}
+	return out, nil
+}
+
+// objectID names an object the way kubectl does: Deployment.apps web/api, Namespace web.
+func objectID(group, kind, namespace, name string) string {
+	id := kind
+	if group != "" {
+		id += "." + group
+	}
+	if namespace != "" {
+		return id + " " + namespace + "/" + name
+	}
+	return id + " " + name
+}
+
+// maskSecret replaces each value under data and stringData of a core Secret with a hash.
+func maskSecret(n *yaml.RNode) error {
+	if n.GetKind() != "Secret" || n.GetApiVersion() != "v1" {
+		return nil
+	}
+	for _, field := range []string{"data", "stringData"} {
+		m, err := n.Pipe(yaml.Lookup(field))
+		if err != nil || m == nil {
+			continue
+		}
+		if err := m.VisitFields(func(f *yaml.MapNode) error {
+			sum := sha256.Sum256([]byte(f.Value.YNode().Value))
+			f.Value.YNode().Value = "<hidden sha256:" + hex.EncodeToString(sum[:])[:12] + ">"
+			f.Value.YNode().Style = 0
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Change is one object that differs between two renders.
+type Change struct {
+	Action    string `json:"action"` // added, removed, changed
+	Component string `json:"component"`
+	ID        string `json:"id"`
+	Diff      string `json:"diff,omitempty"`
+}
+
+// Diff compares two renders object by object (by group, kind, namespace and name) and returns
+// the changes sorted by ID, each changed object with a unified diff of its YAML.
+func Diff(from, to []Object) []Change {
+	old := map[string]Object{}
+	for _, o := range from {
+		old[o.ID] = o
+	}
+	var out []Change
+	seen := map[string]bool{}
+	for _, n := range to {
+		seen[n.ID] = true
+		o, ok := old[n.ID]
+		switch {
+		case !ok:
+			out = append(out, Change{Action: "added", Component: n.Component, ID: n.ID, Diff: unified("", n.YAML, n.ID)})
+		case o.YAML != n.YAML:
+			out = append(out, Change{Action: "changed", Component: n.Component, ID: n.ID, Diff: unified(o.YAML, n.YAML, n.ID)})
+		}
+	}
+	for _, o := range from {
+		if !seen[o.ID] {
+			out = append(out, Change{Action: "removed", Component: o.Component, ID: o.ID, Diff: unified(o.YAML, "", o.ID)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func unified(a, b, name string) string {
+	d, _ := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
+		A: difflib.SplitLines(a), B: difflib.SplitLines(b),
+		FromFile: "a: " + name, ToFile: "b: " + name, Context: 3,
+	})
+	return d
+}
