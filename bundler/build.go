@@ -5,8 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -99,29 +102,33 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 
 	layers := make([][]byte, len(spec.Spec.Components))
 	for i, c := range spec.Spec.Components {
-		root, err := bundles.ResolveInside(dir, c.Kustomize.Path)
+		layer, comp, err := packComponent(dir, c)
 		if err != nil {
 			return nil, fmt.Errorf("component %s: %w", c.Name, err)
 		}
-		var buf bytes.Buffer
-		if err := bundles.PackDir(root, &buf); err != nil {
-			return nil, fmt.Errorf("component %s: %w", c.Name, err)
-		}
-		layers[i] = buf.Bytes()
-		ks := *c.Kustomize
-		ks.Path = "." // the layer is rooted at the component's directory (SPEC §2)
 		// Prove the component builds from exactly what the node will receive: the layer
 		// read back by the reader the node uses, rendered by the renderer the node uses.
-		files, err := bundles.ReadLayer(bytes.NewReader(layers[i]))
+		files, err := bundles.ReadLayer(bytes.NewReader(layer))
 		if err != nil {
 			return nil, fmt.Errorf("component %s: %w", c.Name, err)
 		}
-		objs, err := render.Kustomize(files, ks)
+		objs, err := render.Component(files, comp)
 		if err != nil {
-			return nil, fmt.Errorf("component %s (%s): %w", c.Name, c.Kustomize.Path, err)
+			return nil, fmt.Errorf("component %s: %w", c.Name, err)
 		}
-		meta.Components = append(meta.Components, bundles.Component{Name: c.Name, Type: "kustomize", Spec: ks})
-		opts.Log.Info("packed component", "component", c.Name, "bytes", buf.Len(), "objects", objs.Size())
+		if comp.Helm != nil {
+			ch, err := render.LoadChart(files)
+			if err != nil {
+				return nil, fmt.Errorf("component %s: %w", c.Name, err)
+			}
+			if comp.Helm.Version != "" && comp.Helm.Version != ch.Metadata.Version {
+				return nil, fmt.Errorf("component %s: helm.version %q, but the chart in %s is %s", c.Name, comp.Helm.Version, c.Helm.Chart, ch.Metadata.Version)
+			}
+			comp.Helm.Version = ch.Metadata.Version // the resolved version, recorded
+		}
+		layers[i] = layer
+		meta.Components = append(meta.Components, comp)
+		opts.Log.Info("packed component", "component", c.Name, "type", comp.Type, "bytes", len(layer), "objects", objs.Size())
 	}
 	desc, err := bundles.Pack(ctx, dst, meta, layers)
 	if err != nil {
@@ -190,4 +197,104 @@ func redactURL(raw string) string {
 	}
 	u.User = nil
 	return u.String()
+}
+
+// packComponent packs one component's files into a layer (SPEC §3) and returns the spec as
+// it reads inside the layer.
+func packComponent(dir string, c bundles.ComponentSpec) ([]byte, bundles.Component, error) {
+	var buf bytes.Buffer
+	if c.Kustomize != nil {
+		root, err := bundles.ResolveInside(dir, c.Kustomize.Path)
+		if err != nil {
+			return nil, bundles.Component{}, err
+		}
+		if err := bundles.PackDir(root, &buf); err != nil {
+			return nil, bundles.Component{}, err
+		}
+		ks := *c.Kustomize
+		ks.Path = "." // the layer is rooted at the component's directory
+		return buf.Bytes(), bundles.Component{Name: c.Name, Type: bundles.TypeKustomize, Kustomize: &ks}, nil
+	}
+	// Helm: the chart directory under chart/, each values file under values/.
+	stage, err := os.MkdirTemp("", "ferry-helm-*")
+	if err != nil {
+		return nil, bundles.Component{}, err
+	}
+	defer os.RemoveAll(stage)
+	chartRoot, err := bundles.ResolveInside(dir, c.Helm.Chart)
+	if err != nil {
+		return nil, bundles.Component{}, err
+	}
+	if err := copyTree(chartRoot, filepath.Join(stage, bundles.HelmChartDir)); err != nil {
+		return nil, bundles.Component{}, err
+	}
+	hs := *c.Helm
+	hs.Chart = bundles.HelmChartDir
+	hs.ValuesFiles = nil
+	for i, v := range c.Helm.ValuesFiles {
+		src, err := bundles.ResolveInside(dir, v)
+		if err != nil {
+			return nil, bundles.Component{}, err
+		}
+		name := fmt.Sprintf("%s/%02d-%s", bundles.HelmValuesDir, i, filepath.Base(src))
+		if err := copyFile(src, filepath.Join(stage, filepath.FromSlash(name))); err != nil {
+			return nil, bundles.Component{}, err
+		}
+		hs.ValuesFiles = append(hs.ValuesFiles, name)
+	}
+	if err := bundles.PackDir(stage, &buf); err != nil {
+		return nil, bundles.Component{}, err
+	}
+	return buf.Bytes(), bundles.Component{Name: c.Name, Type: bundles.TypeHelm, Helm: &hs}, nil
+}
+
+// copyTree copies regular files and directories from src to dst, refusing symlinks (a chart
+// must not reach outside the source tree through one).
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, rel)
+		switch {
+		case d.Type()&fs.ModeSymlink != 0:
+			return fmt.Errorf("%s: %w: symlinks are not allowed in a chart", p, bundles.ErrUnsafePath)
+		case d.IsDir():
+			return os.MkdirAll(target, 0o755)
+		case d.Type().IsRegular():
+			return copyFile(p, target)
+		}
+		return fmt.Errorf("%s: not a regular file or directory", p)
+	})
+}
+
+func copyFile(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", src)
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fi.Mode().Perm())
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }

@@ -12,6 +12,7 @@ import (
 	"oras.land/oras-go/v2/content/memory"
 	"oras.land/oras-go/v2/content/oci"
 
+	"github.com/ferrygitops/ferry/apply/render"
 	"github.com/ferrygitops/ferry/bundler/bundlertest"
 	"github.com/ferrygitops/ferry/bundles"
 )
@@ -176,5 +177,62 @@ func TestBuildRefusesComponentThatDoesNotRender(t *testing.T) {
 	}
 	if _, err := store.Resolve(t.Context(), "0.1.0"); err == nil {
 		t.Fatal("a refused build left a bundle behind")
+	}
+}
+
+func TestBuildHelmComponent(t *testing.T) {
+	dir, _ := bundlertest.GitTree(t, map[string]string{
+		"ferry.yaml": "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: edge}\nspec:\n  version: 2.0.0\n  components:\n" +
+			"  - name: web\n    helm:\n      chart: ./charts/web\n      targetNamespace: edge\n      valuesFiles: [./site/values.yaml]\n      values: {replicas: 3}\n",
+		"charts/web/Chart.yaml":               "apiVersion: v2\nname: web\nversion: 0.3.0\n",
+		"charts/web/values.yaml":              "replicas: 1\ncolor: blue\n",
+		"charts/web/templates/configmap.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {replicas: \"{{ .Values.replicas }}\", color: {{ .Values.color }}}\n",
+		"site/values.yaml":                    "color: green\n",
+	}, time.Date(2026, 11, 5, 0, 0, 0, 0, time.UTC))
+	store := memory.New()
+	res, err := Build(t.Context(), store, Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := res.Metadata.Components[0]
+	if c.Type != bundles.TypeHelm || c.Helm.Chart != "chart" || c.Helm.Version != "0.3.0" || c.Helm.ValuesFiles[0] != "values/00-values.yaml" {
+		t.Fatalf("component %+v / %+v", c, c.Helm)
+	}
+	again, err := Build(t.Context(), memory.New(), Options{Dir: dir})
+	if err != nil || again.Descriptor.Digest != res.Descriptor.Digest {
+		t.Fatalf("helm bundle not reproducible: %v %s %s", err, again.Descriptor.Digest, res.Descriptor.Digest)
+	}
+	b, err := bundles.Open(t.Context(), store, res.Descriptor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := b.Layer(t.Context(), store, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := render.Component(files, b.Metadata.Components[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := objs.AsYaml()
+	if !strings.Contains(string(out), "color: green") || !strings.Contains(string(out), "replicas: \"3\"") {
+		t.Fatalf("rendered from the bundle:\n%s", out)
+	}
+}
+
+func TestBuildRefusesHelmChartSymlinkAndVersionMismatch(t *testing.T) {
+	files := map[string]string{
+		"ferry.yaml": "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: edge}\nspec:\n  version: 2.0.0\n  components:\n" +
+			"  - name: web\n    helm:\n      chart: ./charts/web\n      version: 9.9.9\n",
+		"charts/web/Chart.yaml":               "apiVersion: v2\nname: web\nversion: 0.3.0\n",
+		"charts/web/templates/configmap.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\n",
+	}
+	dir, _ := bundlertest.GitTree(t, files, time.Date(2026, 11, 5, 0, 0, 0, 0, time.UTC))
+	if _, err := Build(t.Context(), memory.New(), Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), `helm.version "9.9.9"`) {
+		t.Fatalf("version mismatch: err = %v", err)
+	}
+	os.Symlink("/etc/passwd", filepath.Join(dir, "charts", "web", "templates", "passwd"))
+	if _, err := Build(t.Context(), memory.New(), Options{Dir: dir, AllowDirty: true}); err == nil || !strings.Contains(err.Error(), "symlinks are not allowed") {
+		t.Fatalf("symlink in chart: err = %v", err)
 	}
 }

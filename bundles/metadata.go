@@ -50,11 +50,19 @@ type Provenance struct {
 	Dirty  bool   `json:"dirty"`
 }
 
+// Component types.
+const (
+	TypeKustomize = "kustomize"
+	TypeHelm      = "helm"
+)
+
 // Component is one entry of Metadata.Components; its files are the layer at the same index.
+// Exactly the spec matching Type is set.
 type Component struct {
-	Name string        `json:"name"`
-	Type string        `json:"type"` // "kustomize"
-	Spec KustomizeSpec `json:"spec"`
+	Name      string         `json:"name"`
+	Type      string         `json:"type"`
+	Kustomize *KustomizeSpec `json:"kustomize,omitempty"`
+	Helm      *HelmSpec      `json:"helm,omitempty"`
 }
 
 var (
@@ -96,8 +104,13 @@ func (m *Metadata) Validate() error {
 			bad(f+".name", "%q appears twice", c.Name)
 		}
 		seen[c.Name] = true
-		if c.Type != "kustomize" {
-			bad(f+".type", "%q is not a component type this Ferry knows (kustomize)", c.Type)
+		switch {
+		case c.Type == TypeKustomize && c.Kustomize != nil && c.Helm == nil:
+		case c.Type == TypeHelm && c.Helm != nil && c.Kustomize == nil:
+		case c.Type != TypeKustomize && c.Type != TypeHelm:
+			bad(f+".type", "%q is not a component type this Ferry knows (kustomize, helm)", c.Type)
+		default:
+			bad(f, "type %q needs exactly its own spec", c.Type)
 		}
 	}
 	if len(m.Images) > MaxImages {

@@ -23,7 +23,7 @@ func testMetadata() *Metadata {
 		Revision:      42,
 		Created:       time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC),
 		Source:        Provenance{URL: "https://git.example.com/site.git", Commit: strings.Repeat("ab", 20)},
-		Components:    []Component{{Name: "web", Type: "kustomize", Spec: KustomizeSpec{Path: ".", Prune: true}}},
+		Components:    []Component{{Name: "web", Type: "kustomize", Kustomize: &KustomizeSpec{Path: ".", Prune: true}}},
 	}
 }
 

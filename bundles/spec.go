@@ -43,7 +43,7 @@ type BundleSpec struct {
 type ComponentSpec struct {
 	Name      string         `yaml:"name"`
 	Kustomize *KustomizeSpec `yaml:"kustomize"`
-	Helm      map[string]any `yaml:"helm"` // part of the format; not yet built (SPEC §6)
+	Helm      *HelmSpec      `yaml:"helm"`
 }
 
 // KustomizeSpec has the fields of Flux's Kustomization that mean something inside a bundle,
@@ -203,11 +203,15 @@ func (s *Spec) validate(file string, root *yaml.Node) error {
 		}
 		seen[c.Name] = true
 		switch {
+		case c.Helm != nil && c.Kustomize != nil:
+			bad(f, "has both kustomize and helm; a component is one or the other")
+			continue
 		case c.Helm != nil:
-			bad(f+".helm", "helm components are part of the format but this Ferry cannot build them yet")
+			validateHelm(c.Helm, f+".helm", bad)
+			checkDeps(f+".helm", c.Name, c.Helm.DependsOn, names, bad)
 			continue
 		case c.Kustomize == nil:
-			bad(f, "needs kustomize")
+			bad(f, "needs kustomize or helm")
 			continue
 		}
 		k := c.Kustomize
@@ -230,15 +234,7 @@ func (s *Spec) validate(file string, root *yaml.Node) error {
 		if k.TargetNamespace != "" && (!dnsLabel.MatchString(k.TargetNamespace) || len(k.TargetNamespace) > 63) {
 			bad(f+".targetNamespace", "%q is not a valid namespace name", k.TargetNamespace)
 		}
-		for j, d := range k.DependsOn {
-			df := fmt.Sprintf("%s.dependsOn[%d].name", f, j)
-			switch {
-			case d.Name == c.Name:
-				bad(df, "a component cannot depend on itself")
-			case !names[d.Name]:
-				bad(df, "%q is not a component of this bundle", d.Name)
-			}
-		}
+		checkDeps(f, c.Name, k.DependsOn, names, bad)
 		for j, h := range k.HealthChecks {
 			if h.Kind == "" || h.Name == "" {
 				bad(fmt.Sprintf("%s.healthChecks[%d]", f, j), "needs kind and name")
@@ -269,14 +265,35 @@ func (s *Spec) validate(file string, root *yaml.Node) error {
 	return errors.Join(errs...)
 }
 
+func checkDeps(f, self string, deps []DependencyRef, names map[string]bool, bad func(field, format string, a ...any)) {
+	for j, d := range deps {
+		df := fmt.Sprintf("%s.dependsOn[%d].name", f, j)
+		switch {
+		case d.Name == self:
+			bad(df, "a component cannot depend on itself")
+		case !names[d.Name]:
+			bad(df, "%q is not a component of this bundle", d.Name)
+		}
+	}
+}
+
+// DependsOn returns the names the component depends on, whatever its type.
+func (c ComponentSpec) DependsOn() []DependencyRef {
+	switch {
+	case c.Kustomize != nil:
+		return c.Kustomize.DependsOn
+	case c.Helm != nil:
+		return c.Helm.DependsOn
+	}
+	return nil
+}
+
 // dependencyCycle reports the first dependsOn cycle, naming its components in order.
 func dependencyCycle(comps []ComponentSpec) error {
 	deps := map[string][]string{}
 	for _, c := range comps {
-		if c.Kustomize != nil {
-			for _, d := range c.Kustomize.DependsOn {
-				deps[c.Name] = append(deps[c.Name], d.Name)
-			}
+		for _, d := range c.DependsOn() {
+			deps[c.Name] = append(deps[c.Name], d.Name)
 		}
 	}
 	const (
@@ -325,15 +342,29 @@ func (s *Spec) checkPaths(file string, root *yaml.Node, dir string) error {
 		return err
 	}
 	var errs []error
-	for i, c := range s.Spec.Components {
-		field := fmt.Sprintf("spec.components[%d].kustomize.path", i)
-		p, err := ResolveInside(base, c.Kustomize.Path)
+	check := func(field, rel string, wantDir bool) {
+		p, err := ResolveInside(base, rel)
 		if err != nil {
 			errs = append(errs, &FieldError{File: file, Line: lineOf(root, field), Field: field, Msg: err.Error()})
+			return
+		}
+		if fi, err := os.Stat(p); err != nil || fi.IsDir() != wantDir {
+			what := "a regular file"
+			if wantDir {
+				what = "a directory"
+			}
+			errs = append(errs, &FieldError{File: file, Line: lineOf(root, field), Field: field, Msg: fmt.Sprintf("%q is not %s", rel, what)})
+		}
+	}
+	for i, c := range s.Spec.Components {
+		f := fmt.Sprintf("spec.components[%d]", i)
+		if c.Kustomize != nil {
+			check(f+".kustomize.path", c.Kustomize.Path, true)
 			continue
 		}
-		if fi, err := os.Stat(p); err != nil || !fi.IsDir() {
-			errs = append(errs, &FieldError{File: file, Line: lineOf(root, field), Field: field, Msg: fmt.Sprintf("%q is not a directory", c.Kustomize.Path)})
+		check(f+".helm.chart", c.Helm.Chart, true)
+		for j, v := range c.Helm.ValuesFiles {
+			check(fmt.Sprintf("%s.helm.valuesFiles[%d]", f, j), v, false)
 		}
 	}
 	return errors.Join(errs...)

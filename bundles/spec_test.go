@@ -74,8 +74,16 @@ func TestSpecRefusals(t *testing.T) {
 			[]string{"dependsOn cycle: infra -> web -> infra"}},
 		{"bad timeout", strings.Replace(goodSpec, "5m", "soon", 1), []string{"timeout", `"soon"`}},
 		{"bad substituteFrom kind", strings.Replace(goodSpec, "kind: ConfigMap", "kind: Pod", 1), []string{"substituteFrom[0].kind"}},
-		{"helm not yet", strings.Replace(goodSpec, "      kustomize:\n        path: ./infra\n", "      helm:\n        chart: ./charts/x\n", 1),
-			[]string{"spec.components[0].helm", "cannot build them yet"}},
+		{"helm repository chart", strings.Replace(goodSpec, "      kustomize:\n        path: ./infra\n", "      helm:\n        chart: https://charts.example.com/x\n", 1),
+			[]string{"spec.components[0].helm.chart", "only charts vendored in the source tree"}},
+		{"helm unbounded history", strings.Replace(goodSpec, "      kustomize:\n        path: ./infra\n", "      helm:\n        chart: ./charts/x\n        maxHistory: 0\n", 1),
+			[]string{"spec.components[0].helm.maxHistory", "at least 1"}},
+		{"helm strategy", strings.Replace(goodSpec, "      kustomize:\n        path: ./infra\n", "      helm:\n        chart: ./charts/x\n        upgrade: {remediation: {strategy: reinstall}}\n", 1),
+			[]string{"upgrade.remediation.strategy"}},
+		{"helm unknown field", strings.Replace(goodSpec, "      kustomize:\n        path: ./infra\n", "      helm:\n        chart: ./charts/x\n        chartRef: x\n", 1),
+			[]string{"field chartRef not found"}},
+		{"both types", strings.Replace(goodSpec, "      kustomize:\n        path: ./infra\n", "      kustomize:\n        path: ./infra\n      helm:\n        chart: ./charts/x\n", 1),
+			[]string{"has both kustomize and helm"}},
 		{"duplicate names", strings.Replace(goodSpec, "name: web", "name: infra", 1), []string{"appears twice"}},
 		{"two documents", goodSpec + "---\nkind: Bundle\n", []string{"more than one YAML document"}},
 		{"wrong kind", strings.Replace(goodSpec, "kind: Bundle", "kind: Kustomization", 1), []string{"ferry.yaml:2: kind"}},
@@ -141,4 +149,28 @@ func FuzzParseSpec(f *testing.F) {
 			t.Fatalf("accepted a spec with a cycle: %v", err)
 		}
 	})
+}
+
+func TestLoadSpecHelm(t *testing.T) {
+	spec := strings.Replace(goodSpec, "      kustomize:\n        path: ./infra\n",
+		"      helm:\n        chart: ./charts/ingress\n        releaseName: ingress\n        targetNamespace: ingress\n        valuesFiles: [./values/site.yaml]\n        values: {replicas: 2}\n        install: {createNamespace: true, crds: Create, remediation: {retries: 3}}\n        upgrade: {remediation: {retries: 2, strategy: rollback}}\n        driftDetection: {mode: warn}\n", 1)
+	dir := writeTree(t, map[string]string{
+		SpecFile:                      spec,
+		"charts/ingress/Chart.yaml":   "apiVersion: v2\nname: ingress\nversion: 1.2.3\n",
+		"values/site.yaml":            "replicas: 1\n",
+		"apps/web/kustomization.yaml": "resources: []\n",
+	})
+	s, err := LoadSpec(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := s.Spec.Components[0].Helm
+	if h == nil || h.ReleaseName != "ingress" || h.Upgrade.Remediation.Strategy != "rollback" || h.Values["replicas"] != 2 {
+		t.Fatalf("helm spec %+v", h)
+	}
+	// A values file that is missing is named.
+	os.Remove(filepath.Join(dir, "values", "site.yaml"))
+	if _, err := LoadSpec(dir); err == nil || !strings.Contains(err.Error(), "spec.components[0].helm.valuesFiles[0]") {
+		t.Fatalf("err = %v", err)
+	}
 }

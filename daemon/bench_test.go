@@ -69,7 +69,7 @@ func benchLayout(b *testing.B, layers int, size int64) (dir, pub string, blobFil
 		f.Close()
 		os.Remove(f.Name())
 		descs = append(descs, desc)
-		m.Components = append(m.Components, bundles.Component{Name: fmt.Sprintf("c%d", i), Type: "kustomize", Spec: bundles.KustomizeSpec{Path: "."}})
+		m.Components = append(m.Components, bundles.Component{Name: fmt.Sprintf("c%d", i), Type: "kustomize", Kustomize: &bundles.KustomizeSpec{Path: "."}})
 		blobFiles = append(blobFiles, filepath.Join(dir, "blobs", "sha256", d.Encoded()))
 	}
 	cfg, err := m.Marshal()

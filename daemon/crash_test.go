@@ -103,7 +103,7 @@ func crashLayout(t testing.TB) (layoutDir, pubPath string) {
 		m := &bundles.Metadata{
 			SchemaVersion: bundles.SchemaVersion, Name: "crash", Version: fmt.Sprintf("1.0.%d", rev), Revision: uint64(rev),
 			Created:    time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC),
-			Components: []bundles.Component{{Name: "app", Type: "kustomize", Spec: bundles.KustomizeSpec{Path: "."}}},
+			Components: []bundles.Component{{Name: "app", Type: "kustomize", Kustomize: &bundles.KustomizeSpec{Path: "."}}},
 		}
 		desc, err := bundles.Pack(t.Context(), layout, m, [][]byte{buf.Bytes()})
 		if err != nil {

@@ -71,7 +71,7 @@ func makeBundle(t testing.TB, src *memory.Store, name string, revision uint64, p
 	m := &bundles.Metadata{
 		SchemaVersion: bundles.SchemaVersion, Name: name, Version: fmt.Sprintf("1.0.%d", revision), Revision: revision,
 		Created:    time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC),
-		Components: []bundles.Component{{Name: "app", Type: "kustomize", Spec: bundles.KustomizeSpec{Path: "."}}},
+		Components: []bundles.Component{{Name: "app", Type: "kustomize", Kustomize: &bundles.KustomizeSpec{Path: "."}}},
 	}
 	desc, err := bundles.Pack(t.Context(), src, m, [][]byte{layer.Bytes()})
 	if err != nil {

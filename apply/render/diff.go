@@ -31,7 +31,7 @@ func Objects(ctx context.Context, src content.Fetcher, b *bundles.Bundle) ([]Obj
 		if err != nil {
 			return nil, err
 		}
-		rm, err := Kustomize(files, c.Spec)
+		rm, err := Component(files, c)
 		if err != nil {
 			return nil, fmt.Errorf("component %s: %w", c.Name, err)
 		}

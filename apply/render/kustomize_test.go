@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -15,6 +16,8 @@ func files(kv ...string) bundles.Files {
 	for i := 0; i+1 < len(kv); i += 2 {
 		fs = append(fs, bundles.File{Name: kv[i], Mode: 0o644, Data: []byte(kv[i+1])})
 	}
+	// Files are sorted by name, as ReadLayer returns them.
+	sort.Slice(fs, func(i, j int) bool { return fs[i].Name < fs[j].Name })
 	return fs
 }
 

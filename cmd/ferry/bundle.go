@@ -211,7 +211,7 @@ type inspectComponent struct {
 	Type   string `json:"type"`
 	Digest string `json:"digest"`
 	Size   int64  `json:"size"`
-	Path   string `json:"path"`
+	Chart  string `json:"chartVersion,omitempty"`
 }
 
 type bundlesSignatureRef struct {
@@ -245,7 +245,11 @@ func newBundleInspectCommand(o *bundles.Options) *cobra.Command {
 				Created: m.Created, Source: m.Source, Images: m.Images, Signatures: []bundlesSignatureRef{}}
 			for i, c := range m.Components {
 				l := b.Manifest.Layers[i]
-				out.Components = append(out.Components, inspectComponent{Name: c.Name, Type: c.Type, Digest: l.Digest.String(), Size: l.Size, Path: c.Spec.Path})
+				ic := inspectComponent{Name: c.Name, Type: c.Type, Digest: l.Digest.String(), Size: l.Size}
+				if c.Helm != nil {
+					ic.Chart = c.Helm.Version
+				}
+				out.Components = append(out.Components, ic)
 			}
 			if sig, err := src.Resolve(cmd.Context(), bundles.SignatureTag(desc)); err == nil {
 				out.Signatures = append(out.Signatures, bundlesSignatureRef{Tag: bundles.SignatureTag(desc), Digest: sig.Digest.String()})

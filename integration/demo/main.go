@@ -170,7 +170,7 @@ func run(keep bool) error {
 		if err != nil {
 			return err
 		}
-		objs, err := render.Kustomize(files, c.Spec)
+		objs, err := render.Component(files, c)
 		if err != nil {
 			return fmt.Errorf("component %s: %w", c.Name, err)
 		}
@@ -178,8 +178,8 @@ func run(keep bool) error {
 		for k, v := range nodeVars {
 			vars[k] = v
 		}
-		if c.Spec.PostBuild != nil {
-			for k, v := range c.Spec.PostBuild.Substitute {
+		if c.Kustomize != nil && c.Kustomize.PostBuild != nil {
+			for k, v := range c.Kustomize.PostBuild.Substitute {
 				vars[k] = v
 			}
 		}
