@@ -102,7 +102,7 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 
 	layers := make([][]byte, len(spec.Spec.Components))
 	for i, c := range spec.Spec.Components {
-		layer, comp, err := packComponent(dir, c)
+		layer, comp, err := packComponent(ctx, dir, c)
 		if err != nil {
 			return nil, fmt.Errorf("component %s: %w", c.Name, err)
 		}
@@ -121,7 +121,7 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 			if err != nil {
 				return nil, fmt.Errorf("component %s: %w", c.Name, err)
 			}
-			if comp.Helm.Version != "" && comp.Helm.Version != ch.Metadata.Version {
+			if c.Helm.Repository == "" && comp.Helm.Version != "" && comp.Helm.Version != ch.Metadata.Version {
 				return nil, fmt.Errorf("component %s: helm.version %q, but the chart in %s is %s", c.Name, comp.Helm.Version, c.Helm.Chart, ch.Metadata.Version)
 			}
 			comp.Helm.Version = ch.Metadata.Version // the resolved version, recorded
@@ -201,7 +201,7 @@ func redactURL(raw string) string {
 
 // packComponent packs one component's files into a layer (SPEC §3) and returns the spec as
 // it reads inside the layer.
-func packComponent(dir string, c bundles.ComponentSpec) ([]byte, bundles.Component, error) {
+func packComponent(ctx context.Context, dir string, c bundles.ComponentSpec) ([]byte, bundles.Component, error) {
 	var buf bytes.Buffer
 	if c.Kustomize != nil {
 		root, err := bundles.ResolveInside(dir, c.Kustomize.Path)
@@ -221,14 +221,22 @@ func packComponent(dir string, c bundles.ComponentSpec) ([]byte, bundles.Compone
 		return nil, bundles.Component{}, err
 	}
 	defer os.RemoveAll(stage)
-	chartRoot, err := bundles.ResolveInside(dir, c.Helm.Chart)
-	if err != nil {
-		return nil, bundles.Component{}, err
-	}
-	if err := copyTree(chartRoot, filepath.Join(stage, bundles.HelmChartDir)); err != nil {
-		return nil, bundles.Component{}, err
-	}
 	hs := *c.Helm
+	if c.Helm.Repository != "" {
+		version, err := fetchChart(ctx, c.Helm.Repository, c.Helm.Chart, c.Helm.Version, filepath.Join(stage, bundles.HelmChartDir))
+		if err != nil {
+			return nil, bundles.Component{}, err
+		}
+		hs.Version = version
+	} else {
+		chartRoot, err := bundles.ResolveInside(dir, c.Helm.Chart)
+		if err != nil {
+			return nil, bundles.Component{}, err
+		}
+		if err := copyTree(chartRoot, filepath.Join(stage, bundles.HelmChartDir)); err != nil {
+			return nil, bundles.Component{}, err
+		}
+	}
 	hs.Chart = bundles.HelmChartDir
 	hs.ValuesFiles = nil
 	for i, v := range c.Helm.ValuesFiles {

@@ -6,13 +6,18 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/Masterminds/semver/v3"
 )
 
 // HelmSpec has the fields of Flux's HelmRelease that mean something inside a bundle, with
-// Flux's names and meanings. Chart is a path to a chart directory in the source tree; the
-// bundler vendors it into the component's layer (chart/), with the values files (values/).
+// Flux's names and meanings. Chart is a path to a chart directory in the source tree or, with
+// Repository (the URL a Flux HelmRepository would hold), a chart name whose Version is a semver
+// range. The bundler vendors the chart into the component's layer (chart/), with the values
+// files (values/), and records the resolved version.
 type HelmSpec struct {
 	Chart           string            `yaml:"chart" json:"chart"`
+	Repository      string            `yaml:"repository" json:"repository,omitempty"`
 	Version         string            `yaml:"version" json:"version,omitempty"`
 	ReleaseName     string            `yaml:"releaseName" json:"releaseName,omitempty"`
 	TargetNamespace string            `yaml:"targetNamespace" json:"targetNamespace,omitempty"`
@@ -87,9 +92,24 @@ func validateHelm(h *HelmSpec, f string, bad func(field, format string, a ...any
 			bad(field, "%q leaves the directory of ferry.yaml", p)
 		}
 	}
-	if strings.Contains(h.Chart, "://") {
-		bad(f+".chart", "%q: only charts vendored in the source tree are built yet (repository and oci:// charts are not)", h.Chart)
-	} else {
+	switch {
+	case strings.HasPrefix(h.Repository, "oci://") || strings.HasPrefix(h.Chart, "oci://"):
+		bad(f+".repository", "oci:// charts are not built yet; use a chart repository URL or a chart in the tree")
+	case h.Repository != "":
+		if !strings.HasPrefix(h.Repository, "https://") && !strings.HasPrefix(h.Repository, "http://") {
+			bad(f+".repository", "%q is not an http(s) chart repository URL", h.Repository)
+		}
+		if h.Chart == "" || strings.ContainsAny(h.Chart, "/:") {
+			bad(f+".chart", "%q: with a repository, chart is the chart's name", h.Chart)
+		}
+		if h.Version != "" {
+			if _, err := semver.NewConstraint(h.Version); err != nil {
+				bad(f+".version", "%q is not a semver version or range", h.Version)
+			}
+		}
+	case strings.Contains(h.Chart, "://"):
+		bad(f+".chart", "%q: a chart URL needs repository (the repository URL) and chart (the name)", h.Chart)
+	default:
 		checkRelPath(f+".chart", h.Chart)
 	}
 	for i, v := range h.ValuesFiles {

@@ -362,7 +362,9 @@ func (s *Spec) checkPaths(file string, root *yaml.Node, dir string) error {
 			check(f+".kustomize.path", c.Kustomize.Path, true)
 			continue
 		}
-		check(f+".helm.chart", c.Helm.Chart, true)
+		if c.Helm.Repository == "" {
+			check(f+".helm.chart", c.Helm.Chart, true)
+		}
 		for j, v := range c.Helm.ValuesFiles {
 			check(fmt.Sprintf("%s.helm.valuesFiles[%d]", f, j), v, false)
 		}

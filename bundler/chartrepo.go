@@ -1,0 +1,148 @@
+package bundler
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/Masterminds/semver/v3"
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"sigs.k8s.io/yaml"
+
+	"github.com/ferrygitops/ferry/bundles"
+)
+
+// Limits on what a chart repository may send.
+const (
+	maxIndexBytes = 32 << 20
+	maxChartBytes = 64 << 20
+)
+
+// fetchChart resolves name and a semver range in a Helm chart repository (its index.yaml),
+// downloads the chart archive, checks it against the digest the index gives, and writes its
+// files under dst. It returns the resolved version. This is the only network access of a
+// build, and it happens in CI: the bundle carries the chart.
+func fetchChart(ctx context.Context, repoURL, name, versionRange, dst string) (string, error) {
+	client := &http.Client{Timeout: 2 * time.Minute}
+	indexURL := strings.TrimSuffix(repoURL, "/") + "/index.yaml"
+	raw, err := httpGet(ctx, client, indexURL, maxIndexBytes)
+	if err != nil {
+		return "", err
+	}
+	cv, err := resolveChart(raw, name, versionRange)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", indexURL, err)
+	}
+	base, err := url.Parse(strings.TrimSuffix(repoURL, "/") + "/")
+	if err != nil {
+		return "", err
+	}
+	ref, err := url.Parse(cv.URLs[0])
+	if err != nil {
+		return "", fmt.Errorf("%s: chart URL %q: %w", indexURL, cv.URLs[0], err)
+	}
+	chartURL := base.ResolveReference(ref).String()
+	archive, err := httpGet(ctx, client, chartURL, maxChartBytes)
+	if err != nil {
+		return "", err
+	}
+	if cv.Digest != "" {
+		sum := sha256.Sum256(archive)
+		if got := hex.EncodeToString(sum[:]); got != strings.TrimPrefix(cv.Digest, "sha256:") {
+			return "", fmt.Errorf("%s: digest %s, the repository index says %s", chartURL, got, cv.Digest)
+		}
+	}
+	files, err := loader.LoadArchiveFiles(bytes.NewReader(archive))
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", chartURL, err)
+	}
+	for _, f := range files {
+		// LoadArchiveFiles has already refused names that leave the archive; check again
+		// before anything is written.
+		p := filepath.Join(dst, filepath.FromSlash(f.Name))
+		if rel, err := filepath.Rel(dst, p); err != nil || strings.HasPrefix(rel, "..") {
+			return "", fmt.Errorf("%s: entry %q: %w", chartURL, f.Name, bundles.ErrUnsafePath)
+		}
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(p, f.Data, 0o644); err != nil {
+			return "", err
+		}
+	}
+	return cv.Version, nil
+}
+
+func httpGet(ctx context.Context, c *http.Client, url string, limit int64) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", url, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("GET %s: over the %d-byte limit", url, limit)
+	}
+	return b, nil
+}
+
+// chartVersion is one entry of a chart repository's index.yaml.
+type chartVersion struct {
+	Version string   `json:"version"`
+	URLs    []string `json:"urls"`
+	Digest  string   `json:"digest"`
+}
+
+// resolveChart picks, from a repository index, the highest version of name that satisfies
+// versionRange (empty: the highest stable version), as helm does. The index is read with
+// its own small type rather than helm's repo package, which would link the Kubernetes client.
+func resolveChart(indexYAML []byte, name, versionRange string) (*chartVersion, error) {
+	var index struct {
+		Entries map[string][]chartVersion `json:"entries"`
+	}
+	if err := yaml.Unmarshal(indexYAML, &index); err != nil {
+		return nil, err
+	}
+	constraint := "*"
+	if versionRange != "" {
+		constraint = versionRange
+	}
+	c, err := semver.NewConstraint(constraint)
+	if err != nil {
+		return nil, fmt.Errorf("version %q: %w", versionRange, err)
+	}
+	var best *chartVersion
+	var bestV *semver.Version
+	for i, cv := range index.Entries[name] {
+		v, err := semver.NewVersion(cv.Version)
+		if err != nil || !c.Check(v) || len(cv.URLs) == 0 {
+			continue
+		}
+		if bestV == nil || v.GreaterThan(bestV) {
+			best, bestV = &index.Entries[name][i], v
+		}
+	}
+	if best == nil {
+		return nil, fmt.Errorf("no version of chart %q matches %q", name, constraint)
+	}
+	return best, nil
+}
