@@ -103,11 +103,7 @@ func TestBuildVendorsARepositoryChart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := b.Layer(t.Context(), store, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := render.Component(files, b.Metadata.Components[0])
+	objs, err := render.FromBundle(t.Context(), store, b, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,11 +63,7 @@ func TestBundleVendorsAChartFromARealHelmRepository(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files, err := b.Layer(ctx, store, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := render.Component(files, b.Metadata.Components[0])
+	objs, err := render.FromBundle(ctx, store, b, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,10 +9,25 @@ import (
 
 	"github.com/pmezard/go-difflib/difflib"
 	"oras.land/oras-go/v2/content"
+	"sigs.k8s.io/kustomize/api/resmap"
 	"sigs.k8s.io/kustomize/kyaml/yaml"
 
 	"github.com/ferrygitops/ferry/bundles"
 )
+
+// FromBundle renders component i of bundle b, reading its layer (digest-checked) from src.
+func FromBundle(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i int) (resmap.ResMap, error) {
+	files, err := b.Layer(ctx, src, i)
+	if err != nil {
+		return nil, err
+	}
+	c := b.Metadata.Components[i]
+	rm, err := Component(files, c)
+	if err != nil {
+		return nil, fmt.Errorf("component %s: %w", c.Name, err)
+	}
+	return rm, nil
+}
 
 // Object is one rendered object of a bundle, secrets masked.
 type Object struct {
@@ -27,13 +42,9 @@ type Object struct {
 func Objects(ctx context.Context, src content.Fetcher, b *bundles.Bundle) ([]Object, error) {
 	var out []Object
 	for i, c := range b.Metadata.Components {
-		files, err := b.Layer(ctx, src, i)
+		rm, err := FromBundle(ctx, src, b, i)
 		if err != nil {
 			return nil, err
-		}
-		rm, err := Component(files, c)
-		if err != nil {
-			return nil, fmt.Errorf("component %s: %w", c.Name, err)
 		}
 		for _, res := range rm.Resources() {
 			node := res.RNode.Copy()

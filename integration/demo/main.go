@@ -166,13 +166,9 @@ func run(keep bool) error {
 	}
 	nodeVars := map[string]string{"SITE_ID": "north-7"}
 	for i, c := range b.Metadata.Components {
-		files, err := b.Layer(ctx, st, i)
+		objs, err := render.FromBundle(ctx, st, b, i)
 		if err != nil {
 			return err
-		}
-		objs, err := render.Component(files, c)
-		if err != nil {
-			return fmt.Errorf("component %s: %w", c.Name, err)
 		}
 		vars := map[string]string{}
 		for k, v := range nodeVars {
