@@ -17,6 +17,7 @@ import (
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing/object"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"go.yaml.in/yaml/v3"
 	"oras.land/oras-go/v2/content"
 
 	"github.com/ferrygitops/ferry/apply/render"
@@ -37,6 +38,10 @@ type Options struct {
 	Created time.Time
 	// AllowDirty builds a tree with uncommitted changes (or outside Git) and marks it dirty.
 	AllowDirty bool
+	// FromFlux, when set, is a Flux cluster directory (inside Dir's repository) to read
+	// instead of ferry.yaml; Name and Version then name the bundle.
+	FromFlux      string
+	Name, Version string
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
 }
@@ -62,10 +67,6 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	spec, err := bundles.LoadSpec(dir)
-	if err != nil {
-		return nil, err
-	}
 	prov, err := provenance(dir)
 	switch {
 	case errors.Is(err, git.ErrRepositoryNotExists) && opts.AllowDirty:
@@ -78,6 +79,11 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 	if prov.dirty && !opts.AllowDirty {
 		return nil, fmt.Errorf("%s: %w (commit them, or use --allow-dirty)", dir, ErrDirty)
 	}
+	spec, bases, cleanup, err := loadSpec(ctx, dir, prov, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
 	meta := &bundles.Metadata{
 		SchemaVersion: bundles.SchemaVersion,
 		Name:          spec.Metadata.Name,
@@ -102,7 +108,11 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 
 	layers := make([][]byte, len(spec.Spec.Components))
 	for i, c := range spec.Spec.Components {
-		layer, comp, err := packComponent(ctx, dir, c)
+		base := dir
+		if b, ok := bases[c.Name]; ok {
+			base = b
+		}
+		layer, comp, err := packComponent(ctx, base, c)
 		if err != nil {
 			return nil, fmt.Errorf("component %s: %w", c.Name, err)
 		}
@@ -140,7 +150,43 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 	return &Result{Descriptor: desc, Metadata: meta}, nil
 }
 
+// loadSpec reads ferry.yaml, or with opts.FromFlux the Flux directory, and returns the spec
+// and, for components whose paths are relative to somewhere else than dir, that base.
+// The returned cleanup removes what reading Flux sources cloned; call it when the build ends.
+func loadSpec(ctx context.Context, dir string, prov *gitInfo, opts Options) (*bundles.Spec, map[string]string, func(), error) {
+	if opts.FromFlux == "" {
+		spec, err := bundles.LoadSpec(dir)
+		return spec, nil, func() {}, err
+	}
+	if err := bundles.ValidateNameVersion(opts.Name, opts.Version); err != nil {
+		return nil, nil, nil, fmt.Errorf("--from-flux: %w", err)
+	}
+	root := prov.root
+	if root == "" {
+		root = dir
+	}
+	flux, err := filepath.Abs(opts.FromFlux)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	t, err := loadFlux(ctx, flux, root, prov.url, opts.Name, opts.Version, opts.Log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	// The spec came from Flux objects, not a file: validate it the same way.
+	b, err := yaml.Marshal(t.spec)
+	if err == nil {
+		_, _, err = bundles.ParseSpec("(from "+opts.FromFlux+")", b)
+	}
+	if err != nil {
+		t.cleanup()
+		return nil, nil, nil, err
+	}
+	return t.spec, t.bases, t.cleanup, nil
+}
+
 type gitInfo struct {
+	root        string
 	url, commit string
 	time        time.Time
 	count       uint64
@@ -163,6 +209,9 @@ func provenance(dir string) (*gitInfo, error) {
 		return nil, err
 	}
 	info := &gitInfo{commit: head.Hash().String(), time: commit.Committer.When}
+	if wt, err := repo.Worktree(); err == nil {
+		info.root = wt.Filesystem.Root()
+	}
 	iter, err := repo.Log(&git.LogOptions{From: head.Hash()})
 	if err != nil {
 		return nil, err

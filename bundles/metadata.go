@@ -129,6 +129,15 @@ func checkNameVersion(bad func(field, format string, a ...any), nameField, name,
 	}
 }
 
+// ValidateNameVersion checks a bundle name and version given outside a document (flags).
+func ValidateNameVersion(name, version string) error {
+	var errs []error
+	checkNameVersion(func(field, format string, a ...any) {
+		errs = append(errs, &FieldError{Field: field, Msg: fmt.Sprintf(format, a...)})
+	}, "--name", name, "--version", version)
+	return errors.Join(errs...)
+}
+
 // FieldError is a problem with one field of a document.
 type FieldError struct {
 	File  string // may be empty

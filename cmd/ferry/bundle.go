@@ -44,14 +44,22 @@ func newBundleBuildCommand(o *bundles.Options) *cobra.Command {
 		out        string
 		revision   uint64
 		allowDirty bool
+		fromFlux   string
+		name, ver  string
 		p          = printer{}
 	)
 	cmd := &cobra.Command{
 		Use:   "build [DIR]",
 		Short: "Build a bundle from the ferry.yaml in DIR (default .)",
 		Long: `Build reads DIR/ferry.yaml, records the Git provenance of the tree (commit, origin
-URL, clean or dirty), packs each component reproducibly and writes the bundle to the
-address given by --to (default: an OCI layout directory dist/NAME).
+URL, clean or dirty), packs each component reproducibly, renders each one to prove it
+builds, and writes the bundle to the address given by --to (default: an OCI layout
+directory dist/NAME).
+
+With --from-flux, the Kustomizations and HelmReleases of a Flux cluster directory become
+the components, with the same fields. Sources that are this repository become local
+paths; other Git repositories are cloned and Helm repository charts downloaded now, at
+build time, and vendored into the bundle.
 
 The revision defaults to the number of commits reachable from HEAD and the creation
 time to the commit time, so building one commit twice gives the same digest.
@@ -60,7 +68,10 @@ SOURCE_DATE_EPOCH overrides the creation time.`,
   ferry bundle build
 
   # Build straight into a tar for a USB stick, with an explicit revision
-  ferry bundle build ./site --revision 120 --to /media/usb/site.tar`,
+  ferry bundle build ./site --revision 120 --to /media/usb/site.tar
+
+  # Turn a Flux cluster directory into a bundle (sources fetched and vendored now)
+  ferry bundle build . --from-flux clusters/production --name production --version 1.4.0`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := p.validate(); err != nil {
@@ -75,7 +86,8 @@ SOURCE_DATE_EPOCH overrides the creation time.`,
 				return err
 			}
 			store := memory.New()
-			res, err := bundler.Build(cmd.Context(), store, bundler.Options{Dir: dir, Revision: revision, AllowDirty: allowDirty, Created: created})
+			res, err := bundler.Build(cmd.Context(), store, bundler.Options{Dir: dir, Revision: revision, AllowDirty: allowDirty, Created: created,
+				FromFlux: fromFlux, Name: name, Version: ver})
 			if err != nil {
 				return err
 			}
@@ -111,6 +123,9 @@ SOURCE_DATE_EPOCH overrides the creation time.`,
 	cmd.Flags().StringVar(&out, "to", "", "where to write the bundle, any address (default: layout directory dist/NAME)")
 	cmd.Flags().Uint64Var(&revision, "revision", 0, "bundle revision (default: commits reachable from HEAD)")
 	cmd.Flags().BoolVar(&allowDirty, "allow-dirty", false, "build a tree with uncommitted changes or outside Git (marked dirty)")
+	cmd.Flags().StringVar(&fromFlux, "from-flux", "", "read this Flux cluster directory (Kustomization, HelmRelease, GitRepository, HelmRepository) instead of ferry.yaml")
+	cmd.Flags().StringVar(&name, "name", "", "bundle name, with --from-flux")
+	cmd.Flags().StringVar(&ver, "version", "", "bundle version (semver), with --from-flux")
 	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
 	return cmd
 }

@@ -1,0 +1,412 @@
+package bundler
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/plumbing"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/ferrygitops/ferry/bundles"
+)
+
+// Limits on a Flux directory read by --from-flux.
+const (
+	maxFluxFiles     = 2000
+	maxFluxFileBytes = 8 << 20
+)
+
+// fluxObject is the part of every Flux object this reads.
+type fluxObject struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Metadata   struct {
+		Name      string `yaml:"name"`
+		Namespace string `yaml:"namespace"`
+	} `yaml:"metadata"`
+}
+
+type sourceRef struct {
+	Kind      string `yaml:"kind"`
+	Name      string `yaml:"name"`
+	Namespace string `yaml:"namespace"`
+}
+
+type fluxKustomization struct {
+	fluxObject `yaml:",inline"`
+	Spec       struct {
+		bundles.KustomizeSpec `yaml:",inline"`
+		SourceRef             sourceRef `yaml:"sourceRef"`
+	} `yaml:"spec"`
+}
+
+type fluxHelmRelease struct {
+	fluxObject `yaml:",inline"`
+	// Spec holds the fields with Ferry's meaning; chart and chartRef, whose shape differs
+	// from Ferry's, are decoded into Source.
+	Spec   bundles.HelmSpec `yaml:"-"`
+	Source struct {
+		Chart struct {
+			Spec struct {
+				Chart       string    `yaml:"chart"`
+				Version     string    `yaml:"version"`
+				SourceRef   sourceRef `yaml:"sourceRef"`
+				ValuesFiles []string  `yaml:"valuesFiles"`
+			} `yaml:"spec"`
+		} `yaml:"chart"`
+		ChartRef *sourceRef `yaml:"chartRef"`
+	} `yaml:"spec"`
+}
+
+// decodeHelmRelease decodes a HelmRelease: the chart source with Flux's shape, the rest into
+// Ferry's HelmSpec (Flux's names), which has a plain chart field.
+func decodeHelmRelease(n *yaml.Node) (fluxHelmRelease, error) {
+	var h fluxHelmRelease
+	if err := n.Decode(&h); err != nil {
+		return h, err
+	}
+	spec := mapValue(n, "spec")
+	if spec == nil {
+		return h, errors.New("no spec")
+	}
+	rest := *spec
+	rest.Content = nil
+	for i := 0; i+1 < len(spec.Content); i += 2 {
+		if k := spec.Content[i].Value; k != "chart" && k != "chartRef" {
+			rest.Content = append(rest.Content, spec.Content[i], spec.Content[i+1])
+		}
+	}
+	err := rest.Decode(&h.Spec)
+	return h, err
+}
+
+func mapValue(n *yaml.Node, key string) *yaml.Node {
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}
+
+type fluxGitRepository struct {
+	fluxObject `yaml:",inline"`
+	Spec       struct {
+		URL string `yaml:"url"`
+		Ref struct {
+			Branch string `yaml:"branch"`
+			Tag    string `yaml:"tag"`
+			Commit string `yaml:"commit"`
+		} `yaml:"ref"`
+	} `yaml:"spec"`
+}
+
+type fluxHelmRepository struct {
+	fluxObject `yaml:",inline"`
+	Spec       struct {
+		URL  string `yaml:"url"`
+		Type string `yaml:"type"`
+	} `yaml:"spec"`
+}
+
+// fluxSources maps a source's namespace/name to where its files are on disk.
+type fluxTree struct {
+	spec    *bundles.Spec
+	bases   map[string]string // component name → directory its paths are relative to
+	cleanup func()
+}
+
+// loadFlux reads the Flux objects under dir and turns them into a bundle spec: every
+// Kustomization and HelmRelease becomes a component with the same fields. Sources that are
+// the repository being built (repoRoot, originURL) become local paths; other Git
+// repositories are cloned with go-git and Helm repositories resolved, at build time.
+func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version string, log *slog.Logger) (*fluxTree, error) {
+	docs, err := readFluxDocs(dir)
+	if err != nil {
+		return nil, err
+	}
+	gitRepos := map[string]fluxGitRepository{}
+	helmRepos := map[string]fluxHelmRepository{}
+	var ks []fluxKustomization
+	var hrs []fluxHelmRelease
+	for _, d := range docs {
+		var o fluxObject
+		if err := d.node.Decode(&o); err != nil {
+			continue
+		}
+		key := func() string { return nsName(o.Metadata.Namespace, o.Metadata.Name) }
+		group := strings.SplitN(o.APIVersion, "/", 2)[0]
+		switch {
+		case group == "source.toolkit.fluxcd.io" && o.Kind == "GitRepository":
+			var g fluxGitRepository
+			if err := d.node.Decode(&g); err != nil {
+				return nil, fmt.Errorf("%s:%d: GitRepository: %w", d.file, d.node.Line, err)
+			}
+			gitRepos[key()] = g
+		case group == "source.toolkit.fluxcd.io" && o.Kind == "HelmRepository":
+			var h fluxHelmRepository
+			if err := d.node.Decode(&h); err != nil {
+				return nil, fmt.Errorf("%s:%d: HelmRepository: %w", d.file, d.node.Line, err)
+			}
+			helmRepos[key()] = h
+		case group == "kustomize.toolkit.fluxcd.io" && o.Kind == "Kustomization":
+			var k fluxKustomization
+			if err := d.node.Decode(&k); err != nil {
+				return nil, fmt.Errorf("%s:%d: Kustomization: %w", d.file, d.node.Line, err)
+			}
+			ks = append(ks, k)
+		case group == "helm.toolkit.fluxcd.io" && o.Kind == "HelmRelease":
+			h, err := decodeHelmRelease(d.node)
+			if err != nil {
+				return nil, fmt.Errorf("%s:%d: HelmRelease: %w", d.file, d.node.Line, err)
+			}
+			hrs = append(hrs, h)
+		}
+	}
+
+	t := &fluxTree{spec: &bundles.Spec{APIVersion: "ferry.dev/v1", Kind: "Bundle"}, bases: map[string]string{}}
+	t.spec.Metadata.Name, t.spec.Spec.Version = name, version
+	var temps []string
+	t.cleanup = func() {
+		for _, d := range temps {
+			os.RemoveAll(d)
+		}
+	}
+	clones := map[string]string{}
+	// sourceDir is where a GitRepository's files are: this repository, or a clone.
+	sourceDir := func(ref sourceRef, ns string) (string, error) {
+		if ref.Kind != "GitRepository" {
+			return "", fmt.Errorf("source %s %s: only GitRepository sources are built", ref.Kind, ref.Name)
+		}
+		k := nsName(firstNonEmpty(ref.Namespace, ns), ref.Name)
+		g, ok := gitRepos[k]
+		if !ok {
+			return "", fmt.Errorf("GitRepository %s is not defined under %s", k, dir)
+		}
+		if sameRepo(g.Spec.URL, originURL) {
+			return repoRoot, nil
+		}
+		if d, ok := clones[k]; ok {
+			return d, nil
+		}
+		d, err := os.MkdirTemp("", "ferry-flux-git-*")
+		if err != nil {
+			return "", err
+		}
+		temps = append(temps, d)
+		if err := cloneAt(ctx, g, d); err != nil {
+			return "", fmt.Errorf("GitRepository %s (%s): %w", k, g.Spec.URL, err)
+		}
+		log.Info("vendored Git source", "source", k, "url", g.Spec.URL)
+		clones[k] = d
+		return d, nil
+	}
+
+	names := map[string]bool{}
+	addName := func(n string) error {
+		if names[n] {
+			return fmt.Errorf("two Flux objects named %q: components need distinct names", n)
+		}
+		names[n] = true
+		return nil
+	}
+	absDir, _ := filepath.Abs(dir)
+	for _, k := range ks {
+		base, err := sourceDir(k.Spec.SourceRef, k.Metadata.Namespace)
+		if err != nil {
+			t.cleanup()
+			return nil, fmt.Errorf("Kustomization %s: %w", k.Metadata.Name, err)
+		}
+		spec := k.Spec.KustomizeSpec
+		spec.Extra = nil // Flux-only fields (interval, suspend, serviceAccountName…) mean nothing in a bundle
+		if spec.Path == "" {
+			spec.Path = "."
+		}
+		// The Kustomization that syncs the cluster directory itself would apply the Flux
+		// objects this bundle replaces.
+		if p, err := filepath.Abs(filepath.Join(base, spec.Path)); err == nil && (p == absDir || strings.HasPrefix(absDir, p+string(filepath.Separator))) {
+			log.Info("skipped the Kustomization that syncs the Flux directory itself", "kustomization", k.Metadata.Name)
+			continue
+		}
+		spec.Path = "./" + strings.TrimPrefix(filepath.ToSlash(filepath.Clean(spec.Path)), "./")
+		if err := addName(k.Metadata.Name); err != nil {
+			t.cleanup()
+			return nil, err
+		}
+		t.spec.Spec.Components = append(t.spec.Spec.Components, bundles.ComponentSpec{Name: k.Metadata.Name, Kustomize: &spec})
+		t.bases[k.Metadata.Name] = base
+	}
+	for _, h := range hrs {
+		spec := h.Spec
+		cs := h.Source.Chart.Spec
+		if h.Source.ChartRef != nil {
+			t.cleanup()
+			return nil, fmt.Errorf("HelmRelease %s: chartRef (OCIRepository, HelmChart) is not built yet", h.Metadata.Name)
+		}
+		spec.Chart, spec.Version, spec.ValuesFiles = cs.Chart, cs.Version, cs.ValuesFiles
+		base := repoRoot
+		switch cs.SourceRef.Kind {
+		case "HelmRepository":
+			k := nsName(firstNonEmpty(cs.SourceRef.Namespace, h.Metadata.Namespace), cs.SourceRef.Name)
+			r, ok := helmRepos[k]
+			if !ok {
+				t.cleanup()
+				return nil, fmt.Errorf("HelmRelease %s: HelmRepository %s is not defined under %s", h.Metadata.Name, k, dir)
+			}
+			if r.Spec.Type == "oci" {
+				t.cleanup()
+				return nil, fmt.Errorf("HelmRelease %s: OCI HelmRepository %s is not built yet", h.Metadata.Name, k)
+			}
+			spec.Repository = r.Spec.URL
+			// valuesFiles of a repository chart name files inside the chart: not vendored here.
+			if len(spec.ValuesFiles) > 0 {
+				t.cleanup()
+				return nil, fmt.Errorf("HelmRelease %s: valuesFiles from a repository chart are not built yet", h.Metadata.Name)
+			}
+		case "GitRepository":
+			b, err := sourceDir(cs.SourceRef, h.Metadata.Namespace)
+			if err != nil {
+				t.cleanup()
+				return nil, fmt.Errorf("HelmRelease %s: %w", h.Metadata.Name, err)
+			}
+			base = b
+			spec.Chart = "./" + strings.TrimPrefix(filepath.ToSlash(filepath.Clean(spec.Chart)), "./")
+		default:
+			t.cleanup()
+			return nil, fmt.Errorf("HelmRelease %s: chart source %q is not built", h.Metadata.Name, cs.SourceRef.Kind)
+		}
+		if err := addName(h.Metadata.Name); err != nil {
+			t.cleanup()
+			return nil, err
+		}
+		t.spec.Spec.Components = append(t.spec.Spec.Components, bundles.ComponentSpec{Name: h.Metadata.Name, Helm: &spec})
+		t.bases[h.Metadata.Name] = base
+	}
+	if len(t.spec.Spec.Components) == 0 {
+		t.cleanup()
+		return nil, fmt.Errorf("%s: no Flux Kustomization or HelmRelease found", dir)
+	}
+	// Components by name, so the bundle is the same whatever the order of files in the
+	// directory; dependsOn, not position, orders their application.
+	sort.SliceStable(t.spec.Spec.Components, func(i, j int) bool {
+		return t.spec.Spec.Components[i].Name < t.spec.Spec.Components[j].Name
+	})
+	return t, nil
+}
+
+type fluxDoc struct {
+	file string
+	node *yaml.Node
+}
+
+// readFluxDocs reads every YAML document under dir (bounded), skipping files that are not
+// YAML objects.
+func readFluxDocs(dir string) ([]fluxDoc, error) {
+	var docs []fluxDoc
+	n := 0
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() || !(strings.HasSuffix(p, ".yaml") || strings.HasSuffix(p, ".yml")) {
+			return nil
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			return fmt.Errorf("%s: %w: symlinks are not read", p, bundles.ErrUnsafePath)
+		}
+		if n++; n > maxFluxFiles {
+			return fmt.Errorf("%s: more than %d YAML files", dir, maxFluxFiles)
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if fi.Size() > maxFluxFileBytes {
+			return fmt.Errorf("%s: over the %d-byte limit", p, maxFluxFileBytes)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(b))
+		for {
+			var node yaml.Node
+			err := dec.Decode(&node)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			if len(node.Content) > 0 {
+				docs = append(docs, fluxDoc{file: p, node: node.Content[0]})
+			}
+		}
+		return nil
+	})
+	return docs, err
+}
+
+// cloneAt clones a Flux GitRepository at its ref into dir.
+func cloneAt(ctx context.Context, g fluxGitRepository, dir string) error {
+	opts := &git.CloneOptions{URL: g.Spec.URL}
+	switch r := g.Spec.Ref; {
+	case r.Tag != "":
+		opts.ReferenceName, opts.SingleBranch = plumbing.NewTagReferenceName(r.Tag), true
+	case r.Branch != "":
+		opts.ReferenceName, opts.SingleBranch = plumbing.NewBranchReferenceName(r.Branch), true
+	}
+	repo, err := git.PlainCloneContext(ctx, dir, false, opts)
+	if err != nil {
+		return err
+	}
+	if c := g.Spec.Ref.Commit; c != "" {
+		wt, err := repo.Worktree()
+		if err != nil {
+			return err
+		}
+		return wt.Checkout(&git.CheckoutOptions{Hash: plumbing.NewHash(c)})
+	}
+	return nil
+}
+
+func nsName(ns, name string) string { return firstNonEmpty(ns, "flux-system") + "/" + name }
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// sameRepo compares Git URLs loosely: scheme, credentials, a trailing .git or slash do not
+// matter (ssh://git@host/org/repo and https://host/org/repo.git are the same repository).
+func sameRepo(a, b string) bool {
+	norm := func(u string) string {
+		u = redactURL(strings.TrimSpace(u))
+		if i := strings.Index(u, "://"); i >= 0 {
+			u = u[i+3:]
+		}
+		if i := strings.Index(u, "@"); i >= 0 && !strings.Contains(u[:i], "/") {
+			u = u[i+1:]
+		}
+		u = strings.Replace(u, ":", "/", 1)
+		return strings.TrimSuffix(strings.TrimSuffix(strings.ToLower(u), "/"), ".git")
+	}
+	return a != "" && b != "" && norm(a) == norm(b)
+}

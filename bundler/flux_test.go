@@ -1,0 +1,164 @@
+package bundler
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	gitconfig "github.com/go-git/go-git/v5/config"
+	"oras.land/oras-go/v2/content/memory"
+
+	"github.com/ferrygitops/ferry/bundler/bundlertest"
+)
+
+// fleet is a repository laid out like the Flux guide's fleet, with the HelmRelease for the
+// ingress controller and its HelmRepository (served by a test server) in the cluster directory.
+func fleet(t *testing.T, helmURL, platformURL string) string {
+	t.Helper()
+	dir, repo := bundlertest.GitTree(t, map[string]string{
+		"clusters/production/flux-system/gotk-sync.yaml": `apiVersion: source.toolkit.fluxcd.io/v1
+kind: GitRepository
+metadata: {name: flux-system, namespace: flux-system}
+spec:
+  interval: 1m
+  url: ssh://git@git.example.com/site.git
+  ref: {branch: main}
+---
+apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: flux-system, namespace: flux-system}
+spec:
+  interval: 10m
+  path: ./clusters/production
+  prune: true
+  sourceRef: {kind: GitRepository, name: flux-system}
+`,
+		"clusters/production/flux-system/gotk-components.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: flux-system}\n",
+		"clusters/production/infrastructure.yaml": `apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: infra-configs, namespace: flux-system}
+spec:
+  interval: 1h
+  retryInterval: 1m
+  path: ./infrastructure/configs
+  prune: true
+  wait: true
+  sourceRef: {kind: GitRepository, name: flux-system}
+---
+apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: platform, namespace: flux-system}
+spec:
+  interval: 1h
+  path: ./base
+  prune: true
+  sourceRef: {kind: GitRepository, name: platform}
+---
+apiVersion: source.toolkit.fluxcd.io/v1
+kind: GitRepository
+metadata: {name: platform, namespace: flux-system}
+spec:
+  url: ` + platformURL + `
+  ref: {branch: master}
+`,
+		"clusters/production/apps.yaml": `apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: apps, namespace: flux-system}
+spec:
+  interval: 10m
+  dependsOn: [{name: infra-configs}, {name: ingress-nginx}]
+  path: ./apps/production
+  prune: true
+  sourceRef: {kind: GitRepository, name: flux-system}
+  postBuild:
+    substitute: {cluster_env: production}
+`,
+		"clusters/production/ingress.yaml": `apiVersion: source.toolkit.fluxcd.io/v1
+kind: HelmRepository
+metadata: {name: charts, namespace: flux-system}
+spec:
+  interval: 24h
+  url: ` + helmURL + `
+---
+apiVersion: helm.toolkit.fluxcd.io/v2
+kind: HelmRelease
+metadata: {name: ingress-nginx, namespace: flux-system}
+spec:
+  interval: 30m
+  releaseName: ingress-nginx
+  targetNamespace: ingress-nginx
+  dependsOn: [{name: infra-configs}]
+  chart:
+    spec:
+      chart: web
+      version: "^1.0.0"
+      sourceRef: {kind: HelmRepository, name: charts}
+  install: {createNamespace: true, remediation: {retries: 3}}
+  values: {color: red}
+`,
+		"infrastructure/configs/kustomization.yaml": "resources: [ns.yaml]\n",
+		"infrastructure/configs/ns.yaml":            "apiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n",
+		"apps/production/kustomization.yaml":        "resources: [cm.yaml]\n",
+		"apps/production/cm.yaml":                   "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: env, namespace: apps}\ndata: {env: \"${cluster_env}\"}\n",
+	}, time.Date(2026, 11, 8, 0, 0, 0, 0, time.UTC))
+	repo.DeleteRemote("origin")
+	if _, err := repo.CreateRemote(&gitconfig.RemoteConfig{Name: "origin", URLs: []string{"https://git.example.com/site"}}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestBuildFromFlux(t *testing.T) {
+	srv := chartRepo(t, []string{"1.0.0", "1.1.0"}, false)
+	platform, _ := bundlertest.GitTree(t, map[string]string{
+		"base/kustomization.yaml": "resources: [rbac.yaml]\n",
+		"base/rbac.yaml":          "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: platform, namespace: apps}\n",
+	}, time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
+	dir := fleet(t, srv.URL, "file://"+platform)
+	res, err := Build(t.Context(), memory.New(), Options{Dir: dir, FromFlux: dir + "/clusters/production", Name: "production", Version: "1.0.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range res.Metadata.Components {
+		desc := c.Name + ":" + c.Type
+		switch {
+		case c.Kustomize != nil:
+			desc += ":prune=" + map[bool]string{true: "yes", false: "no"}[c.Kustomize.Prune]
+			for _, d := range c.Kustomize.DependsOn {
+				desc += ":after=" + d.Name
+			}
+		case c.Helm != nil:
+			desc += ":" + c.Helm.Version + ":" + c.Helm.TargetNamespace
+		}
+		got = append(got, desc)
+	}
+	want := "apps:kustomize:prune=yes:after=infra-configs:after=ingress-nginx infra-configs:kustomize:prune=yes ingress-nginx:helm:1.1.0:ingress-nginx platform:kustomize:prune=yes"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("components:\n got %s\nwant %s", strings.Join(got, " "), want)
+	}
+	apps := res.Metadata.Components[0].Kustomize
+	if apps.PostBuild == nil || apps.PostBuild.Substitute["cluster_env"] != "production" {
+		t.Fatalf("postBuild lost: %+v", apps.PostBuild)
+	}
+	if res.Metadata.Name != "production" || res.Metadata.Source.URL != "https://git.example.com/site" {
+		t.Fatalf("metadata %+v", res.Metadata)
+	}
+}
+
+func TestBuildFromFluxRefusals(t *testing.T) {
+	srv := chartRepo(t, []string{"1.0.0"}, false)
+	dir := fleet(t, srv.URL, "file:///nonexistent/platform.git")
+	_, err := Build(t.Context(), memory.New(), Options{Dir: dir, FromFlux: dir + "/clusters/production", Name: "production", Version: "1.0.0"})
+	if err == nil || !strings.Contains(err.Error(), "GitRepository flux-system/platform") {
+		t.Fatalf("unreachable Git source: err = %v", err)
+	}
+	_, err = Build(t.Context(), memory.New(), Options{Dir: dir, FromFlux: dir + "/apps", Name: "x", Version: "1.0.0"})
+	if err == nil || !strings.Contains(err.Error(), "no Flux Kustomization or HelmRelease") {
+		t.Fatalf("directory without Flux objects: err = %v", err)
+	}
+	_, err = Build(t.Context(), memory.New(), Options{Dir: dir, FromFlux: dir + "/clusters/production", Name: "Bad_Name", Version: "1.0.0"})
+	if err == nil || !strings.Contains(err.Error(), "--name") {
+		t.Fatalf("bad bundle name: err = %v", err)
+	}
+}
