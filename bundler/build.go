@@ -42,6 +42,8 @@ type Options struct {
 	// instead of ferry.yaml; Name and Version then name the bundle.
 	FromFlux      string
 	Name, Version string
+	// Remote says how to reach registries holding oci:// charts.
+	Remote bundles.Options
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
 }
@@ -112,7 +114,7 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 		if b, ok := bases[c.Name]; ok {
 			base = b
 		}
-		layer, comp, err := packComponent(ctx, base, c)
+		layer, comp, err := packComponent(ctx, opts.Remote, base, c)
 		if err != nil {
 			return nil, fmt.Errorf("component %s: %w", c.Name, err)
 		}
@@ -250,7 +252,7 @@ func redactURL(raw string) string {
 
 // packComponent packs one component's files into a layer (SPEC §3) and returns the spec as
 // it reads inside the layer.
-func packComponent(ctx context.Context, dir string, c bundles.ComponentSpec) ([]byte, bundles.Component, error) {
+func packComponent(ctx context.Context, remote bundles.Options, dir string, c bundles.ComponentSpec) ([]byte, bundles.Component, error) {
 	var buf bytes.Buffer
 	if c.Kustomize != nil {
 		root, err := bundles.ResolveInside(dir, c.Kustomize.Path)
@@ -271,13 +273,20 @@ func packComponent(ctx context.Context, dir string, c bundles.ComponentSpec) ([]
 	}
 	defer os.RemoveAll(stage)
 	hs := *c.Helm
-	if c.Helm.Repository != "" {
+	switch {
+	case strings.HasPrefix(c.Helm.Repository, "oci://"):
+		version, err := fetchOCIChart(ctx, remote, c.Helm.Repository, c.Helm.Chart, c.Helm.Version, filepath.Join(stage, bundles.HelmChartDir))
+		if err != nil {
+			return nil, bundles.Component{}, err
+		}
+		hs.Version = version
+	case c.Helm.Repository != "":
 		version, err := fetchChart(ctx, c.Helm.Repository, c.Helm.Chart, c.Helm.Version, filepath.Join(stage, bundles.HelmChartDir))
 		if err != nil {
 			return nil, bundles.Component{}, err
 		}
 		hs.Version = version
-	} else {
+	default:
 		chartRoot, err := bundles.ResolveInside(dir, c.Helm.Chart)
 		if err != nil {
 			return nil, bundles.Component{}, err

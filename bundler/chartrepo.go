@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/Masterminds/semver/v3"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"helm.sh/helm/v3/pkg/chart/loader"
 	"sigs.k8s.io/yaml"
 
@@ -61,25 +63,33 @@ func fetchChart(ctx context.Context, repoURL, name, versionRange, dst string) (s
 			return "", fmt.Errorf("%s: digest %s, the repository index says %s", chartURL, got, cv.Digest)
 		}
 	}
+	if err := writeChartArchive(archive, dst, chartURL); err != nil {
+		return "", err
+	}
+	return cv.Version, nil
+}
+
+// writeChartArchive writes the files of a chart .tgz under dst.
+func writeChartArchive(archive []byte, dst, from string) error {
 	files, err := loader.LoadArchiveFiles(bytes.NewReader(archive))
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", chartURL, err)
+		return fmt.Errorf("%s: %w", from, err)
 	}
 	for _, f := range files {
 		// LoadArchiveFiles has already refused names that leave the archive; check again
 		// before anything is written.
 		p := filepath.Join(dst, filepath.FromSlash(f.Name))
 		if rel, err := filepath.Rel(dst, p); err != nil || strings.HasPrefix(rel, "..") {
-			return "", fmt.Errorf("%s: entry %q: %w", chartURL, f.Name, bundles.ErrUnsafePath)
+			return fmt.Errorf("%s: entry %q: %w", from, f.Name, bundles.ErrUnsafePath)
 		}
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return "", err
+			return err
 		}
 		if err := os.WriteFile(p, f.Data, 0o644); err != nil {
-			return "", err
+			return err
 		}
 	}
-	return cv.Version, nil
+	return nil
 }
 
 func httpGet(ctx context.Context, c *http.Client, url string, limit int64) ([]byte, error) {
@@ -145,4 +155,74 @@ func resolveChart(indexYAML []byte, name, versionRange string) (*chartVersion, e
 		return nil, fmt.Errorf("no version of chart %q matches %q", name, constraint)
 	}
 	return best, nil
+}
+
+// Media type of the chart archive layer in an OCI chart (helm push).
+const helmChartLayerType = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+
+// fetchOCIChart resolves an OCI chart (as `helm push` stores it: repository/name, tagged with
+// the chart version) whose tag satisfies versionRange, fetches its chart layer digest- and
+// size-checked, and writes its files under dst. It returns the resolved version.
+func fetchOCIChart(ctx context.Context, o bundles.Options, repository, name, versionRange, dst string) (string, error) {
+	addr, err := bundles.ParseAddress(strings.TrimSuffix(repository, "/") + "/" + name)
+	if err != nil {
+		return "", err
+	}
+	repo, err := o.Repository(addr)
+	if err != nil {
+		return "", err
+	}
+	var tags []string
+	if err := repo.Tags(ctx, "", func(ts []string) error { tags = append(tags, ts...); return nil }); err != nil {
+		return "", fmt.Errorf("%s: list tags: %w", addr, err)
+	}
+	constraint := "*"
+	if versionRange != "" {
+		constraint = versionRange
+	}
+	c, err := semver.NewConstraint(constraint)
+	if err != nil {
+		return "", err
+	}
+	var best *semver.Version
+	var bestTag string
+	for _, t := range tags {
+		// helm push replaces "+" in versions with "_" in tags.
+		v, err := semver.NewVersion(strings.ReplaceAll(t, "_", "+"))
+		if err != nil || !c.Check(v) {
+			continue
+		}
+		if best == nil || v.GreaterThan(best) {
+			best, bestTag = v, t
+		}
+	}
+	if best == nil {
+		return "", fmt.Errorf("%s: no tag matches %q", addr, constraint)
+	}
+	desc, err := repo.Resolve(ctx, bestTag)
+	if err != nil {
+		return "", fmt.Errorf("%s:%s: %w", addr, bestTag, err)
+	}
+	raw, err := bundles.FetchLimited(ctx, repo, desc, bundles.MaxManifestBytes)
+	if err != nil {
+		return "", err
+	}
+	var man ocispec.Manifest
+	if err := json.Unmarshal(raw, &man); err != nil {
+		return "", fmt.Errorf("%s:%s: %w", addr, bestTag, err)
+	}
+	for _, l := range man.Layers {
+		if l.MediaType != helmChartLayerType {
+			continue
+		}
+		archive, err := bundles.FetchLimited(ctx, repo, l, maxChartBytes)
+		if err != nil {
+			return "", err
+		}
+		if err := writeChartArchive(archive, dst, addr.String()); err != nil {
+			return "", err
+		}
+		return best.Original(), nil
+	}
+	return "", fmt.Errorf("%s:%s: no Helm chart layer (%s)", addr, bestTag, helmChartLayerType)
 }

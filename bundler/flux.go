@@ -266,10 +266,7 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 				t.cleanup()
 				return nil, fmt.Errorf("HelmRelease %s: HelmRepository %s is not defined under %s", h.Metadata.Name, k, dir)
 			}
-			if r.Spec.Type == "oci" {
-				t.cleanup()
-				return nil, fmt.Errorf("HelmRelease %s: OCI HelmRepository %s is not built yet", h.Metadata.Name, k)
-			}
+			// An OCI HelmRepository (type: oci) holds an oci:// URL; both kinds are vendored.
 			spec.Repository = r.Spec.URL
 			// valuesFiles of a repository chart name files inside the chart: not vendored here.
 			if len(spec.ValuesFiles) > 0 {

@@ -93,11 +93,9 @@ func validateHelm(h *HelmSpec, f string, bad func(field, format string, a ...any
 		}
 	}
 	switch {
-	case strings.HasPrefix(h.Repository, "oci://") || strings.HasPrefix(h.Chart, "oci://"):
-		bad(f+".repository", "oci:// charts are not built yet; use a chart repository URL or a chart in the tree")
 	case h.Repository != "":
-		if !strings.HasPrefix(h.Repository, "https://") && !strings.HasPrefix(h.Repository, "http://") {
-			bad(f+".repository", "%q is not an http(s) chart repository URL", h.Repository)
+		if !strings.HasPrefix(h.Repository, "https://") && !strings.HasPrefix(h.Repository, "http://") && !strings.HasPrefix(h.Repository, "oci://") {
+			bad(f+".repository", "%q is not an http(s) chart repository or oci:// registry URL", h.Repository)
 		}
 		if h.Chart == "" || strings.ContainsAny(h.Chart, "/:") {
 			bad(f+".chart", "%q: with a repository, chart is the chart's name", h.Chart)
@@ -108,7 +106,7 @@ func validateHelm(h *HelmSpec, f string, bad func(field, format string, a ...any
 			}
 		}
 	case strings.Contains(h.Chart, "://"):
-		bad(f+".chart", "%q: a chart URL needs repository (the repository URL) and chart (the name)", h.Chart)
+		bad(f+".chart", "%q: a chart URL needs repository (the repository or oci:// URL) and chart (the name)", h.Chart)
 	default:
 		checkRelPath(f+".chart", h.Chart)
 	}

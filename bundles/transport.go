@@ -237,7 +237,7 @@ func Copy(ctx context.Context, src Source, desc ocispec.Descriptor, dst Address,
 	tag := b.Metadata.Version
 	switch dst.Kind {
 	case KindRegistry:
-		repo, err := o.repository(dst)
+		repo, err := o.Repository(dst)
 		if err != nil {
 			return "", err
 		}
@@ -424,10 +424,12 @@ func (o Options) referencedRepository(a Address) (*remote.Repository, error) {
 	if a.Ref.Reference == "" {
 		return nil, fmt.Errorf("%s: name a tag or digest", a)
 	}
-	return o.repository(a)
+	return o.Repository(a)
 }
 
-func (o Options) repository(a Address) (*remote.Repository, error) {
+// Repository returns a client for the registry repository of a, with o's credentials and
+// plain-HTTP rule.
+func (o Options) Repository(a Address) (*remote.Repository, error) {
 	repo, err := remote.NewRepository(a.Ref.Registry + "/" + a.Ref.Repository)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", a, err)

@@ -77,3 +77,59 @@ func TestBundleVendorsAChartFromARealHelmRepository(t *testing.T) {
 		}
 	}
 }
+
+// TestBundleVendorsAnOCIChartPushedByHelm: `helm push` stores a chart in the testbed registry;
+// the bundler resolves a version range against its tags and vendors the chart layer.
+func TestBundleVendorsAnOCIChartPushedByHelm(t *testing.T) {
+	ctx := t.Context()
+	work := t.TempDir()
+	helm := func(args ...string) string {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, tb.Bin("helm"), args...)
+		cmd.Dir = work
+		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(work, ".cache"), "HELM_CONFIG_HOME="+filepath.Join(work, ".config"), "HELM_DATA_HOME="+filepath.Join(work, ".data"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	for _, v := range []string{"0.9.0", "1.0.0", "1.1.0", "2.0.0"} {
+		chartDir := filepath.Join(work, "src-"+v, "cache")
+		for name, data := range map[string]string{
+			"Chart.yaml":               "apiVersion: v2\nname: cache\nversion: " + v + "\n",
+			"values.yaml":              "size: 1Gi\n",
+			"templates/configmap.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cache}\ndata: {size: {{ .Values.size }}, chart: \"{{ .Chart.Version }}\"}\n",
+		} {
+			p := filepath.Join(chartDir, filepath.FromSlash(name))
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			os.WriteFile(p, []byte(data), 0o644)
+		}
+		helm("package", chartDir, "-d", work)
+		helm("push", filepath.Join(work, "cache-"+v+".tgz"), "oci://"+tb.Registry+"/charts", "--plain-http")
+	}
+	dir, _ := bundlertest.GitTree(t, map[string]string{
+		"ferry.yaml": "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: cache}\nspec:\n  version: 1.0.0\n  components:\n" +
+			"  - name: cache\n    helm:\n      chart: cache\n      repository: oci://" + tb.Registry + "/charts\n      version: \"~1\"\n      values: {size: 5Gi}\n",
+	}, time.Date(2026, 11, 9, 0, 0, 0, 0, time.UTC))
+	store := memory.New()
+	res, err := bundler.Build(ctx, store, bundler.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := res.Metadata.Components[0].Helm.Version; v != "1.1.0" {
+		t.Fatalf("resolved %q, want 1.1.0 (highest 1.x)", v)
+	}
+	b, err := bundles.Open(ctx, store, res.Descriptor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := render.FromBundle(ctx, store, b, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := objs.AsYaml()
+	if !strings.Contains(string(out), "size: 5Gi") || !strings.Contains(string(out), "chart: 1.1.0") {
+		t.Fatalf("rendered:\n%s", out)
+	}
+}

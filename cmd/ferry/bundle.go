@@ -87,7 +87,7 @@ SOURCE_DATE_EPOCH overrides the creation time.`,
 			}
 			store := memory.New()
 			res, err := bundler.Build(cmd.Context(), store, bundler.Options{Dir: dir, Revision: revision, AllowDirty: allowDirty, Created: created,
-				FromFlux: fromFlux, Name: name, Version: ver})
+				FromFlux: fromFlux, Name: name, Version: ver, Remote: *o})
 			if err != nil {
 				return err
 			}
