@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ferrygitops/ferry/apply/render"
 	"github.com/ferrygitops/ferry/bundles"
 )
 
@@ -138,45 +140,11 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 	if err != nil {
 		return nil, err
 	}
-	gitRepos := map[string]fluxGitRepository{}
-	helmRepos := map[string]fluxHelmRepository{}
-	var ks []fluxKustomization
-	var hrs []fluxHelmRelease
-	for _, d := range docs {
-		var o fluxObject
-		if err := d.node.Decode(&o); err != nil {
-			continue
-		}
-		key := func() string { return nsName(o.Metadata.Namespace, o.Metadata.Name) }
-		group := strings.SplitN(o.APIVersion, "/", 2)[0]
-		switch {
-		case group == "source.toolkit.fluxcd.io" && o.Kind == "GitRepository":
-			var g fluxGitRepository
-			if err := d.node.Decode(&g); err != nil {
-				return nil, fmt.Errorf("%s:%d: GitRepository: %w", d.file, d.node.Line, err)
-			}
-			gitRepos[key()] = g
-		case group == "source.toolkit.fluxcd.io" && o.Kind == "HelmRepository":
-			var h fluxHelmRepository
-			if err := d.node.Decode(&h); err != nil {
-				return nil, fmt.Errorf("%s:%d: HelmRepository: %w", d.file, d.node.Line, err)
-			}
-			helmRepos[key()] = h
-		case group == "kustomize.toolkit.fluxcd.io" && o.Kind == "Kustomization":
-			var k fluxKustomization
-			if err := d.node.Decode(&k); err != nil {
-				return nil, fmt.Errorf("%s:%d: Kustomization: %w", d.file, d.node.Line, err)
-			}
-			ks = append(ks, k)
-		case group == "helm.toolkit.fluxcd.io" && o.Kind == "HelmRelease":
-			h, err := decodeHelmRelease(d.node)
-			if err != nil {
-				return nil, fmt.Errorf("%s:%d: HelmRelease: %w", d.file, d.node.Line, err)
-			}
-			hrs = append(hrs, h)
-		}
+	objs := fluxObjects{git: map[string]fluxGitRepository{}, helm: map[string]fluxHelmRepository{}}
+	if err := objs.add(docs); err != nil {
+		return nil, err
 	}
-
+	gitRepos, helmRepos, ks, hrs := objs.git, objs.helm, objs.ks, objs.hrs
 	t := &fluxTree{spec: &bundles.Spec{APIVersion: "ferry.dev/v1", Kind: "Bundle"}, bases: map[string]string{}}
 	t.spec.Metadata.Name, t.spec.Spec.Version = name, version
 	var temps []string
@@ -249,48 +217,98 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 		t.spec.Spec.Components = append(t.spec.Spec.Components, bundles.ComponentSpec{Name: k.Metadata.Name, Kustomize: &spec})
 		t.bases[k.Metadata.Name] = base
 	}
-	for _, h := range hrs {
+	// HelmReleases and their repositories often live inside a Kustomization's path (the
+	// Flux guide's infrastructure/controllers). Each kustomize component is rendered once,
+	// its Flux objects are taken out of it with delete patches and converted like top-level
+	// ones, and the component depends on them, so what depended on it still waits for them.
+	type nestedRelease struct {
+		h    fluxHelmRelease
+		deps []bundles.DependencyRef // the parent's own dependencies
+	}
+	var nested []nestedRelease
+	for i := range t.spec.Spec.Components {
+		c := &t.spec.Spec.Components[i]
+		if c.Kustomize == nil {
+			continue
+		}
+		found, patches, err := fluxObjectsIn(t.bases[c.Name], c.Kustomize.Path)
+		if err != nil {
+			t.cleanup()
+			return nil, fmt.Errorf("Kustomization %s: %w", c.Name, err)
+		}
+		inner := fluxObjects{git: gitRepos, helm: helmRepos}
+		if err := inner.add(found); err != nil {
+			t.cleanup()
+			return nil, fmt.Errorf("Kustomization %s: %w", c.Name, err)
+		}
+		if len(inner.ks) > 0 {
+			t.cleanup()
+			return nil, fmt.Errorf("Kustomization %s holds Kustomization %s: nested Kustomizations are not built yet", c.Name, inner.ks[0].Metadata.Name)
+		}
+		own := append([]bundles.DependencyRef(nil), c.Kustomize.DependsOn...)
+		for _, h := range inner.hrs {
+			nested = append(nested, nestedRelease{h: h, deps: own})
+			c.Kustomize.DependsOn = append(c.Kustomize.DependsOn, bundles.DependencyRef{Name: h.Metadata.Name})
+		}
+		c.Kustomize.Patches = append(c.Kustomize.Patches, patches...)
+		if len(patches) > 0 {
+			log.Info("took Flux objects out of a Kustomization", "kustomization", c.Name, "objects", len(patches), "helmReleases", len(inner.hrs))
+		}
+	}
+	addRelease := func(h fluxHelmRelease, extraDeps []bundles.DependencyRef) error {
 		spec := h.Spec
 		cs := h.Source.Chart.Spec
 		if h.Source.ChartRef != nil {
-			t.cleanup()
-			return nil, fmt.Errorf("HelmRelease %s: chartRef (OCIRepository, HelmChart) is not built yet", h.Metadata.Name)
+			return fmt.Errorf("HelmRelease %s: chartRef (OCIRepository, HelmChart) is not built yet", h.Metadata.Name)
 		}
 		spec.Chart, spec.Version, spec.ValuesFiles = cs.Chart, cs.Version, cs.ValuesFiles
+		for _, d := range extraDeps {
+			if !slices.Contains(spec.DependsOn, d) {
+				spec.DependsOn = append(spec.DependsOn, d)
+			}
+		}
 		base := repoRoot
 		switch cs.SourceRef.Kind {
 		case "HelmRepository":
 			k := nsName(firstNonEmpty(cs.SourceRef.Namespace, h.Metadata.Namespace), cs.SourceRef.Name)
 			r, ok := helmRepos[k]
 			if !ok {
-				t.cleanup()
-				return nil, fmt.Errorf("HelmRelease %s: HelmRepository %s is not defined under %s", h.Metadata.Name, k, dir)
+				return fmt.Errorf("HelmRelease %s: HelmRepository %s is not defined under %s", h.Metadata.Name, k, dir)
 			}
 			// An OCI HelmRepository (type: oci) holds an oci:// URL; both kinds are vendored.
 			spec.Repository = r.Spec.URL
 			// valuesFiles of a repository chart name files inside the chart: not vendored here.
 			if len(spec.ValuesFiles) > 0 {
-				t.cleanup()
-				return nil, fmt.Errorf("HelmRelease %s: valuesFiles from a repository chart are not built yet", h.Metadata.Name)
+				return fmt.Errorf("HelmRelease %s: valuesFiles from a repository chart are not built yet", h.Metadata.Name)
 			}
 		case "GitRepository":
 			b, err := sourceDir(cs.SourceRef, h.Metadata.Namespace)
 			if err != nil {
-				t.cleanup()
-				return nil, fmt.Errorf("HelmRelease %s: %w", h.Metadata.Name, err)
+				return fmt.Errorf("HelmRelease %s: %w", h.Metadata.Name, err)
 			}
 			base = b
 			spec.Chart = "./" + strings.TrimPrefix(filepath.ToSlash(filepath.Clean(spec.Chart)), "./")
 		default:
-			t.cleanup()
-			return nil, fmt.Errorf("HelmRelease %s: chart source %q is not built", h.Metadata.Name, cs.SourceRef.Kind)
+			return fmt.Errorf("HelmRelease %s: chart source %q is not built", h.Metadata.Name, cs.SourceRef.Kind)
 		}
 		if err := addName(h.Metadata.Name); err != nil {
-			t.cleanup()
-			return nil, err
+			return err
 		}
 		t.spec.Spec.Components = append(t.spec.Spec.Components, bundles.ComponentSpec{Name: h.Metadata.Name, Helm: &spec})
 		t.bases[h.Metadata.Name] = base
+		return nil
+	}
+	for _, h := range hrs {
+		if err := addRelease(h, nil); err != nil {
+			t.cleanup()
+			return nil, err
+		}
+	}
+	for _, n := range nested {
+		if err := addRelease(n.h, n.deps); err != nil {
+			t.cleanup()
+			return nil, err
+		}
 	}
 	if len(t.spec.Spec.Components) == 0 {
 		t.cleanup()
@@ -302,6 +320,101 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 		return t.spec.Spec.Components[i].Name < t.spec.Spec.Components[j].Name
 	})
 	return t, nil
+}
+
+// fluxObjects are the Flux objects found so far, by kind.
+type fluxObjects struct {
+	git  map[string]fluxGitRepository
+	helm map[string]fluxHelmRepository
+	ks   []fluxKustomization
+	hrs  []fluxHelmRelease
+}
+
+// add sorts documents into o by kind; objects of other kinds are ignored.
+func (o2 *fluxObjects) add(docs []fluxDoc) error {
+	for _, d := range docs {
+		var o fluxObject
+		if err := d.node.Decode(&o); err != nil {
+			continue
+		}
+		key := func() string { return nsName(o.Metadata.Namespace, o.Metadata.Name) }
+		group := strings.SplitN(o.APIVersion, "/", 2)[0]
+		switch {
+		case group == "source.toolkit.fluxcd.io" && o.Kind == "GitRepository":
+			var g fluxGitRepository
+			if err := d.node.Decode(&g); err != nil {
+				return fmt.Errorf("%s:%d: GitRepository: %w", d.file, d.node.Line, err)
+			}
+			o2.git[key()] = g
+		case group == "source.toolkit.fluxcd.io" && o.Kind == "HelmRepository":
+			var h fluxHelmRepository
+			if err := d.node.Decode(&h); err != nil {
+				return fmt.Errorf("%s:%d: HelmRepository: %w", d.file, d.node.Line, err)
+			}
+			o2.helm[key()] = h
+		case group == "kustomize.toolkit.fluxcd.io" && o.Kind == "Kustomization":
+			var k fluxKustomization
+			if err := d.node.Decode(&k); err != nil {
+				return fmt.Errorf("%s:%d: Kustomization: %w", d.file, d.node.Line, err)
+			}
+			o2.ks = append(o2.ks, k)
+		case group == "helm.toolkit.fluxcd.io" && o.Kind == "HelmRelease":
+			h, err := decodeHelmRelease(d.node)
+			if err != nil {
+				return fmt.Errorf("%s:%d: HelmRelease: %w", d.file, d.node.Line, err)
+			}
+			o2.hrs = append(o2.hrs, h)
+		}
+	}
+
+	return nil
+}
+
+// fluxGroups are the API groups whose objects a Ferry node does not apply as they are.
+var fluxGroups = []string{"source.toolkit.fluxcd.io", "kustomize.toolkit.fluxcd.io", "helm.toolkit.fluxcd.io"}
+
+// fluxObjectsIn renders the kustomization at base/path and returns the Flux objects in it, and
+// a delete patch for each, which keeps them out of the component.
+func fluxObjectsIn(base, path string) ([]fluxDoc, []bundles.Patch, error) {
+	root, err := bundles.ResolveInside(base, path)
+	if err != nil {
+		return nil, nil, err
+	}
+	var buf bytes.Buffer
+	if err := bundles.PackDir(root, &buf); err != nil {
+		return nil, nil, err
+	}
+	files, err := bundles.ReadLayer(&buf)
+	if err != nil {
+		return nil, nil, err
+	}
+	rm, err := render.Kustomize(files, bundles.KustomizeSpec{Path: "."})
+	if err != nil {
+		return nil, nil, err
+	}
+	var docs []fluxDoc
+	var patches []bundles.Patch
+	for _, res := range rm.Resources() {
+		group := strings.SplitN(res.GetApiVersion(), "/", 2)[0]
+		if !slices.Contains(fluxGroups, group) {
+			continue
+		}
+		b, err := res.AsYAML()
+		if err != nil {
+			return nil, nil, err
+		}
+		var node yaml.Node
+		if err := yaml.Unmarshal(b, &node); err != nil || len(node.Content) == 0 {
+			return nil, nil, fmt.Errorf("%s: %v", res.CurId(), err)
+		}
+		docs = append(docs, fluxDoc{file: filepath.Join(path, "(rendered)"), node: node.Content[0]})
+		patch := fmt.Sprintf("$patch: delete\napiVersion: %s\nkind: %s\nmetadata:\n  name: %s\n", res.GetApiVersion(), res.GetKind(), res.GetName())
+		if ns := res.GetNamespace(); ns != "" {
+			patch += "  namespace: " + ns + "\n"
+		}
+		patches = append(patches, bundles.Patch{Patch: patch})
+	}
+	return docs, patches, nil
 }
 
 type fluxDoc struct {

@@ -8,7 +8,9 @@ import (
 	gitconfig "github.com/go-git/go-git/v5/config"
 	"oras.land/oras-go/v2/content/memory"
 
+	"github.com/ferrygitops/ferry/apply/render"
 	"github.com/ferrygitops/ferry/bundler/bundlertest"
+	"github.com/ferrygitops/ferry/bundles"
 )
 
 // fleet is a repository laid out like the Flux guide's fleet, with the HelmRelease for the
@@ -160,5 +162,86 @@ func TestBuildFromFluxRefusals(t *testing.T) {
 	_, err = Build(t.Context(), memory.New(), Options{Dir: dir, FromFlux: dir + "/clusters/production", Name: "Bad_Name", Version: "1.0.0"})
 	if err == nil || !strings.Contains(err.Error(), "--name") {
 		t.Fatalf("bad bundle name: err = %v", err)
+	}
+}
+
+// TestBuildFromFluxGuideLayout: as in the Flux guide, the ingress HelmRelease and its
+// HelmRepository live inside infrastructure/controllers, applied by a Kustomization. They
+// become a Helm component; the Kustomization keeps its other objects and waits for it.
+func TestBuildFromFluxGuideLayout(t *testing.T) {
+	srv := chartRepo(t, []string{"1.0.0"}, false)
+	dir, _ := bundlertest.GitTree(t, map[string]string{
+		"clusters/production/infrastructure.yaml": `apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: infra-controllers, namespace: flux-system}
+spec:
+  interval: 1h
+  path: ./infrastructure/controllers
+  prune: true
+  sourceRef: {kind: GitRepository, name: flux-system}
+---
+apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: apps, namespace: flux-system}
+spec:
+  dependsOn: [{name: infra-controllers}]
+  path: ./apps
+  sourceRef: {kind: GitRepository, name: flux-system}
+---
+apiVersion: source.toolkit.fluxcd.io/v1
+kind: GitRepository
+metadata: {name: flux-system, namespace: flux-system}
+spec: {url: "https://ci:token@git.example.com/site.git"}
+`,
+		"infrastructure/controllers/kustomization.yaml": "resources: [ns.yaml, ingress.yaml]\n",
+		"infrastructure/controllers/ns.yaml":            "apiVersion: v1\nkind: Namespace\nmetadata: {name: ingress-nginx}\n",
+		"infrastructure/controllers/ingress.yaml": `apiVersion: source.toolkit.fluxcd.io/v1
+kind: HelmRepository
+metadata: {name: charts, namespace: ingress-nginx}
+spec: {url: "` + srv.URL + `"}
+---
+apiVersion: helm.toolkit.fluxcd.io/v2
+kind: HelmRelease
+metadata: {name: ingress-nginx, namespace: ingress-nginx}
+spec:
+  chart:
+    spec: {chart: web, sourceRef: {kind: HelmRepository, name: charts}}
+  values: {color: red}
+`,
+		"apps/kustomization.yaml": "resources: [cm.yaml]\n",
+		"apps/cm.yaml":            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\n",
+	}, time.Date(2026, 11, 8, 0, 0, 0, 0, time.UTC))
+	store := memory.New()
+	res, err := Build(t.Context(), store, Options{Dir: dir, FromFlux: dir + "/clusters/production", Name: "production", Version: "1.0.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]bundles.Component{}
+	for _, c := range res.Metadata.Components {
+		byName[c.Name] = c
+	}
+	if h := byName["ingress-nginx"].Helm; h == nil || h.Version != "1.0.0" {
+		t.Fatalf("no helm component for the nested HelmRelease: %+v", res.Metadata.Components)
+	}
+	infra := byName["infra-controllers"].Kustomize
+	if infra == nil || len(infra.DependsOn) != 1 || infra.DependsOn[0].Name != "ingress-nginx" {
+		t.Fatalf("infra-controllers should wait for its HelmRelease: %+v", infra)
+	}
+	b, err := bundles.Open(t.Context(), store, res.Descriptor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range b.Metadata.Components {
+		if c.Name != "infra-controllers" {
+			continue
+		}
+		objs, err := render.FromBundle(t.Context(), store, b, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _ := objs.AsYaml()
+		if strings.Contains(string(out), "toolkit.fluxcd.io") || !strings.Contains(string(out), "kind: Namespace") {
+			t.Fatalf("infra-controllers renders:\n%s", out)
+		}
 	}
 }
