@@ -123,8 +123,9 @@ func TestBenchChild(t *testing.T) {
 // BenchmarkIngest admits a signed bundle of FERRY_BENCH_MIB MiB (default 1024, in 256 MiB
 // layers) from an OCI layout directory and from a tar, into a fresh state directory each
 // time (verify, digest-checked copy, fsync, bbolt commit), in a child process whose peak RSS
-// is reported. The peer, in the same iteration, is `openssl dgst -sha256` over the same
-// layer files: the single-core hash limit. ferry/openssl is the time ratio (lower is better).
+// is reported. The peers, in the same iteration: `openssl dgst -sha256` over the same layer
+// files (the single-core hash limit), and `dd conv=fdatasync` copying them (the disk's durable
+// write limit). The ratios are times (lower is better).
 func BenchmarkIngest(b *testing.B) {
 	mib := 1024
 	if v, err := strconv.Atoi(os.Getenv("FERRY_BENCH_MIB")); err == nil && v > 0 {
@@ -148,7 +149,7 @@ func BenchmarkIngest(b *testing.B) {
 	total := float64(int64(layers) * size)
 	for _, from := range []struct{ name, ref string }{{"layout", layoutDir}, {"tar", tarPath}} {
 		b.Run(fmt.Sprintf("%s-%dMiB", from.name, mib), func(b *testing.B) {
-			var ferryT, peerT time.Duration
+			var ferryT, peerT, diskT time.Duration
 			var maxRSS int64
 			for b.Loop() {
 				state := filepath.Join(b.TempDir(), "state")
@@ -170,11 +171,25 @@ func BenchmarkIngest(b *testing.B) {
 					b.Fatalf("openssl: %v\n%s", err, out)
 				}
 				peerT += time.Since(start)
+
+				// The second peer: the disk's durable write speed for the same bytes.
+				start = time.Now()
+				for i, f := range blobFiles {
+					out := filepath.Join(b.TempDir(), fmt.Sprintf("dd-%d", i))
+					dd := exec.Command("dd", "if="+f, "of="+out, "bs=1M", "conv=fdatasync")
+					if o, err := dd.CombinedOutput(); err != nil {
+						b.Fatalf("dd: %v\n%s", err, o)
+					}
+					os.Remove(out)
+				}
+				diskT += time.Since(start)
 			}
 			n := float64(b.N)
 			b.ReportMetric(total/(1<<20)/(ferryT.Seconds()/n), "ferry-MiB/s")
 			b.ReportMetric(total/(1<<20)/(peerT.Seconds()/n), "openssl-MiB/s")
 			b.ReportMetric(float64(ferryT)/float64(peerT), "ferry/openssl")
+			b.ReportMetric(total/(1<<20)/(diskT.Seconds()/n), "dd-fdatasync-MiB/s")
+			b.ReportMetric(float64(ferryT)/float64(diskT), "ferry/dd")
 			b.ReportMetric(float64(maxRSS)/1024, "peak-RSS-MiB")
 		})
 	}
