@@ -162,7 +162,7 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 		k := nsName(firstNonEmpty(ref.Namespace, ns), ref.Name)
 		g, ok := gitRepos[k]
 		if !ok {
-			return "", fmt.Errorf("GitRepository %s is not defined under %s", k, dir)
+			return "", fmt.Errorf("flux GitRepository %s is not defined under %s", k, dir)
 		}
 		if sameRepo(g.Spec.URL, originURL) {
 			return repoRoot, nil
@@ -176,7 +176,7 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 		}
 		temps = append(temps, d)
 		if err := cloneAt(ctx, g, d); err != nil {
-			return "", fmt.Errorf("GitRepository %s (%s): %w", k, g.Spec.URL, err)
+			return "", fmt.Errorf("flux GitRepository %s (%s): %w", k, g.Spec.URL, err)
 		}
 		log.Info("vendored Git source", "source", k, "url", g.Spec.URL)
 		clones[k] = d
@@ -196,7 +196,7 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 		base, err := sourceDir(k.Spec.SourceRef, k.Metadata.Namespace)
 		if err != nil {
 			t.cleanup()
-			return nil, fmt.Errorf("Kustomization %s: %w", k.Metadata.Name, err)
+			return nil, fmt.Errorf("flux Kustomization %s: %w", k.Metadata.Name, err)
 		}
 		spec := k.Spec.KustomizeSpec
 		spec.Extra = nil // Flux-only fields (interval, suspend, serviceAccountName…) mean nothing in a bundle
@@ -234,16 +234,16 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 		found, patches, err := fluxObjectsIn(t.bases[c.Name], c.Kustomize.Path)
 		if err != nil {
 			t.cleanup()
-			return nil, fmt.Errorf("Kustomization %s: %w", c.Name, err)
+			return nil, fmt.Errorf("flux Kustomization %s: %w", c.Name, err)
 		}
 		inner := fluxObjects{git: gitRepos, helm: helmRepos}
 		if err := inner.add(found); err != nil {
 			t.cleanup()
-			return nil, fmt.Errorf("Kustomization %s: %w", c.Name, err)
+			return nil, fmt.Errorf("flux Kustomization %s: %w", c.Name, err)
 		}
 		if len(inner.ks) > 0 {
 			t.cleanup()
-			return nil, fmt.Errorf("Kustomization %s holds Kustomization %s: nested Kustomizations are not built yet", c.Name, inner.ks[0].Metadata.Name)
+			return nil, fmt.Errorf("flux Kustomization %s holds Kustomization %s: nested Kustomizations are not built yet", c.Name, inner.ks[0].Metadata.Name)
 		}
 		own := append([]bundles.DependencyRef(nil), c.Kustomize.DependsOn...)
 		for _, h := range inner.hrs {
@@ -259,7 +259,7 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 		spec := h.Spec
 		cs := h.Source.Chart.Spec
 		if h.Source.ChartRef != nil {
-			return fmt.Errorf("HelmRelease %s: chartRef (OCIRepository, HelmChart) is not built yet", h.Metadata.Name)
+			return fmt.Errorf("flux HelmRelease %s: chartRef (OCIRepository, HelmChart) is not built yet", h.Metadata.Name)
 		}
 		spec.Chart, spec.Version, spec.ValuesFiles = cs.Chart, cs.Version, cs.ValuesFiles
 		for _, d := range extraDeps {
@@ -273,23 +273,23 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 			k := nsName(firstNonEmpty(cs.SourceRef.Namespace, h.Metadata.Namespace), cs.SourceRef.Name)
 			r, ok := helmRepos[k]
 			if !ok {
-				return fmt.Errorf("HelmRelease %s: HelmRepository %s is not defined under %s", h.Metadata.Name, k, dir)
+				return fmt.Errorf("flux HelmRelease %s: HelmRepository %s is not defined under %s", h.Metadata.Name, k, dir)
 			}
 			// An OCI HelmRepository (type: oci) holds an oci:// URL; both kinds are vendored.
 			spec.Repository = r.Spec.URL
 			// valuesFiles of a repository chart name files inside the chart: not vendored here.
 			if len(spec.ValuesFiles) > 0 {
-				return fmt.Errorf("HelmRelease %s: valuesFiles from a repository chart are not built yet", h.Metadata.Name)
+				return fmt.Errorf("flux HelmRelease %s: valuesFiles from a repository chart are not built yet", h.Metadata.Name)
 			}
 		case "GitRepository":
 			b, err := sourceDir(cs.SourceRef, h.Metadata.Namespace)
 			if err != nil {
-				return fmt.Errorf("HelmRelease %s: %w", h.Metadata.Name, err)
+				return fmt.Errorf("flux HelmRelease %s: %w", h.Metadata.Name, err)
 			}
 			base = b
 			spec.Chart = "./" + strings.TrimPrefix(filepath.ToSlash(filepath.Clean(spec.Chart)), "./")
 		default:
-			return fmt.Errorf("HelmRelease %s: chart source %q is not built", h.Metadata.Name, cs.SourceRef.Kind)
+			return fmt.Errorf("flux HelmRelease %s: chart source %q is not built", h.Metadata.Name, cs.SourceRef.Kind)
 		}
 		if err := addName(h.Metadata.Name); err != nil {
 			return err
