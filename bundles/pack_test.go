@@ -247,3 +247,28 @@ func TestParseMetadataRefusesAmbiguousJSON(t *testing.T) {
 		t.Fatalf("err = %v, want nesting refused", err)
 	}
 }
+
+func TestCopyReportsProgressOnlyWhenAsked(t *testing.T) {
+	store, desc, _ := packed(t)
+	for _, progress := range []bool{false, true} {
+		var out bytes.Buffer
+		o := Options{}
+		if progress {
+			o.Progress = &out
+		}
+		dst, err := ParseAddress(t.TempDir() + "/b.tar")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Copy(t.Context(), memSource{store}, desc, dst, o); err != nil {
+			t.Fatal(err)
+		}
+		if got := out.String(); progress != strings.Contains(got, "blobs") {
+			t.Fatalf("progress=%v, output %q", progress, got)
+		}
+	}
+}
+
+type memSource struct{ *memory.Store }
+
+func (memSource) Close() error { return nil }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -38,6 +39,9 @@ type Options struct {
 	// DockerConfig is a Docker config.json with registry credentials; "" means the default
 	// ($DOCKER_CONFIG/config.json or ~/.docker/config.json).
 	DockerConfig string
+	// Progress, when set, receives a progress line for long copies (a terminal); nil is quiet,
+	// as CI logs want.
+	Progress io.Writer
 	// S3 endpoint and credentials; empty fields come from AWS_ENDPOINT_URL_S3 (or
 	// AWS_ENDPOINT_URL), AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
 	S3Endpoint, S3Region, S3AccessKey, S3SecretKey string
@@ -247,7 +251,7 @@ func Copy(ctx context.Context, src Source, desc ocispec.Descriptor, dst Address,
 			}
 			tag = r
 		}
-		if err := copyWithSignatures(ctx, src, repo, desc, tag); err != nil {
+		if err := copyWithSignatures(ctx, src, repo, desc, tag, o.Progress); err != nil {
 			return "", err
 		}
 		return dst.Ref.Registry + "/" + dst.Ref.Repository + ":" + tag, nil
@@ -259,7 +263,7 @@ func Copy(ctx context.Context, src Source, desc ocispec.Descriptor, dst Address,
 		if err != nil {
 			return "", err
 		}
-		if err := copyWithSignatures(ctx, src, store, desc, tag); err != nil {
+		if err := copyWithSignatures(ctx, src, store, desc, tag, o.Progress); err != nil {
 			return "", err
 		}
 		return dst.Path + ":" + tag, nil
@@ -267,7 +271,7 @@ func Copy(ctx context.Context, src Source, desc ocispec.Descriptor, dst Address,
 		if dst.Reference != "" {
 			tag = dst.Reference
 		}
-		return dst.Path, exportTar(ctx, src, desc, tag, dst.Path)
+		return dst.Path, exportTar(ctx, src, desc, tag, dst.Path, o.Progress)
 	case KindS3:
 		key := dst.Key
 		if !strings.HasSuffix(key, ".tar") {
@@ -279,7 +283,7 @@ func Copy(ctx context.Context, src Source, desc ocispec.Descriptor, dst Address,
 		}
 		tmp.Close()
 		defer os.Remove(tmp.Name())
-		if err := exportTar(ctx, src, desc, tag, tmp.Name()); err != nil {
+		if err := exportTar(ctx, src, desc, tag, tmp.Name(), o.Progress); err != nil {
 			return "", err
 		}
 		if err := o.upload(ctx, dst.Bucket, key, tmp.Name()); err != nil {
@@ -292,8 +296,15 @@ func Copy(ctx context.Context, src Source, desc ocispec.Descriptor, dst Address,
 
 // copyWithSignatures copies the bundle graph and, when src has them, its cosign signatures:
 // oras.ExtendedCopy follows referrers but not cosign's .sig tags, so they are copied by name.
-func copyWithSignatures(ctx context.Context, src Source, dst oras.Target, desc ocispec.Descriptor, tag string) error {
-	if err := oras.CopyGraph(ctx, src, dst, desc, oras.DefaultCopyGraphOptions); err != nil {
+func copyWithSignatures(ctx context.Context, src Source, dst oras.Target, desc ocispec.Descriptor, tag string, progress io.Writer) error {
+	opts := oras.DefaultCopyGraphOptions
+	if progress != nil {
+		p := &copyProgress{w: progress, label: "copy " + tag}
+		opts.PostCopy = p.done
+		opts.OnCopySkipped = p.done
+		defer p.finish()
+	}
+	if err := oras.CopyGraph(ctx, src, dst, desc, opts); err != nil {
 		return fmt.Errorf("copy %s: %w", desc.Digest, err)
 	}
 	if err := dst.Tag(ctx, desc, tag); err != nil {
@@ -312,7 +323,7 @@ func copyWithSignatures(ctx context.Context, src Source, dst oras.Target, desc o
 
 // exportTar writes the bundle and its signatures as an OCI layout in a tar file at path,
 // atomically: a temp file beside it is written, synced and renamed.
-func exportTar(ctx context.Context, src Source, desc ocispec.Descriptor, tag, path string) error {
+func exportTar(ctx context.Context, src Source, desc ocispec.Descriptor, tag, path string, progress io.Writer) error {
 	dir, err := os.MkdirTemp("", "ferry-layout-*")
 	if err != nil {
 		return err
@@ -322,7 +333,7 @@ func exportTar(ctx context.Context, src Source, desc ocispec.Descriptor, tag, pa
 	if err != nil {
 		return err
 	}
-	if err := copyWithSignatures(ctx, src, store, desc, tag); err != nil {
+	if err := copyWithSignatures(ctx, src, store, desc, tag, progress); err != nil {
 		return err
 	}
 	if err := sortIndex(filepath.Join(dir, "index.json")); err != nil {
@@ -579,3 +590,24 @@ func OpenTarget(ctx context.Context, a Address, o Options) (Target, ocispec.Desc
 	}
 	return t, desc, nil
 }
+
+// copyProgress prints how much of a copy is done, on one line, as blobs complete. oras copies
+// several blobs at once, so its callbacks take the lock.
+type copyProgress struct {
+	mu    sync.Mutex
+	w     io.Writer
+	label string
+	bytes int64
+	blobs int
+}
+
+func (p *copyProgress) done(_ context.Context, d ocispec.Descriptor) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.bytes += d.Size
+	p.blobs++
+	fmt.Fprintf(p.w, "\r%s: %d blobs, %.1f MiB", p.label, p.blobs, float64(p.bytes)/(1<<20))
+	return nil
+}
+
+func (p *copyProgress) finish() { fmt.Fprintln(p.w) }

@@ -11,6 +11,7 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 	"oras.land/oras-go/v2/content/memory"
 
 	"github.com/ferrygitops/ferry/bundler"
@@ -33,6 +34,12 @@ Addresses, the same for every command:
 	cmd.PersistentFlags().StringVar(&o.DockerConfig, "registry-config", "", "Docker config.json with registry credentials (default ~/.docker/config.json)")
 	cmd.PersistentFlags().StringVar(&o.S3Endpoint, "s3-endpoint", "", "S3 endpoint URL (default $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL or AWS)")
 	cmd.PersistentFlags().StringVar(&o.S3Region, "s3-region", "", "S3 region (default $AWS_REGION or us-east-1)")
+	cmd.PersistentPreRun = func(cmd *cobra.Command, _ []string) {
+		// A progress line on a terminal; nothing in CI logs or pipes.
+		if os.Getenv("CI") == "" && term.IsTerminal(int(os.Stderr.Fd())) {
+			o.Progress = cmd.ErrOrStderr()
+		}
+	}
 	cmd.AddCommand(newBundleBuildCommand(&o), newBundleCopyCommand(&o, "push"), newBundleCopyCommand(&o, "export"),
 		newBundleCopyCommand(&o, "upload"), newBundleInspectCommand(&o),
 		newBundleSignCommand(&o), newBundleVerifyCommand(&o), newBundleDiffCommand(&o))
