@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/object"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.yaml.in/yaml/v3"
+	"oras.land/oras-go/v2"
 	"oras.land/oras-go/v2/content"
 
 	"github.com/ferrygitops/ferry/apply/render"
@@ -50,7 +52,7 @@ type Options struct {
 
 // Tagger is where Build stores the bundle: a content store that can name it.
 type Tagger interface {
-	content.Pusher
+	content.Storage
 	content.Tagger
 }
 
@@ -109,6 +111,7 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 	meta.Created = meta.Created.UTC().Truncate(time.Second)
 
 	layers := make([][]byte, len(spec.Spec.Components))
+	discovered := map[string]bool{}
 	for i, c := range spec.Spec.Components {
 		base := dir
 		if b, ok := bases[c.Name]; ok {
@@ -140,7 +143,21 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 		}
 		layers[i] = layer
 		meta.Components = append(meta.Components, comp)
+		for _, im := range render.Images(objs) {
+			discovered[im] = true
+		}
 		opts.Log.Info("packed component", "component", c.Name, "type", comp.Type, "bytes", len(layer), "objects", objs.Size())
+	}
+	if im := spec.Spec.Images; im != nil {
+		names := im.Include
+		if im.Carry {
+			for n := range discovered {
+				names = append(names, n)
+			}
+		}
+		if meta.Images, err = carryImages(ctx, dst, opts.Remote, names, opts.Log); err != nil {
+			return nil, err
+		}
 	}
 	desc, err := bundles.Pack(ctx, dst, meta, layers)
 	if err != nil {
@@ -363,4 +380,41 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// carryImages resolves each image name to a digest in its registry and copies the image's
+// whole graph (index, manifests, configs, layers) into dst. Names are carried once each, in
+// sorted order, so the metadata is the same whatever order they were found in.
+func carryImages(ctx context.Context, dst content.Storage, remote bundles.Options, names []string, log *slog.Logger) ([]bundles.Image, error) {
+	sort.Strings(names)
+	var out []bundles.Image
+	for i, name := range names {
+		if i > 0 && names[i-1] == name {
+			continue
+		}
+		ref, err := bundles.NormalizeImage(name)
+		if err != nil {
+			return nil, err
+		}
+		addr, err := bundles.ParseAddress("oci://" + ref.String())
+		if err != nil {
+			return nil, err
+		}
+		repo, err := remote.Repository(addr)
+		if err != nil {
+			return nil, err
+		}
+		desc, err := repo.Resolve(ctx, ref.Reference)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", name, err)
+		}
+		if err := oras.CopyGraph(ctx, repo, dst, desc, oras.DefaultCopyGraphOptions); err != nil {
+			return nil, fmt.Errorf("image %s: %w", name, err)
+		}
+		// Only what a manifest or index is: platform, annotations and the rest stay behind.
+		desc = ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size}
+		out = append(out, bundles.Image{Name: name, Descriptor: desc})
+		log.Info("carried image", "image", name, "digest", desc.Digest)
+	}
+	return out, nil
 }

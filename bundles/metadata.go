@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"strconv"
 	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // Media types of the bundle format (SPEC §1).
@@ -19,6 +21,12 @@ const (
 	MaxConfigBytes = 1 << 20
 	MaxComponents  = 256
 	MaxImages      = 4096
+)
+
+// Docker's manifest media types, which registries still serve for many images.
+const (
+	mediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	mediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
 )
 
 // Annotation keys on the bundle manifest (SPEC §4).
@@ -40,7 +48,7 @@ type Metadata struct {
 	Created       time.Time   `json:"created"`
 	Source        Provenance  `json:"source"`
 	Components    []Component `json:"components"`
-	Images        []string    `json:"images"`
+	Images        []Image     `json:"images"`
 }
 
 // Provenance says where the tree a bundle was built from came from.
@@ -48,6 +56,14 @@ type Provenance struct {
 	URL    string `json:"url"`
 	Commit string `json:"commit"`
 	Dirty  bool   `json:"dirty"`
+}
+
+// Image is a container image a bundle carries: the name the manifests use and the image
+// manifest (or index) it was resolved to when the bundle was built. The descriptor is inside
+// the signed config, so the image's whole graph is covered by the bundle's signature.
+type Image struct {
+	Name       string             `json:"name"`
+	Descriptor ocispec.Descriptor `json:"descriptor"`
 }
 
 // Component types.
@@ -116,6 +132,14 @@ func (m *Metadata) Validate() error {
 	if len(m.Images) > MaxImages {
 		bad("images", "has %d entries, over the limit of %d", len(m.Images), MaxImages)
 	}
+	for i, im := range m.Images {
+		d := im.Descriptor
+		if im.Name == "" || d.Digest.Validate() != nil || d.Size <= 0 || d.Size > MaxManifestBytes ||
+			(d.MediaType != ocispec.MediaTypeImageManifest && d.MediaType != ocispec.MediaTypeImageIndex &&
+				d.MediaType != mediaTypeDockerManifest && d.MediaType != mediaTypeDockerManifestList) {
+			bad(fmt.Sprintf("images[%d]", i), "needs a name and an image manifest or index descriptor (digest, size, media type)")
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -163,7 +187,7 @@ func (m *Metadata) Marshal() ([]byte, error) {
 		return nil, fmt.Errorf("bundle metadata: %w", err)
 	}
 	if m.Images == nil {
-		m.Images = []string{}
+		m.Images = []Image{}
 	}
 	return json.Marshal(m)
 }

@@ -37,6 +37,18 @@ type SpecMetadata struct {
 type BundleSpec struct {
 	Version    string          `yaml:"version"`
 	Components []ComponentSpec `yaml:"components"`
+	Images     *ImagesSpec     `yaml:"images"`
+}
+
+// ImagesSpec says which container images the bundle carries, so a node that cannot pull
+// from the internet has them.
+type ImagesSpec struct {
+	// Carry every image the rendered components run (containers, init and ephemeral
+	// containers), resolved to a digest at build time.
+	Carry bool `yaml:"carry"`
+	// Include lists more images to carry (for example ones only a Helm hook or an operator
+	// starts).
+	Include []string `yaml:"include"`
 }
 
 // ComponentSpec is one component: exactly one of Kustomize or Helm.

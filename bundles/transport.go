@@ -251,7 +251,7 @@ func Copy(ctx context.Context, src Source, desc ocispec.Descriptor, dst Address,
 			}
 			tag = r
 		}
-		if err := copyWithSignatures(ctx, src, repo, desc, tag, o.Progress); err != nil {
+		if err := copyWithSignatures(ctx, src, repo, desc, tag, b.Metadata.Images, o.Progress); err != nil {
 			return "", err
 		}
 		return dst.Ref.Registry + "/" + dst.Ref.Repository + ":" + tag, nil
@@ -263,7 +263,7 @@ func Copy(ctx context.Context, src Source, desc ocispec.Descriptor, dst Address,
 		if err != nil {
 			return "", err
 		}
-		if err := copyWithSignatures(ctx, src, store, desc, tag, o.Progress); err != nil {
+		if err := copyWithSignatures(ctx, src, store, desc, tag, b.Metadata.Images, o.Progress); err != nil {
 			return "", err
 		}
 		return dst.Path + ":" + tag, nil
@@ -271,7 +271,7 @@ func Copy(ctx context.Context, src Source, desc ocispec.Descriptor, dst Address,
 		if dst.Reference != "" {
 			tag = dst.Reference
 		}
-		return dst.Path, exportTar(ctx, src, desc, tag, dst.Path, o.Progress)
+		return dst.Path, exportTar(ctx, src, desc, tag, b.Metadata.Images, dst.Path, o.Progress)
 	case KindS3:
 		key := dst.Key
 		if !strings.HasSuffix(key, ".tar") {
@@ -283,7 +283,7 @@ func Copy(ctx context.Context, src Source, desc ocispec.Descriptor, dst Address,
 		}
 		tmp.Close()
 		defer os.Remove(tmp.Name())
-		if err := exportTar(ctx, src, desc, tag, tmp.Name(), o.Progress); err != nil {
+		if err := exportTar(ctx, src, desc, tag, b.Metadata.Images, tmp.Name(), o.Progress); err != nil {
 			return "", err
 		}
 		if err := o.upload(ctx, dst.Bucket, key, tmp.Name()); err != nil {
@@ -296,7 +296,7 @@ func Copy(ctx context.Context, src Source, desc ocispec.Descriptor, dst Address,
 
 // copyWithSignatures copies the bundle graph and, when src has them, its cosign signatures:
 // oras.ExtendedCopy follows referrers but not cosign's .sig tags, so they are copied by name.
-func copyWithSignatures(ctx context.Context, src Source, dst oras.Target, desc ocispec.Descriptor, tag string, progress io.Writer) error {
+func copyWithSignatures(ctx context.Context, src Source, dst oras.Target, desc ocispec.Descriptor, tag string, images []Image, progress io.Writer) error {
 	opts := oras.DefaultCopyGraphOptions
 	if progress != nil {
 		p := &copyProgress{w: progress, label: "copy " + tag}
@@ -306,6 +306,12 @@ func copyWithSignatures(ctx context.Context, src Source, dst oras.Target, desc o
 	}
 	if err := oras.CopyGraph(ctx, src, dst, desc, opts); err != nil {
 		return fmt.Errorf("copy %s: %w", desc.Digest, err)
+	}
+	// Carried images go by digest (untagged): the signed config names them.
+	for _, im := range images {
+		if err := oras.CopyGraph(ctx, src, dst, im.Descriptor, opts); err != nil {
+			return fmt.Errorf("copy image %s (%s): %w", im.Name, im.Descriptor.Digest, err)
+		}
 	}
 	if err := dst.Tag(ctx, desc, tag); err != nil {
 		return fmt.Errorf("tag %s: %w", tag, err)
@@ -323,7 +329,7 @@ func copyWithSignatures(ctx context.Context, src Source, dst oras.Target, desc o
 
 // exportTar writes the bundle and its signatures as an OCI layout in a tar file at path,
 // atomically: a temp file beside it is written, synced and renamed.
-func exportTar(ctx context.Context, src Source, desc ocispec.Descriptor, tag, path string, progress io.Writer) error {
+func exportTar(ctx context.Context, src Source, desc ocispec.Descriptor, tag string, images []Image, path string, progress io.Writer) error {
 	dir, err := os.MkdirTemp("", "ferry-layout-*")
 	if err != nil {
 		return err
@@ -333,7 +339,7 @@ func exportTar(ctx context.Context, src Source, desc ocispec.Descriptor, tag, pa
 	if err != nil {
 		return err
 	}
-	if err := copyWithSignatures(ctx, src, store, desc, tag, progress); err != nil {
+	if err := copyWithSignatures(ctx, src, store, desc, tag, images, progress); err != nil {
 		return err
 	}
 	if err := sortIndex(filepath.Join(dir, "index.json")); err != nil {

@@ -32,6 +32,13 @@ func Ingest(ctx context.Context, st *store.Store, src bundles.Source, desc ocisp
 	}
 	blobs := append([]ocispec.Descriptor{b.Manifest.Config}, b.Manifest.Layers...)
 	blobs = append(blobs, res.SignatureBlobs()...)
+	for _, im := range b.Metadata.Images {
+		graph, err := bundles.ImageBlobs(ctx, src, im.Descriptor)
+		if err != nil {
+			return nil, err
+		}
+		blobs = append(blobs, graph...)
+	}
 	rev, err := st.Admit(ctx, src, store.Admission{
 		Name: b.Metadata.Name, Revision: b.Metadata.Revision, Version: b.Metadata.Version,
 		Manifest: desc, Blobs: blobs, Source: source, Verification: record,

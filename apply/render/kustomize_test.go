@@ -111,3 +111,17 @@ func TestKustomizeNeverReadsTheDisk(t *testing.T) {
 		t.Fatalf("kustomize read a file from the node's disk:\n%s", out)
 	}
 }
+
+func TestImages(t *testing.T) {
+	rm, err := Kustomize(files(
+		"deploy.yaml", deploy,
+		"cron.yaml", "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c}\nspec:\n  schedule: '@daily'\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          initContainers: [{name: i, image: 'busybox:1.36'}]\n          containers: [{name: c, image: 'web:1'}, {name: d, image: 'registry.local/tool@sha256:0123456789012345678901234567890123456789012345678901234567890123'}]\n",
+	), bundles.KustomizeSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(Images(rm), " ")
+	if got != "busybox:1.36 registry.local/tool@sha256:0123456789012345678901234567890123456789012345678901234567890123 web:1" {
+		t.Fatalf("images: %s", got)
+	}
+}

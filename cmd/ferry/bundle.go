@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -224,7 +223,7 @@ type inspectOutput struct {
 	Created    time.Time             `json:"created"`
 	Source     bundles.Provenance    `json:"source"`
 	Components []inspectComponent    `json:"components"`
-	Images     []string              `json:"images"`
+	Images     []bundles.Image       `json:"images"`
 	Signatures []bundlesSignatureRef `json:"signatures"`
 }
 
@@ -288,7 +287,10 @@ func newBundleInspectCommand(o *bundles.Options) *cobra.Command {
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", c.Name, c.Type, humanBytes(c.Size), c.Digest)
 				}
 				if len(m.Images) > 0 {
-					fmt.Fprintf(w, "\nIMAGES\n%s\n", strings.Join(m.Images, "\n"))
+					fmt.Fprintf(w, "\nIMAGE\tDIGEST\n")
+					for _, im := range m.Images {
+						fmt.Fprintf(w, "%s\t%s\n", im.Name, im.Descriptor.Digest)
+					}
 				}
 			})
 		},

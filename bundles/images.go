@@ -1,0 +1,68 @@
+package bundles
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/registry"
+)
+
+// MaxImageBlobs bounds the graph of one carried image (index, manifests, configs, layers).
+const MaxImageBlobs = 10_000
+
+// NormalizeImage turns an image name as Kubernetes manifests write it into a full reference:
+// "nginx:1.25" is docker.io/library/nginx:1.25, a name without tag or digest gets :latest.
+func NormalizeImage(name string) (registry.Reference, error) {
+	ref := name
+	first, _, hasSlash := strings.Cut(ref, "/")
+	if !hasSlash || (!strings.ContainsAny(first, ".:") && first != "localhost") {
+		if !hasSlash {
+			ref = "library/" + ref
+		}
+		ref = "docker.io/" + ref
+	}
+	r, err := registry.ParseReference(ref)
+	if err != nil {
+		return r, fmt.Errorf("image %q: %w", name, err)
+	}
+	if r.Reference == "" {
+		r.Reference = "latest"
+	}
+	return r, nil
+}
+
+// ImageBlobs walks the graph of a carried image in src (index → manifests → configs and
+// layers) and returns every descriptor in it, the root first, each manifest read size- and
+// digest-checked.
+func ImageBlobs(ctx context.Context, src content.Fetcher, root ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+	out := []ocispec.Descriptor{}
+	seen := map[string]bool{}
+	queue := []ocispec.Descriptor{root}
+	for len(queue) > 0 {
+		d := queue[0]
+		queue = queue[1:]
+		if seen[d.Digest.String()] {
+			continue
+		}
+		seen[d.Digest.String()] = true
+		if len(out) >= MaxImageBlobs {
+			return nil, fmt.Errorf("image %s: more than %d blobs", root.Digest, MaxImageBlobs)
+		}
+		out = append(out, d)
+		switch d.MediaType {
+		case ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageIndex, mediaTypeDockerManifest, mediaTypeDockerManifestList:
+			if _, err := FetchLimited(ctx, src, d, MaxManifestBytes); err != nil {
+				return nil, fmt.Errorf("image %s: %w", root.Digest, err)
+			}
+			children, err := content.Successors(ctx, src, d)
+			if err != nil {
+				return nil, fmt.Errorf("image %s: %w", root.Digest, err)
+			}
+			queue = append(queue, children...)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,154 @@
+package integration
+
+import (
+	"bytes"
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/content/memory"
+
+	"github.com/ferrygitops/ferry/bundler"
+	"github.com/ferrygitops/ferry/bundler/bundlertest"
+	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/daemon"
+	"github.com/ferrygitops/ferry/store"
+	"github.com/ferrygitops/ferry/verify"
+)
+
+// pushImage pushes a small OCI image (config + one random layer) to the testbed registry
+// and returns its manifest descriptor.
+func pushImage(t *testing.T, repo, tag string) ocispec.Descriptor {
+	t.Helper()
+	ctx := t.Context()
+	addr, _ := bundles.ParseAddress("oci://" + tb.Registry + "/" + repo + ":" + tag)
+	r, err := bundles.Options{}.Repository(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer := make([]byte, 64<<10)
+	rand.Read(layer)
+	ld := content.NewDescriptorFromBytes(ocispec.MediaTypeImageLayerGzip, layer)
+	if err := r.Push(ctx, ld, bytes.NewReader(layer)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`)
+	cd := content.NewDescriptorFromBytes(ocispec.MediaTypeImageConfig, cfg)
+	if err := r.Push(ctx, cd, bytes.NewReader(cfg)); err != nil {
+		t.Fatal(err)
+	}
+	md, err := oras.PackManifest(ctx, r, oras.PackManifestVersion1_1, "", oras.PackManifestOptions{
+		ConfigDescriptor: &cd, Layers: []ocispec.Descriptor{ld},
+		ManifestAnnotations: map[string]string{ocispec.AnnotationCreated: "2026-01-01T00:00:00Z"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Tag(ctx, md, tag); err != nil {
+		t.Fatal(err)
+	}
+	return md
+}
+
+// TestBundleCarriesImages: images the components run (and extra ones) are resolved to digests
+// at build time, travel in the bundle to a stick, and are admitted into a node's store.
+func TestBundleCarriesImages(t *testing.T) {
+	ctx := t.Context()
+	web := pushImage(t, "apps/web", "1.0")
+	tool := pushImage(t, "tools/busybox", "1.36")
+	dir, _ := bundlertest.GitTree(t, map[string]string{
+		"ferry.yaml": "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: shop}\nspec:\n  version: 1.0.0\n" +
+			"  images:\n    carry: true\n    include: [" + tb.Registry + "/tools/busybox:1.36]\n" +
+			"  components:\n  - name: web\n    kustomize: {path: ./web}\n",
+		"web/kustomization.yaml": "resources: [deploy.yaml]\n",
+		"web/deploy.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n" +
+			"    spec: {containers: [{name: web, image: " + tb.Registry + "/apps/web:1.0}]}\n",
+	}, time.Date(2026, 11, 10, 0, 0, 0, 0, time.UTC))
+
+	built := memory.New()
+	res, err := bundler.Build(ctx, built, bundler.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, im := range res.Metadata.Images {
+		got[im.Name] = im.Descriptor.Digest.String()
+	}
+	if got[tb.Registry+"/apps/web:1.0"] != web.Digest.String() || got[tb.Registry+"/tools/busybox:1.36"] != tool.Digest.String() || len(got) != 2 {
+		t.Fatalf("carried images %v", got)
+	}
+
+	// Sign, put on a stick, and admit on a node: the image blobs arrive in the store.
+	privPEM, pubPEM, _ := bundler.GenerateKeyPair(nil)
+	keyDir := t.TempDir()
+	writeFile(t, filepath.Join(keyDir, "k.key"), privPEM)
+	signer, err := bundler.LoadPrivateKey(filepath.Join(keyDir, "k.key"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundler.Sign(ctx, built, res.Descriptor, signer, "shop"); err != nil {
+		t.Fatal(err)
+	}
+	stick := filepath.Join(t.TempDir(), "shop.tar")
+	dst, _ := bundles.ParseAddress(stick)
+	if _, err := bundles.Copy(ctx, memSrc{built}, res.Descriptor, dst, bundles.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	src, desc, err := bundles.OpenSource(ctx, dst, bundles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	pub, _ := verify.ParsePublicKey("k.pub", pubPEM)
+	st, err := store.Open(filepath.Join(t.TempDir(), "state"), store.Options{SpaceMargin: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	_, err = daemon.Ingest(ctx, st, src, desc, verify.Policy{Keys: []verify.Key{pub}}, stick)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, im := range []ocispec.Descriptor{web, tool} {
+		blobs, err := bundles.ImageBlobs(ctx, st, im)
+		if err != nil {
+			t.Fatalf("image %s not whole in the node's store: %v", im.Digest, err)
+		}
+		for _, b := range blobs {
+			if !st.HasBlob(b.Digest) {
+				t.Fatalf("blob %s of image %s missing", b.Digest, im.Digest)
+			}
+		}
+	}
+	if err := st.Check(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBundleRefusesAnImageItCannotResolve(t *testing.T) {
+	dir, _ := bundlertest.GitTree(t, map[string]string{
+		"ferry.yaml":             "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: shop}\nspec:\n  version: 1.0.0\n  images: {include: [" + tb.Registry + "/missing/image:9.9]}\n  components:\n  - name: web\n    kustomize: {path: ./web}\n",
+		"web/kustomization.yaml": "resources: []\n",
+	}, time.Date(2026, 11, 10, 0, 0, 0, 0, time.UTC))
+	_, err := bundler.Build(t.Context(), memory.New(), bundler.Options{Dir: dir})
+	if err == nil || !strings.Contains(err.Error(), "missing/image:9.9") {
+		t.Fatalf("err = %v, want the unresolvable image named", err)
+	}
+}
+
+type memSrc struct{ *memory.Store }
+
+func (memSrc) Close() error { return nil }
+
+func writeFile(t *testing.T, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
