@@ -24,8 +24,9 @@ import (
 
 // Limits on a Flux directory read by --from-flux.
 const (
-	maxFluxFiles     = 2000
-	maxFluxFileBytes = 8 << 20
+	maxFluxFiles      = 2000
+	maxFluxFileBytes  = 8 << 20
+	maxFluxComponents = 200
 )
 
 // fluxObject is the part of every Flux object this reads.
@@ -192,11 +193,12 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 		return nil
 	}
 	absDir, _ := filepath.Abs(dir)
-	for _, k := range ks {
+	// addKustomization adds a Kustomization as a component (extraDeps: those of the
+	// Kustomization it was found in); it reports false for the one that syncs dir itself.
+	addKustomization := func(k fluxKustomization, extraDeps []bundles.DependencyRef) (bool, error) {
 		base, err := sourceDir(k.Spec.SourceRef, k.Metadata.Namespace)
 		if err != nil {
-			t.cleanup()
-			return nil, fmt.Errorf("flux Kustomization %s: %w", k.Metadata.Name, err)
+			return false, fmt.Errorf("flux Kustomization %s: %w", k.Metadata.Name, err)
 		}
 		spec := k.Spec.KustomizeSpec
 		spec.Extra = nil // Flux-only fields (interval, suspend, serviceAccountName…) mean nothing in a bundle
@@ -207,27 +209,44 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 		// objects this bundle replaces.
 		if p, err := filepath.Abs(filepath.Join(base, spec.Path)); err == nil && (p == absDir || strings.HasPrefix(absDir, p+string(filepath.Separator))) {
 			log.Info("skipped the Kustomization that syncs the Flux directory itself", "kustomization", k.Metadata.Name)
-			continue
+			return false, nil
 		}
 		spec.Path = "./" + strings.TrimPrefix(filepath.ToSlash(filepath.Clean(spec.Path)), "./")
+		for _, d := range extraDeps {
+			if !slices.Contains(spec.DependsOn, d) {
+				spec.DependsOn = append(spec.DependsOn, d)
+			}
+		}
 		if err := addName(k.Metadata.Name); err != nil {
-			t.cleanup()
-			return nil, err
+			return false, err
 		}
 		t.spec.Spec.Components = append(t.spec.Spec.Components, bundles.ComponentSpec{Name: k.Metadata.Name, Kustomize: &spec})
 		t.bases[k.Metadata.Name] = base
+		return true, nil
 	}
-	// HelmReleases and their repositories often live inside a Kustomization's path (the
-	// Flux guide's infrastructure/controllers). Each kustomize component is rendered once,
-	// its Flux objects are taken out of it with delete patches and converted like top-level
-	// ones, and the component depends on them, so what depended on it still waits for them.
+	for _, k := range ks {
+		if _, err := addKustomization(k, nil); err != nil {
+			t.cleanup()
+			return nil, err
+		}
+	}
+	// Flux objects often live inside a Kustomization's path: the Flux guide's HelmReleases
+	// in infrastructure/controllers, or Kustomizations that fan out further. Each kustomize
+	// component is rendered once, its Flux objects are taken out of it with delete patches
+	// and converted like top-level ones (inheriting its dependencies), and the component
+	// depends on them, so what depended on it still waits for them. Components appended here
+	// are scanned in turn.
 	type nestedRelease struct {
 		h    fluxHelmRelease
 		deps []bundles.DependencyRef // the parent's own dependencies
 	}
 	var nested []nestedRelease
-	for i := range t.spec.Spec.Components {
-		c := &t.spec.Spec.Components[i]
+	for i := 0; i < len(t.spec.Spec.Components); i++ {
+		if i >= maxFluxComponents {
+			t.cleanup()
+			return nil, fmt.Errorf("%s: more than %d components", dir, maxFluxComponents)
+		}
+		c := t.spec.Spec.Components[i]
 		if c.Kustomize == nil {
 			continue
 		}
@@ -241,18 +260,25 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 			t.cleanup()
 			return nil, fmt.Errorf("flux Kustomization %s: %w", c.Name, err)
 		}
-		if len(inner.ks) > 0 {
-			t.cleanup()
-			return nil, fmt.Errorf("flux Kustomization %s holds Kustomization %s: nested Kustomizations are not built yet", c.Name, inner.ks[0].Metadata.Name)
-		}
 		own := append([]bundles.DependencyRef(nil), c.Kustomize.DependsOn...)
 		for _, h := range inner.hrs {
 			nested = append(nested, nestedRelease{h: h, deps: own})
 			c.Kustomize.DependsOn = append(c.Kustomize.DependsOn, bundles.DependencyRef{Name: h.Metadata.Name})
 		}
 		c.Kustomize.Patches = append(c.Kustomize.Patches, patches...)
+		for _, k := range inner.ks {
+			added, err := addKustomization(k, own)
+			if err != nil {
+				t.cleanup()
+				return nil, err
+			}
+			if added {
+				c.Kustomize.DependsOn = append(c.Kustomize.DependsOn, bundles.DependencyRef{Name: k.Metadata.Name})
+			}
+		}
 		if len(patches) > 0 {
-			log.Info("took Flux objects out of a Kustomization", "kustomization", c.Name, "objects", len(patches), "helmReleases", len(inner.hrs))
+			log.Info("took Flux objects out of a Kustomization", "kustomization", c.Name, "objects", len(patches),
+				"helmReleases", len(inner.hrs), "kustomizations", len(inner.ks))
 		}
 	}
 	addRelease := func(h fluxHelmRelease, extraDeps []bundles.DependencyRef) error {

@@ -193,7 +193,17 @@ kind: GitRepository
 metadata: {name: flux-system, namespace: flux-system}
 spec: {url: "https://ci:token@git.example.com/site.git"}
 `,
-		"infrastructure/controllers/kustomization.yaml": "resources: [ns.yaml, ingress.yaml]\n",
+		"infrastructure/controllers/kustomization.yaml": "resources: [ns.yaml, ingress.yaml, monitoring.yaml]\n",
+		"infrastructure/controllers/monitoring.yaml": `apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: monitoring, namespace: flux-system}
+spec:
+  path: ./infrastructure/monitoring
+  prune: true
+  sourceRef: {kind: GitRepository, name: flux-system}
+`,
+		"infrastructure/monitoring/kustomization.yaml": "resources: [cm.yaml]\n",
+		"infrastructure/monitoring/cm.yaml":            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: prometheus, namespace: ingress-nginx}\n",
 		"infrastructure/controllers/ns.yaml":            "apiVersion: v1\nkind: Namespace\nmetadata: {name: ingress-nginx}\n",
 		"infrastructure/controllers/ingress.yaml": `apiVersion: source.toolkit.fluxcd.io/v1
 kind: HelmRepository
@@ -224,24 +234,33 @@ spec:
 		t.Fatalf("no helm component for the nested HelmRelease: %+v", res.Metadata.Components)
 	}
 	infra := byName["infra-controllers"].Kustomize
-	if infra == nil || len(infra.DependsOn) != 1 || infra.DependsOn[0].Name != "ingress-nginx" {
-		t.Fatalf("infra-controllers should wait for its HelmRelease: %+v", infra)
+	var deps []string
+	for _, d := range infra.DependsOn {
+		deps = append(deps, d.Name)
+	}
+	if strings.Join(deps, ",") != "ingress-nginx,monitoring" {
+		t.Fatalf("infra-controllers should wait for its HelmRelease and its Kustomization: %v", deps)
+	}
+	if m := byName["monitoring"].Kustomize; m == nil || !m.Prune {
+		t.Fatalf("nested Kustomization: %+v", byName["monitoring"])
 	}
 	b, err := bundles.Open(t.Context(), store, res.Descriptor)
 	if err != nil {
 		t.Fatal(err)
 	}
+	renders := map[string]string{}
 	for i, c := range b.Metadata.Components {
-		if c.Name != "infra-controllers" {
-			continue
-		}
 		objs, err := render.FromBundle(t.Context(), store, b, i)
 		if err != nil {
 			t.Fatal(err)
 		}
 		out, _ := objs.AsYaml()
-		if strings.Contains(string(out), "toolkit.fluxcd.io") || !strings.Contains(string(out), "kind: Namespace") {
-			t.Fatalf("infra-controllers renders:\n%s", out)
-		}
+		renders[c.Name] = string(out)
+	}
+	if r := renders["infra-controllers"]; strings.Contains(r, "toolkit.fluxcd.io") || !strings.Contains(r, "kind: Namespace") {
+		t.Fatalf("infra-controllers renders:\n%s", r)
+	}
+	if !strings.Contains(renders["monitoring"], "name: prometheus") {
+		t.Fatalf("monitoring renders:\n%s", renders["monitoring"])
 	}
 }
