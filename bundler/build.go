@@ -188,7 +188,7 @@ func loadSpec(ctx context.Context, dir string, prov *gitInfo, opts Options) (*bu
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	t, err := loadFlux(ctx, flux, root, prov.url, opts.Name, opts.Version, opts.Log)
+	t, err := loadFlux(ctx, opts.Remote, flux, root, prov.url, opts.Name, opts.Version, opts.Log)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/Masterminds/semver/v3"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"helm.sh/helm/v3/pkg/chart/loader"
+	"oras.land/oras-go/v2/registry/remote"
 	"sigs.k8s.io/yaml"
 
 	"github.com/ferrygitops/ferry/bundles"
@@ -172,32 +173,9 @@ func fetchOCIChart(ctx context.Context, o bundles.Options, repository, name, ver
 	if err != nil {
 		return "", err
 	}
-	var tags []string
-	if err := repo.Tags(ctx, "", func(ts []string) error { tags = append(tags, ts...); return nil }); err != nil {
-		return "", fmt.Errorf("%s: list tags: %w", addr, err)
-	}
-	constraint := "*"
-	if versionRange != "" {
-		constraint = versionRange
-	}
-	c, err := semver.NewConstraint(constraint)
+	bestTag, err := highestTag(ctx, repo, versionRange)
 	if err != nil {
-		return "", err
-	}
-	var best *semver.Version
-	var bestTag string
-	for _, t := range tags {
-		// helm push replaces "+" in versions with "_" in tags.
-		v, err := semver.NewVersion(strings.ReplaceAll(t, "_", "+"))
-		if err != nil || !c.Check(v) {
-			continue
-		}
-		if best == nil || v.GreaterThan(best) {
-			best, bestTag = v, t
-		}
-	}
-	if best == nil {
-		return "", fmt.Errorf("%s: no tag matches %q", addr, constraint)
+		return "", fmt.Errorf("%s: %w", addr, err)
 	}
 	desc, err := repo.Resolve(ctx, bestTag)
 	if err != nil {
@@ -222,7 +200,36 @@ func fetchOCIChart(ctx context.Context, o bundles.Options, repository, name, ver
 		if err := writeChartArchive(archive, dst, addr.String()); err != nil {
 			return "", err
 		}
-		return best.Original(), nil
+		return strings.ReplaceAll(bestTag, "_", "+"), nil
 	}
 	return "", fmt.Errorf("%s:%s: no Helm chart layer (%s)", addr, bestTag, helmChartLayerType)
+}
+
+// highestTag returns the repository's tag with the highest semver version that satisfies
+// versionRange (empty: the highest stable), reading "_" in tags as "+" as helm push writes them.
+func highestTag(ctx context.Context, repo *remote.Repository, versionRange string) (string, error) {
+	var tags []string
+	if err := repo.Tags(ctx, "", func(ts []string) error { tags = append(tags, ts...); return nil }); err != nil {
+		return "", fmt.Errorf("list tags: %w", err)
+	}
+	constraint := firstNonEmpty(versionRange, "*")
+	c, err := semver.NewConstraint(constraint)
+	if err != nil {
+		return "", fmt.Errorf("version %q: %w", versionRange, err)
+	}
+	var best *semver.Version
+	var bestTag string
+	for _, t := range tags {
+		v, err := semver.NewVersion(strings.ReplaceAll(t, "_", "+"))
+		if err != nil || !c.Check(v) {
+			continue
+		}
+		if best == nil || v.GreaterThan(best) {
+			best, bestTag = v, t
+		}
+	}
+	if best == nil {
+		return "", fmt.Errorf("no tag matches %q", constraint)
+	}
+	return bestTag, nil
 }

@@ -3,6 +3,7 @@ package bundler
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ferrygitops/ferry/apply/render"
@@ -117,6 +119,21 @@ type fluxGitRepository struct {
 	} `yaml:"spec"`
 }
 
+type fluxOCIRepository struct {
+	fluxObject `yaml:",inline"`
+	Spec       struct {
+		URL string `yaml:"url"`
+		Ref struct {
+			Tag    string `yaml:"tag"`
+			SemVer string `yaml:"semver"`
+			Digest string `yaml:"digest"`
+		} `yaml:"ref"`
+		LayerSelector struct {
+			MediaType string `yaml:"mediaType"`
+		} `yaml:"layerSelector"`
+	} `yaml:"spec"`
+}
+
 type fluxHelmRepository struct {
 	fluxObject `yaml:",inline"`
 	Spec       struct {
@@ -136,16 +153,16 @@ type fluxTree struct {
 // Kustomization and HelmRelease becomes a component with the same fields. Sources that are
 // the repository being built (repoRoot, originURL) become local paths; other Git
 // repositories are cloned with go-git and Helm repositories resolved, at build time.
-func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version string, log *slog.Logger) (*fluxTree, error) {
+func loadFlux(ctx context.Context, remote bundles.Options, dir, repoRoot, originURL, name, version string, log *slog.Logger) (*fluxTree, error) {
 	docs, err := readFluxDocs(dir)
 	if err != nil {
 		return nil, err
 	}
-	objs := fluxObjects{git: map[string]fluxGitRepository{}, helm: map[string]fluxHelmRepository{}}
+	objs := fluxObjects{oci: map[string]fluxOCIRepository{}, git: map[string]fluxGitRepository{}, helm: map[string]fluxHelmRepository{}}
 	if err := objs.add(docs); err != nil {
 		return nil, err
 	}
-	gitRepos, helmRepos, ks, hrs := objs.git, objs.helm, objs.ks, objs.hrs
+	ociRepos, gitRepos, helmRepos, ks, hrs := objs.oci, objs.git, objs.helm, objs.ks, objs.hrs
 	t := &fluxTree{spec: &bundles.Spec{APIVersion: "ferry.dev/v1", Kind: "Bundle"}, bases: map[string]string{}}
 	t.spec.Metadata.Name, t.spec.Spec.Version = name, version
 	var temps []string
@@ -157,10 +174,30 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 	clones := map[string]string{}
 	// sourceDir is where a GitRepository's files are: this repository, or a clone.
 	sourceDir := func(ref sourceRef, ns string) (string, error) {
-		if ref.Kind != "GitRepository" {
-			return "", fmt.Errorf("source %s %s: only GitRepository sources are built", ref.Kind, ref.Name)
-		}
 		k := nsName(firstNonEmpty(ref.Namespace, ns), ref.Name)
+		if ref.Kind == "OCIRepository" {
+			r, ok := ociRepos[k]
+			if !ok {
+				return "", fmt.Errorf("OCIRepository %s is not defined under %s", k, dir)
+			}
+			if d, ok := clones[k]; ok {
+				return d, nil
+			}
+			d, err := os.MkdirTemp("", "ferry-flux-oci-*")
+			if err != nil {
+				return "", err
+			}
+			temps = append(temps, d)
+			if err := pullFluxArtifact(ctx, remote, r, d); err != nil {
+				return "", fmt.Errorf("OCIRepository %s (%s): %w", k, r.Spec.URL, err)
+			}
+			log.Info("vendored OCI source", "source", k, "url", r.Spec.URL)
+			clones[k] = d
+			return d, nil
+		}
+		if ref.Kind != "GitRepository" {
+			return "", fmt.Errorf("source %s %s: only GitRepository and OCIRepository sources are built", ref.Kind, ref.Name)
+		}
 		g, ok := gitRepos[k]
 		if !ok {
 			return "", fmt.Errorf("flux GitRepository %s is not defined under %s", k, dir)
@@ -255,7 +292,7 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 			t.cleanup()
 			return nil, fmt.Errorf("flux Kustomization %s: %w", c.Name, err)
 		}
-		inner := fluxObjects{git: gitRepos, helm: helmRepos}
+		inner := fluxObjects{oci: ociRepos, git: gitRepos, helm: helmRepos}
 		if err := inner.add(found); err != nil {
 			t.cleanup()
 			return nil, fmt.Errorf("flux Kustomization %s: %w", c.Name, err)
@@ -284,8 +321,32 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 	addRelease := func(h fluxHelmRelease, extraDeps []bundles.DependencyRef) error {
 		spec := h.Spec
 		cs := h.Source.Chart.Spec
-		if h.Source.ChartRef != nil {
-			return fmt.Errorf("flux HelmRelease %s: chartRef (OCIRepository, HelmChart) is not built yet", h.Metadata.Name)
+		if cr := h.Source.ChartRef; cr != nil {
+			// chartRef to an OCIRepository holding a Helm chart: the repository URL ends in
+			// the chart's name; its ref gives the version.
+			if cr.Kind != "OCIRepository" {
+				return fmt.Errorf("flux HelmRelease %s: chartRef to a %s is not built (only OCIRepository)", h.Metadata.Name, cr.Kind)
+			}
+			k := nsName(firstNonEmpty(cr.Namespace, h.Metadata.Namespace), cr.Name)
+			r, ok := ociRepos[k]
+			if !ok {
+				return fmt.Errorf("flux HelmRelease %s: OCIRepository %s is not defined under %s", h.Metadata.Name, k, dir)
+			}
+			i := strings.LastIndex(r.Spec.URL, "/")
+			if i < 0 || !strings.HasPrefix(r.Spec.URL, "oci://") {
+				return fmt.Errorf("flux HelmRelease %s: OCIRepository %s url %q is not oci://host/path/chart", h.Metadata.Name, k, r.Spec.URL)
+			}
+			if r.Spec.Ref.Digest != "" {
+				return fmt.Errorf("flux HelmRelease %s: OCIRepository %s ref.digest is not built yet; use tag or semver", h.Metadata.Name, k)
+			}
+			spec.Repository, spec.Chart = r.Spec.URL[:i], r.Spec.URL[i+1:]
+			spec.Version = firstNonEmpty(r.Spec.Ref.SemVer, r.Spec.Ref.Tag)
+			if err := addName(h.Metadata.Name); err != nil {
+				return err
+			}
+			t.spec.Spec.Components = append(t.spec.Spec.Components, bundles.ComponentSpec{Name: h.Metadata.Name, Helm: &spec})
+			t.bases[h.Metadata.Name] = repoRoot
+			return nil
 		}
 		spec.Chart, spec.Version, spec.ValuesFiles = cs.Chart, cs.Version, cs.ValuesFiles
 		for _, d := range extraDeps {
@@ -350,6 +411,7 @@ func loadFlux(ctx context.Context, dir, repoRoot, originURL, name, version strin
 
 // fluxObjects are the Flux objects found so far, by kind.
 type fluxObjects struct {
+	oci  map[string]fluxOCIRepository
 	git  map[string]fluxGitRepository
 	helm map[string]fluxHelmRepository
 	ks   []fluxKustomization
@@ -372,6 +434,12 @@ func (o2 *fluxObjects) add(docs []fluxDoc) error {
 				return fmt.Errorf("%s:%d: GitRepository: %w", d.file, d.node.Line, err)
 			}
 			o2.git[key()] = g
+		case group == "source.toolkit.fluxcd.io" && o.Kind == "OCIRepository":
+			var r fluxOCIRepository
+			if err := d.node.Decode(&r); err != nil {
+				return fmt.Errorf("%s:%d: OCIRepository: %w", d.file, d.node.Line, err)
+			}
+			o2.oci[key()] = r
 		case group == "source.toolkit.fluxcd.io" && o.Kind == "HelmRepository":
 			var h fluxHelmRepository
 			if err := d.node.Decode(&h); err != nil {
@@ -545,4 +613,62 @@ func sameRepo(a, b string) bool {
 		return strings.TrimSuffix(strings.TrimSuffix(strings.ToLower(u), "/"), ".git")
 	}
 	return a != "" && b != "" && norm(a) == norm(b)
+}
+
+// fluxContentType is the layer media type of `flux push artifact`.
+const fluxContentType = "application/vnd.cncf.flux.content.v1.tar+gzip"
+
+// pullFluxArtifact fetches the artifact an OCIRepository points at (by digest, semver range
+// or tag), takes the selected layer (layerSelector.mediaType, else Flux's content type, else
+// the first), and extracts it into dst with the same checks as a bundle layer.
+func pullFluxArtifact(ctx context.Context, remote bundles.Options, r fluxOCIRepository, dst string) error {
+	addr, err := bundles.ParseAddress(r.Spec.URL)
+	if err != nil {
+		return err
+	}
+	repo, err := remote.Repository(addr)
+	if err != nil {
+		return err
+	}
+	ref := firstNonEmpty(r.Spec.Ref.Digest, r.Spec.Ref.Tag, "latest")
+	if rng := r.Spec.Ref.SemVer; rng != "" && r.Spec.Ref.Digest == "" {
+		if ref, err = highestTag(ctx, repo, rng); err != nil {
+			return err
+		}
+	}
+	desc, err := repo.Resolve(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("resolve %s: %w", ref, err)
+	}
+	raw, err := bundles.FetchLimited(ctx, repo, desc, bundles.MaxManifestBytes)
+	if err != nil {
+		return err
+	}
+	var man ocispec.Manifest
+	if err := json.Unmarshal(raw, &man); err != nil {
+		return err
+	}
+	want := firstNonEmpty(r.Spec.LayerSelector.MediaType, fluxContentType)
+	var layer *ocispec.Descriptor
+	for i, l := range man.Layers {
+		if l.MediaType == want {
+			layer = &man.Layers[i]
+			break
+		}
+	}
+	if layer == nil && r.Spec.LayerSelector.MediaType == "" && len(man.Layers) > 0 {
+		layer = &man.Layers[0]
+	}
+	if layer == nil {
+		return fmt.Errorf("%s: no layer of type %s", ref, want)
+	}
+	b, err := bundles.FetchLimited(ctx, repo, *layer, bundles.MaxLayerBytes)
+	if err != nil {
+		return err
+	}
+	files, err := bundles.ReadLayer(bytes.NewReader(b))
+	if err != nil {
+		return fmt.Errorf("%s: %w", ref, err)
+	}
+	return files.WriteTo(dst)
 }

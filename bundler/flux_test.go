@@ -204,7 +204,7 @@ spec:
 `,
 		"infrastructure/monitoring/kustomization.yaml": "resources: [cm.yaml]\n",
 		"infrastructure/monitoring/cm.yaml":            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: prometheus, namespace: ingress-nginx}\n",
-		"infrastructure/controllers/ns.yaml":            "apiVersion: v1\nkind: Namespace\nmetadata: {name: ingress-nginx}\n",
+		"infrastructure/controllers/ns.yaml":           "apiVersion: v1\nkind: Namespace\nmetadata: {name: ingress-nginx}\n",
 		"infrastructure/controllers/ingress.yaml": `apiVersion: source.toolkit.fluxcd.io/v1
 kind: HelmRepository
 metadata: {name: charts, namespace: ingress-nginx}

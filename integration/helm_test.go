@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -10,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2"
+	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/content/memory"
 
 	"github.com/ferrygitops/ferry/apply/render"
@@ -131,5 +135,102 @@ func TestBundleVendorsAnOCIChartPushedByHelm(t *testing.T) {
 	out, _ := objs.AsYaml()
 	if !strings.Contains(string(out), "size: 5Gi") || !strings.Contains(string(out), "chart: 1.1.0") {
 		t.Fatalf("rendered:\n%s", out)
+	}
+}
+
+// TestFromFluxOCISources: a Kustomization whose source is an OCIRepository (an artifact as
+// `flux push artifact` stores it) and a HelmRelease whose chartRef is an OCIRepository (a chart
+// pushed with `helm push`) are both vendored from the testbed registry.
+func TestFromFluxOCISources(t *testing.T) {
+	ctx := t.Context()
+	work := t.TempDir()
+	// The Flux artifact: a tar+gzip of a kustomize directory, layer type of flux push.
+	tree := bundlertest.WriteTree(t, map[string]string{
+		"kustomization.yaml": "resources: [cm.yaml]\n",
+		"cm.yaml":            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: from-oci, namespace: apps}\n",
+	})
+	var layer bytes.Buffer
+	if err := bundles.PackDir(tree, &layer); err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := bundles.ParseAddress("oci://" + tb.Registry + "/artifacts/apps:1.2.0")
+	repo, err := bundles.Options{}.Repository(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ld := content.NewDescriptorFromBytes("application/vnd.cncf.flux.content.v1.tar+gzip", layer.Bytes())
+	if err := repo.Push(ctx, ld, bytes.NewReader(layer.Bytes())); err != nil {
+		t.Fatal(err)
+	}
+	md, err := oras.PackManifest(ctx, repo, oras.PackManifestVersion1_1, "application/vnd.cncf.flux.config.v1+json",
+		oras.PackManifestOptions{Layers: []ocispec.Descriptor{ld}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Tag(ctx, md, "1.2.0"); err != nil {
+		t.Fatal(err)
+	}
+	// The chart, pushed by the real helm.
+	chartDir := filepath.Join(work, "cache")
+	os.MkdirAll(filepath.Join(chartDir, "templates"), 0o755)
+	os.WriteFile(filepath.Join(chartDir, "Chart.yaml"), []byte("apiVersion: v2\nname: cache\nversion: 3.1.0\n"), 0o644)
+	os.WriteFile(filepath.Join(chartDir, "templates", "cm.yaml"), []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cache}\ndata: {v: \"{{ .Chart.Version }}\"}\n"), 0o644)
+	for _, args := range [][]string{{"package", chartDir, "-d", work}, {"push", filepath.Join(work, "cache-3.1.0.tgz"), "oci://" + tb.Registry + "/charts-oci", "--plain-http"}} {
+		cmd := exec.CommandContext(ctx, tb.Bin("helm"), args...)
+		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(work, ".cache"), "HELM_CONFIG_HOME="+filepath.Join(work, ".config"), "HELM_DATA_HOME="+filepath.Join(work, ".data"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("helm %v: %v\n%s", args, err, out)
+		}
+	}
+	dir, _ := bundlertest.GitTree(t, map[string]string{
+		"clusters/edge/sources.yaml": `apiVersion: source.toolkit.fluxcd.io/v1beta2
+kind: OCIRepository
+metadata: {name: apps, namespace: flux-system}
+spec:
+  url: oci://` + tb.Registry + `/artifacts/apps
+  ref: {semver: ">=1.0.0"}
+---
+apiVersion: source.toolkit.fluxcd.io/v1beta2
+kind: OCIRepository
+metadata: {name: cache-chart, namespace: flux-system}
+spec:
+  url: oci://` + tb.Registry + `/charts-oci/cache
+  ref: {semver: "~3.1"}
+  layerSelector: {mediaType: application/vnd.cncf.helm.chart.content.v1.tar+gzip}
+`,
+		"clusters/edge/apps.yaml": `apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: apps, namespace: flux-system}
+spec:
+  path: ./
+  sourceRef: {kind: OCIRepository, name: apps}
+---
+apiVersion: helm.toolkit.fluxcd.io/v2
+kind: HelmRelease
+metadata: {name: cache, namespace: flux-system}
+spec:
+  chartRef: {kind: OCIRepository, name: cache-chart}
+`,
+	}, time.Date(2026, 11, 11, 0, 0, 0, 0, time.UTC))
+	store := memory.New()
+	res, err := bundler.Build(ctx, store, bundler.Options{Dir: dir, FromFlux: filepath.Join(dir, "clusters", "edge"), Name: "edge", Version: "1.0.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundles.Open(ctx, store, res.Descriptor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renders := map[string]string{}
+	for i, c := range b.Metadata.Components {
+		objs, err := render.FromBundle(ctx, store, b, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _ := objs.AsYaml()
+		renders[c.Name] = string(out)
+	}
+	if !strings.Contains(renders["apps"], "name: from-oci") || !strings.Contains(renders["cache"], "v: 3.1.0") {
+		t.Fatalf("renders: %v", renders)
 	}
 }
