@@ -16,6 +16,7 @@ import (
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundler/bundlertest"
 	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/verify"
 )
 
 // sourceTree writes a committed Git tree with ferry.yaml and two components.
@@ -73,12 +74,35 @@ func s3Options() bundles.Options {
 	return bundles.Options{S3Endpoint: tb.S3.URL, S3Region: tb.S3.Region, S3AccessKey: tb.S3.AccessKey, S3SecretKey: tb.S3.SecretKey}
 }
 
-// TestBundleRoundTrips copies one bundle layout → registry → tar → S3 → layout and checks
-// that every hop preserves the digest and that the bundle opens and reads at the end.
+// TestBundleRoundTrips builds and signs a bundle, then copies it layout → registry → tar →
+// S3 → layout, and at every place checks that the digest is the same and that the signature
+// came along and verifies; at the end the bundle opens and reads.
 func TestBundleRoundTrips(t *testing.T) {
 	ctx := t.Context()
 	o := s3Options()
 	layout, res := buildLayout(t, sourceTree(t, nil))
+	privPEM, pubPEM, err := bundler.GenerateKeyPair(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "ci.key")
+	os.WriteFile(keyFile, privPEM, 0o600)
+	signer, err := bundler.LoadPrivateKey(keyFile, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, desc0, err := bundles.OpenTarget(ctx, layout, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundler.Sign(ctx, target, desc0, signer, "edge-apps"); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := verify.ParsePublicKey("ci.pub", pubPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := verify.Policy{Keys: []verify.Key{pub}}
 	hops := []string{
 		"oci://" + tb.Registry + "/site/edge-apps:1.4.0",
 		filepath.Join(t.TempDir(), "usb", "edge-apps.tar"),
@@ -114,6 +138,15 @@ func TestBundleRoundTrips(t *testing.T) {
 		}
 		if from, err = bundles.ParseAddress(hop); err != nil {
 			t.Fatal(err)
+		}
+		there, d, err := bundles.OpenSource(ctx, from, o)
+		if err != nil {
+			t.Fatalf("open %s: %v", hop, err)
+		}
+		_, err = verify.Bundle(ctx, there, d, policy)
+		there.Close()
+		if err != nil {
+			t.Fatalf("at %s: %v", hop, err)
 		}
 	}
 	src, desc, err := bundles.OpenSource(ctx, from, o)
