@@ -10,6 +10,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/errdef"
+	"oras.land/oras-go/v2/registry"
 )
 
 // Signature storage, the way cosign stores it (SPEC §8).
@@ -20,6 +22,9 @@ const (
 	SignatureAnnotation = "dev.cosignproject.cosign/signature"
 	// CosignPayloadType is critical.type in the payload.
 	CosignPayloadType = "cosign container image signature"
+	// SignatureArtifactType is the artifact type of a signature stored as an OCI 1.1
+	// referrer, as cosign's --registry-referrers-mode=oci-1-1 writes it.
+	SignatureArtifactType = "application/vnd.dev.cosign.artifact.sig.v1+json"
 	// MaxSignatures bounds the layers of a signature manifest read from outside.
 	MaxSignatures = 64
 	// MaxPayloadBytes bounds one signed payload.
@@ -84,52 +89,130 @@ type SignatureLayer struct {
 
 // Signatures is the signature manifest of a bundle and its simple-signing layers.
 type Signatures struct {
-	Descriptor ocispec.Descriptor // of the signature manifest
+	Descriptor ocispec.Descriptor // of the tag-scheme signature manifest; zero if there is none
 	Manifest   ocispec.Manifest
 	Layers     []SignatureLayer
+	// Referrers are the blobs of signature manifests found as OCI 1.1 referrers.
+	Referrers []ocispec.Descriptor
 }
 
-// Blobs lists everything the signatures are stored as: manifest, config and payloads.
+// Blobs lists everything the signatures are stored as: manifests, configs and payloads.
 func (s *Signatures) Blobs() []ocispec.Descriptor {
-	out := []ocispec.Descriptor{s.Descriptor, s.Manifest.Config}
-	return append(out, s.Manifest.Layers...)
+	var out []ocispec.Descriptor
+	if s.Descriptor.Digest != "" {
+		out = append(out, s.Descriptor, s.Manifest.Config)
+		out = append(out, s.Manifest.Layers...)
+	}
+	return append(out, s.Referrers...)
 }
 
 // ReadSignatures fetches the signature manifest for bundle d from src and every layer's
 // payload, digest- and size-checked. It returns ErrNoSignatures when there is none.
+//
+// Signatures stored as OCI 1.1 referrers of d (artifact type SignatureArtifactType) count
+// too, where src can list them (registries, through the referrers API or its tag fallback;
+// OCI layouts and tars): their layers are added after the tag's, without duplicates.
 func ReadSignatures(ctx context.Context, src interface {
 	content.Fetcher
 	content.Resolver
 }, d ocispec.Descriptor) (*Signatures, error) {
 	sigDesc, man, layers, err := readSignatures(ctx, src, d)
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrNoSignatures) {
 		return nil, err
 	}
-	return &Signatures{Descriptor: sigDesc, Manifest: man, Layers: layers}, nil
+	sigs := &Signatures{Descriptor: sigDesc, Manifest: man, Layers: layers}
+	refs, rerr := referrerSignatures(ctx, src, d)
+	if rerr != nil {
+		return nil, rerr
+	}
+	for _, r := range refs {
+		sigs.Referrers = append(sigs.Referrers, r.Descriptor, r.Manifest.Config)
+		for _, l := range r.Layers {
+			dup := false
+			for _, have := range sigs.Layers {
+				dup = dup || (have.Descriptor.Digest == l.Descriptor.Digest && have.Base64 == l.Base64)
+			}
+			if !dup {
+				sigs.Layers = append(sigs.Layers, l)
+			}
+			sigs.Referrers = append(sigs.Referrers, l.Descriptor)
+		}
+	}
+	if len(sigs.Layers) == 0 {
+		if err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w (no signature by tag or referrer)", ErrNoSignatures)
+	}
+	return sigs, nil
+}
+
+// referrerSignatures reads the signature manifests that refer to d, if src can list them.
+func referrerSignatures(ctx context.Context, src any, d ocispec.Descriptor) ([]Signatures, error) {
+	graph, ok := src.(content.ReadOnlyGraphStorage)
+	if !ok {
+		return nil, nil
+	}
+	refs, err := registry.Referrers(ctx, graph, d, SignatureArtifactType)
+	if err != nil {
+		// A registry without the referrers API and without the fallback tag is not an error:
+		// it simply holds no referrers.
+		if errors.Is(err, errdef.ErrNotFound) || errors.Is(err, errdef.ErrUnsupported) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("signature referrers of %s: %w", d.Digest, err)
+	}
+	if len(refs) > MaxSignatures {
+		return nil, fmt.Errorf("signature referrers of %s: %d, over the limit of %d", d.Digest, len(refs), MaxSignatures)
+	}
+	var out []Signatures
+	for _, r := range refs {
+		man, layers, err := readSignatureManifest(ctx, src.(content.Fetcher), r, r.Digest.String())
+		if err != nil {
+			return nil, err
+		}
+		if man.Subject == nil || man.Subject.Digest != d.Digest {
+			continue // a referrer that does not name this bundle as its subject is not one of its signatures
+		}
+		out = append(out, Signatures{Descriptor: r, Manifest: man, Layers: layers})
+	}
+	return out, nil
 }
 
 func readSignatures(ctx context.Context, src interface {
 	content.Fetcher
 	content.Resolver
 }, d ocispec.Descriptor) (ocispec.Descriptor, ocispec.Manifest, []SignatureLayer, error) {
-	var man ocispec.Manifest
 	tag := SignatureTag(d)
 	sigDesc, err := src.Resolve(ctx, tag)
 	if err != nil {
-		return ocispec.Descriptor{}, man, nil, fmt.Errorf("%w (%s: %v)", ErrNoSignatures, tag, err)
+		return ocispec.Descriptor{}, ocispec.Manifest{}, nil, fmt.Errorf("%w (%s: %v)", ErrNoSignatures, tag, err)
 	}
+	man, layers, err := readSignatureManifest(ctx, src, sigDesc, tag)
+	if err != nil {
+		return sigDesc, man, nil, err
+	}
+	if len(layers) == 0 {
+		return sigDesc, man, nil, fmt.Errorf("%w (%s holds no simple-signing layer)", ErrNoSignatures, tag)
+	}
+	return sigDesc, man, layers, nil
+}
+
+// readSignatureManifest reads one signature manifest and its simple-signing payloads.
+func readSignatureManifest(ctx context.Context, src content.Fetcher, sigDesc ocispec.Descriptor, name string) (ocispec.Manifest, []SignatureLayer, error) {
+	var man ocispec.Manifest
 	raw, err := FetchLimited(ctx, src, sigDesc, MaxManifestBytes)
 	if err != nil {
-		return sigDesc, man, nil, fmt.Errorf("signature manifest %s: %w", tag, err)
+		return man, nil, fmt.Errorf("signature manifest %s: %w", name, err)
 	}
 	if err := checkJSON(raw); err != nil {
-		return sigDesc, man, nil, fmt.Errorf("signature manifest %s: %w", tag, err)
+		return man, nil, fmt.Errorf("signature manifest %s: %w", name, err)
 	}
 	if err := json.Unmarshal(raw, &man); err != nil {
-		return sigDesc, man, nil, fmt.Errorf("signature manifest %s: %w", tag, err)
+		return man, nil, fmt.Errorf("signature manifest %s: %w", name, err)
 	}
 	if len(man.Layers) > MaxSignatures {
-		return sigDesc, man, nil, fmt.Errorf("signature manifest %s: %d layers, over the limit of %d", tag, len(man.Layers), MaxSignatures)
+		return man, nil, fmt.Errorf("signature manifest %s: %d layers, over the limit of %d", name, len(man.Layers), MaxSignatures)
 	}
 	var out []SignatureLayer
 	for _, l := range man.Layers {
@@ -142,14 +225,11 @@ func readSignatures(ctx context.Context, src interface {
 		}
 		payload, err := FetchLimited(ctx, src, l, MaxPayloadBytes)
 		if err != nil {
-			return sigDesc, man, nil, fmt.Errorf("signature manifest %s: payload: %w", tag, err)
+			return man, nil, fmt.Errorf("signature manifest %s: payload: %w", name, err)
 		}
 		out = append(out, SignatureLayer{Descriptor: l, Payload: payload, Base64: b64})
 	}
-	if len(out) == 0 {
-		return sigDesc, man, nil, fmt.Errorf("%w (%s holds no simple-signing layer)", ErrNoSignatures, tag)
-	}
-	return sigDesc, man, out, nil
+	return man, out, nil
 }
 
 // ErrNoSignatures is returned when a bundle carries no signature at all.
@@ -217,6 +297,26 @@ func AppendSignature(ctx context.Context, dst interface {
 		return ocispec.Descriptor{}, err
 	}
 	if err := dst.Tag(ctx, md, SignatureTag(d)); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	// The same signature as an OCI 1.1 referrer of the bundle, as cosign's oci-1-1 mode
+	// stores it, for tools that look there. A registry without the referrers API gets the
+	// referrers tag (sha256-<hex>) from oras.
+	empty := ocispec.DescriptorEmptyJSON
+	if err := pushIfAbsent(ctx, dst, empty, empty.Data); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	ref := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: SignatureArtifactType,
+		Config: ocispec.Descriptor{MediaType: empty.MediaType, Digest: empty.Digest, Size: empty.Size},
+		Layers: []ocispec.Descriptor{pd}, Subject: &d}
+	ref.SchemaVersion = 2
+	rb, err := json.Marshal(ref)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	rd := content.NewDescriptorFromBytes(ocispec.MediaTypeImageManifest, rb)
+	rd.ArtifactType = SignatureArtifactType
+	if err := pushIfAbsent(ctx, dst, rd, rb); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	return md, nil

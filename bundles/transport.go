@@ -21,6 +21,8 @@ import (
 	"oras.land/oras-go/v2"
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/content/oci"
+	"oras.land/oras-go/v2/errdef"
+	"oras.land/oras-go/v2/registry"
 	"oras.land/oras-go/v2/registry/remote"
 	"oras.land/oras-go/v2/registry/remote/auth"
 	orascreds "oras.land/oras-go/v2/registry/remote/credentials"
@@ -213,6 +215,14 @@ type nopCloser struct{ readResolver }
 
 func (nopCloser) Close() error { return nil }
 
+// Predecessors lists what refers to desc (OCI 1.1 referrers) when the wrapped store can.
+func (n nopCloser) Predecessors(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+	if g, ok := n.readResolver.(content.ReadOnlyGraphStorage); ok {
+		return g.Predecessors(ctx, desc)
+	}
+	return nil, nil
+}
+
 // Tags lists tags when the wrapped store can.
 func (n nopCloser) Tags(ctx context.Context, last string, fn func([]string) error) error {
 	if l, ok := n.readResolver.(interface {
@@ -316,10 +326,23 @@ func copyWithSignatures(ctx context.Context, src Source, dst oras.Target, desc o
 	if err := dst.Tag(ctx, desc, tag); err != nil {
 		return fmt.Errorf("tag %s: %w", tag, err)
 	}
+	// Signatures stored as OCI 1.1 referrers travel too (their graph names the bundle as
+	// subject, which is already there).
+	if graph, ok := src.(content.ReadOnlyGraphStorage); ok {
+		refs, err := registry.Referrers(ctx, graph, desc, SignatureArtifactType)
+		if err != nil && !errors.Is(err, errdef.ErrNotFound) && !errors.Is(err, errdef.ErrUnsupported) {
+			return fmt.Errorf("signature referrers of %s: %w", desc.Digest, err)
+		}
+		for _, r := range refs {
+			if err := oras.CopyGraph(ctx, src, dst, r, oras.DefaultCopyGraphOptions); err != nil {
+				return fmt.Errorf("copy signature referrer %s: %w", r.Digest, err)
+			}
+		}
+	}
 	sigTag := SignatureTag(desc)
 	sig, err := src.Resolve(ctx, sigTag)
 	if err != nil {
-		return nil // unsigned: nothing more to carry
+		return nil // no tag-scheme signature to carry
 	}
 	if err := oras.CopyGraph(ctx, src, dst, sig, oras.DefaultCopyGraphOptions); err != nil {
 		return fmt.Errorf("copy signatures %s: %w", sigTag, err)

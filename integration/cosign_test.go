@@ -17,9 +17,14 @@ import (
 // password from the environment.
 func cosign(t *testing.T, dir string, args ...string) (string, error) {
 	t.Helper()
+	return cosignEnv(t, dir, nil, args...)
+}
+
+func cosignEnv(t *testing.T, dir string, env []string, args ...string) (string, error) {
+	t.Helper()
 	cmd := exec.CommandContext(t.Context(), tb.Bin("cosign"), args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "COSIGN_PASSWORD=interop", "TUF_ROOT="+filepath.Join(dir, "tuf"), "HOME="+dir)
+	cmd.Env = append(append(os.Environ(), "COSIGN_PASSWORD=interop", "TUF_ROOT="+filepath.Join(dir, "tuf"), "HOME="+dir), env...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -147,5 +152,88 @@ func TestFerryVerifiesCosignSignature(t *testing.T) {
 	// Both signatures are now there; cosign still verifies.
 	if out, err := cosign(t, work, "verify", "--key", prefix+".pub", "--insecure-ignore-tlog=true", "--allow-http-registry", ref); err != nil {
 		t.Fatalf("cosign verify after ferry appended a signature: %v\n%s", err, out)
+	}
+}
+
+// deleteTagSignature removes the tag-scheme signature manifest from the registry, leaving only
+// what is stored as OCI 1.1 referrers.
+func deleteTagSignature(t *testing.T, addr bundles.Address) {
+	t.Helper()
+	repo, err := bundles.Options{}.Repository(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := repo.Resolve(t.Context(), addr.Ref.Reference)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := repo.Resolve(t.Context(), bundles.SignatureTag(desc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Delete(t.Context(), sig); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSignaturesAsReferrers: Ferry stores each signature also as an OCI 1.1 referrer (the
+// testbed registry has no referrers API, so oras keeps the referrers tag). With the tag-scheme
+// signature deleted, Ferry still verifies from the referrer; and a bundle cosign signed in its
+// oci-1-1 mode only, with no .sig tag, verifies in Ferry.
+func TestSignaturesAsReferrers(t *testing.T) {
+	work := t.TempDir()
+	addr, ref := pushed(t, "interop/referrers")
+	privPEM, pubPEM, _ := bundler.GenerateKeyPair([]byte("interop"))
+	priv, pub := filepath.Join(work, "ferry.key"), filepath.Join(work, "ferry.pub")
+	os.WriteFile(priv, privPEM, 0o600)
+	os.WriteFile(pub, pubPEM, 0o644)
+	key, _ := bundler.LoadPrivateKey(priv, []byte("interop"))
+	target, desc, err := bundles.OpenTarget(t.Context(), addr, bundles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundler.Sign(t.Context(), target, desc, key, "x"); err != nil {
+		t.Fatal(err)
+	}
+	deleteTagSignature(t, addr)
+	if err := verifyWithFerry(t, addr, pub); err != nil {
+		t.Fatalf("verify from the referrer alone: %v", err)
+	}
+	if out, err := cosignEnv(t, work, []string{"COSIGN_EXPERIMENTAL=1"}, "verify", "--key", pub, "--insecure-ignore-tlog=true",
+		"--allow-http-registry", "--experimental-oci11", ref); err != nil {
+		t.Fatalf("cosign verify --experimental-oci11 of ferry's referrer signature: %v\n%s", err, out)
+	}
+	// The referrer travels to a stick and verifies there.
+	src, d, err := bundles.OpenSource(t.Context(), addr, bundles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stick, _ := bundles.ParseAddress(filepath.Join(work, "stick.tar"))
+	if _, err := bundles.Copy(t.Context(), src, d, stick, bundles.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	src.Close()
+	if err := verifyWithFerry(t, stick, pub); err != nil {
+		t.Fatalf("referrer signature lost on the way to the stick: %v", err)
+	}
+
+	// cosign, oci-1-1 mode only, on another bundle.
+	addr2, ref2 := pushed(t, "interop/cosign-referrers")
+	prefix := filepath.Join(work, "cosign")
+	if out, err := cosign(t, work, "generate-key-pair", "--output-key-prefix", prefix); err != nil {
+		t.Fatalf("cosign generate-key-pair: %v\n%s", err, out)
+	}
+	// cosign gates the oci-1-1 mode behind COSIGN_EXPERIMENTAL.
+	if out, err := cosignEnv(t, work, []string{"COSIGN_EXPERIMENTAL=1"}, "sign", "--key", prefix+".key", "--tlog-upload=false", "--allow-http-registry", "--yes",
+		"--registry-referrers-mode=oci-1-1", ref2); err != nil {
+		t.Fatalf("cosign sign (oci-1-1): %v\n%s", err, out)
+	}
+	repo, _ := bundles.Options{}.Repository(addr2)
+	d2, _ := repo.Resolve(t.Context(), addr2.Ref.Reference)
+	if _, err := repo.Resolve(t.Context(), bundles.SignatureTag(d2)); err == nil {
+		t.Fatal("cosign in oci-1-1 mode wrote a .sig tag; the test would not prove referrers are read")
+	}
+	if err := verifyWithFerry(t, addr2, prefix+".pub"); err != nil {
+		t.Fatalf("ferry refused cosign's referrer signature: %v", err)
 	}
 }
