@@ -47,6 +47,10 @@ type Options struct {
 	// S3 endpoint and credentials; empty fields come from AWS_ENDPOINT_URL_S3 (or
 	// AWS_ENDPOINT_URL), AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
 	S3Endpoint, S3Region, S3AccessKey, S3SecretKey string
+	// S3CredentialsFile is an AWS shared credentials file (profile from AWS_PROFILE, else
+	// "default"), read when the environment has no keys; "" means the AWS defaults
+	// (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials and ~/.aws/config).
+	S3CredentialsFile string
 }
 
 // Source is a store a bundle can be read from.
@@ -513,7 +517,11 @@ func (o Options) s3() (*minio.Client, error) {
 	if o.S3AccessKey != "" {
 		creds = credentials.NewStaticV4(o.S3AccessKey, o.S3SecretKey, "")
 	} else {
-		creds = credentials.NewEnvAWS()
+		// The AWS order: environment, then the shared credentials file.
+		creds = credentials.NewChainCredentials([]credentials.Provider{
+			&credentials.EnvAWS{},
+			&credentials.FileAWSCredentials{Filename: o.S3CredentialsFile, Profile: os.Getenv("AWS_PROFILE")},
+		})
 	}
 	return minio.New(strings.TrimSuffix(endpoint, "/"), &minio.Options{
 		Creds: creds, Secure: secure, Region: firstNonEmpty(o.S3Region, os.Getenv("AWS_REGION"), "us-east-1"),

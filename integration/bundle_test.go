@@ -211,3 +211,44 @@ func TestOrasReadsFerryBundles(t *testing.T) {
 	}
 	_ = res
 }
+
+// TestS3CredentialsFromAFile: the CLI uploads to and verifies from S3 with credentials from an
+// AWS shared credentials file (a flag), and is refused with wrong ones.
+func TestS3CredentialsFromAFile(t *testing.T) {
+	ctx := t.Context()
+	layout, res := buildLayout(t, sourceTree(t, nil))
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"} {
+		t.Setenv(k, "")
+	}
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "good"), filepath.Join(dir, "bad")
+	os.WriteFile(good, []byte("[default]\naws_access_key_id = "+tb.S3.AccessKey+"\naws_secret_access_key = "+tb.S3.SecretKey+"\n"), 0o600)
+	os.WriteFile(bad, []byte("[default]\naws_access_key_id = nobody\naws_secret_access_key = wrong\n"), 0o600)
+	dst, _ := bundles.ParseAddress("s3://" + tb.S3.Bucket + "/creds-test")
+	for _, tt := range []struct {
+		file string
+		ok   bool
+	}{{bad, false}, {good, true}} {
+		o := bundles.Options{S3Endpoint: tb.S3.URL, S3Region: tb.S3.Region, S3CredentialsFile: tt.file}
+		src, desc, err := bundles.OpenSource(ctx, layout, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		where, err := bundles.Copy(ctx, src, desc, dst, o)
+		src.Close()
+		if tt.ok != (err == nil) {
+			t.Fatalf("credentials %s: err = %v", filepath.Base(tt.file), err)
+		}
+		if tt.ok {
+			back, _ := bundles.ParseAddress(where)
+			s, d, err := bundles.OpenSource(ctx, back, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			if d.Digest != res.Descriptor.Digest {
+				t.Fatalf("read back %s, uploaded %s", d.Digest, res.Descriptor.Digest)
+			}
+		}
+	}
+}

@@ -33,6 +33,7 @@ Addresses, the same for every command:
 	cmd.PersistentFlags().StringVar(&o.DockerConfig, "registry-config", "", "Docker config.json with registry credentials (default ~/.docker/config.json)")
 	cmd.PersistentFlags().StringVar(&o.S3Endpoint, "s3-endpoint", "", "S3 endpoint URL (default $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL or AWS)")
 	cmd.PersistentFlags().StringVar(&o.S3Region, "s3-region", "", "S3 region (default $AWS_REGION or us-east-1)")
+	cmd.PersistentFlags().StringVar(&o.S3CredentialsFile, "s3-credentials-file", "", "AWS shared credentials file, used when AWS_ACCESS_KEY_ID is not set (default ~/.aws/credentials; profile from $AWS_PROFILE)")
 	cmd.PersistentPreRun = func(cmd *cobra.Command, _ []string) {
 		// A progress line on a terminal; nothing in CI logs or pipes.
 		if os.Getenv("CI") == "" && term.IsTerminal(int(os.Stderr.Fd())) {
