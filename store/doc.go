@@ -4,6 +4,9 @@
 // # Layout under the state directory (default /var/lib/ferry)
 //
 //	ferry.db                     bbolt database (schema below)
+//	oci-layout, index.json       the state directory is an OCI image layout: index.json lists
+//	                             each kept revision's manifest as <name>-<revision>, rewritten
+//	                             after every admission and GC (the database stays the truth)
 //	blobs/sha256/<hex>           content store: one file per blob, named by its digest
 //	tmp/                         blobs being written; emptied at Open
 //

@@ -184,7 +184,38 @@ func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*R
 		return nil, err
 	}
 	committed = true
+	if err := s.writeIndex(); err != nil {
+		return nil, err
+	}
 	return rev, nil
+}
+
+// writeIndex rewrites index.json so the state directory is an OCI image layout that lists
+// every kept revision's manifest, tagged <name>:<revision>, and each carried image: oras,
+// crane or skopeo can read what a node holds. The database stays the source of truth.
+func (s *Store) writeIndex() error {
+	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{}}
+	idx.SchemaVersion = 2
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRevisions).ForEach(func(k, v []byte) error {
+			var r Revision
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("revision %s: %w", k, err)
+			}
+			m := ocispec.Descriptor{MediaType: r.Manifest.MediaType, Digest: r.Manifest.Digest, Size: r.Manifest.Size,
+				Annotations: map[string]string{ocispec.AnnotationRefName: fmt.Sprintf("%s-%d", r.Name, r.Revision)}}
+			idx.Manifests = append(idx.Manifests, m)
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(idx)
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(filepath.Join(s.dir, "index.json"), b, 0o600)
 }
 
 func (s *Store) checkNewer(a Admission) error {
@@ -373,6 +404,9 @@ func (s *Store) GC() (int, error) {
 			return removed, err
 		}
 		removed++
+	}
+	if err := s.writeIndex(); err != nil {
+		return removed, err
 	}
 	if removed > 0 {
 		s.log.Info("collected unreferenced blobs", "blobs", removed)

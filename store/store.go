@@ -87,6 +87,13 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	s := &Store{dir: dir, db: db, opts: opts, log: opts.Log}
+	layout := filepath.Join(dir, "oci-layout")
+	if _, err := os.Stat(layout); os.IsNotExist(err) {
+		if err := WriteFileAtomic(layout, []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o600); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
 	if err := s.init(); err != nil {
 		db.Close()
 		return nil, err
@@ -146,8 +153,15 @@ func (s *Store) recover() error {
 			return err
 		}
 	}
-	if len(entries) > 0 {
-		s.log.Info("removed interrupted writes", "files", len(entries))
+	// An interrupted index.json rewrite leaves its temp file beside it.
+	stale, _ := filepath.Glob(filepath.Join(s.dir, ".index.json.tmp-*"))
+	for _, f := range stale {
+		if err := os.Remove(f); err != nil {
+			return err
+		}
+	}
+	if n := len(entries) + len(stale); n > 0 {
+		s.log.Info("removed interrupted writes", "files", n)
 	}
 	_, err = s.GC()
 	return err

@@ -14,6 +14,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/content/memory"
+	"oras.land/oras-go/v2/content/oci"
 )
 
 // admission stores a manifest and one blob in a memory source and describes them.
@@ -234,5 +235,21 @@ func TestWriteFileAtomic(t *testing.T) {
 	}
 	if e, _ := os.ReadDir(filepath.Dir(p)); len(e) != 1 {
 		t.Fatalf("temp files left: %d entries", len(e))
+	}
+}
+
+func TestStateDirIsAnOCILayout(t *testing.T) {
+	s := open(t, t.TempDir(), Options{})
+	src, a := admission(t, "site", 3, "x")
+	if _, err := s.Admit(t.Context(), src, a); err != nil {
+		t.Fatal(err)
+	}
+	layout, err := oci.NewFromFS(t.Context(), os.DirFS(s.Dir()))
+	if err != nil {
+		t.Fatalf("state dir is not an OCI layout: %v", err)
+	}
+	d, err := layout.Resolve(t.Context(), "site-3")
+	if err != nil || d.Digest != a.Manifest.Digest {
+		t.Fatalf("site-3 resolves to %v, %v; want %s", d.Digest, err, a.Manifest.Digest)
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
+	"strings"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -100,6 +102,17 @@ type Policy struct {
 	Threshold int
 }
 
+// Fingerprint identifies the policy: the SHA-256 of its threshold and sorted key IDs.
+func (p Policy) Fingerprint() string {
+	ids := make([]string, 0, len(p.Keys))
+	for _, k := range p.Keys {
+		ids = append(ids, k.ID)
+	}
+	sort.Strings(ids)
+	sum := sha256.Sum256([]byte(fmt.Sprintf("threshold=%d\n%s", max(p.Threshold, 1), strings.Join(ids, "\n"))))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
 // Signer is one key that signed the bundle.
 type Signer struct {
 	KeyID     string `json:"keyID"`
@@ -110,11 +123,14 @@ type Signer struct {
 
 // Result records a successful verification; it is stored with the revision.
 type Result struct {
-	Digest     string    `json:"digest"`     // of the bundle manifest
-	Signatures string    `json:"signatures"` // digest of the signature manifest
-	Signers    []Signer  `json:"signers"`
-	Threshold  int       `json:"threshold"`
-	Time       time.Time `json:"time"`
+	Digest     string   `json:"digest"`     // of the bundle manifest
+	Signatures string   `json:"signatures"` // digest of the signature manifest
+	Signers    []Signer `json:"signers"`
+	Threshold  int      `json:"threshold"`
+	// Policy identifies the policy that admitted the bundle: the SHA-256 of its threshold and
+	// sorted key IDs, so a record shows whether the node's policy changed since.
+	Policy string    `json:"policy"`
+	Time   time.Time `json:"time"`
 
 	signatures *bundles.Signatures
 }
@@ -144,7 +160,8 @@ func Bundle(ctx context.Context, src Source, d ocispec.Descriptor, p Policy) (*R
 		return nil, fmt.Errorf("%w: %s: %w", ErrUntrusted, d.Digest, err)
 	}
 	sigs := found.Layers
-	res := &Result{Digest: d.Digest.String(), Signatures: found.Descriptor.Digest.String(), Threshold: threshold, Time: time.Now().UTC(), signatures: found}
+	res := &Result{Digest: d.Digest.String(), Signatures: found.Descriptor.Digest.String(), Threshold: threshold,
+		Policy: p.Fingerprint(), Time: time.Now().UTC(), signatures: found}
 	signed := map[string]bool{}
 	var problems []error
 	for i, s := range sigs {

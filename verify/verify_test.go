@@ -223,3 +223,20 @@ func FuzzParsePayload(f *testing.F) {
 		}
 	})
 }
+
+func TestPolicyFingerprintIsRecorded(t *testing.T) {
+	store, d := aBundle(t)
+	a, b := newSigner(t, "ecdsa"), newSigner(t, "ecdsa")
+	p := bundles.NewPayload("x", d.Digest)
+	bundles.AppendSignature(t.Context(), store, d, p, a.sign(t, p))
+	res, err := Bundle(t.Context(), store, d, Policy{Keys: []Key{a.key, b.key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Policy != (Policy{Keys: []Key{b.key, a.key}}).Fingerprint() {
+		t.Fatal("key order changed the policy fingerprint")
+	}
+	if res.Policy == (Policy{Keys: []Key{a.key}}).Fingerprint() || res.Policy == (Policy{Keys: []Key{a.key, b.key}, Threshold: 2}).Fingerprint() {
+		t.Fatal("different policies share a fingerprint")
+	}
+}
