@@ -20,6 +20,12 @@ const (
 	SimpleSigningType = "application/vnd.dev.cosign.simplesigning.v1+json"
 	// SignatureAnnotation holds the base64 signature over the payload on each layer.
 	SignatureAnnotation = "dev.cosignproject.cosign/signature"
+	// CertificateAnnotation, ChainAnnotation and BundleAnnotation carry a keyless
+	// signature's certificate (PEM), its intermediate chain (PEM) and the transparency log's
+	// signed entry (Rekor bundle JSON), as cosign writes them.
+	CertificateAnnotation = "dev.sigstore.cosign/certificate"
+	ChainAnnotation       = "dev.sigstore.cosign/chain"
+	BundleAnnotation      = "dev.sigstore.cosign/bundle"
 	// CosignPayloadType is critical.type in the payload.
 	CosignPayloadType = "cosign container image signature"
 	// SignatureArtifactType is the artifact type of a signature stored as an OCI 1.1
@@ -243,6 +249,17 @@ func AppendSignature(ctx context.Context, dst interface {
 	content.Resolver
 	content.Tagger
 }, d ocispec.Descriptor, payload []byte, b64 string) (ocispec.Descriptor, error) {
+	return AppendSignatureWith(ctx, dst, d, payload, b64, nil)
+}
+
+// AppendSignatureWith is AppendSignature with more layer annotations, such as the signing
+// certificate, its chain and the transparency-log bundle of a keyless signature
+// (CertificateAnnotation, ChainAnnotation, BundleAnnotation).
+func AppendSignatureWith(ctx context.Context, dst interface {
+	content.Storage
+	content.Resolver
+	content.Tagger
+}, d ocispec.Descriptor, payload []byte, b64 string, annotations map[string]string) (ocispec.Descriptor, error) {
 	var layers []ocispec.Descriptor
 	if existing, err := ReadSignatures(ctx, dst, d); err == nil {
 		for _, s := range existing.Layers {
@@ -256,6 +273,9 @@ func AppendSignature(ctx context.Context, dst interface {
 	}
 	pd := content.NewDescriptorFromBytes(SimpleSigningType, payload)
 	pd.Annotations = map[string]string{SignatureAnnotation: b64}
+	for k, v := range annotations {
+		pd.Annotations[k] = v
+	}
 	if err := pushIfAbsent(ctx, dst, pd, payload); err != nil {
 		return ocispec.Descriptor{}, err
 	}

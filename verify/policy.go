@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"regexp"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -26,10 +27,31 @@ const MaxPolicyBytes = 256 << 10
 //	      -----BEGIN PUBLIC KEY-----
 //	      …
 type PolicyFile struct {
-	APIVersion string      `yaml:"apiVersion"`
-	Kind       string      `yaml:"kind"`
-	Threshold  int         `yaml:"threshold"`
-	Keys       []PolicyKey `yaml:"keys"`
+	APIVersion string         `yaml:"apiVersion"`
+	Kind       string         `yaml:"kind"`
+	Threshold  int            `yaml:"threshold"`
+	Keys       []PolicyKey    `yaml:"keys"`
+	Keyless    *PolicyKeyless `yaml:"keyless"`
+}
+
+// PolicyKeyless trusts certificate (keyless) signatures, checked offline against a trusted
+// root file shipped to the node:
+//
+//	keyless:
+//	  trustedRoot: trusted_root.json      # relative to the policy file
+//	  identities:
+//	    - issuer: https://token.actions.githubusercontent.com
+//	      subjectRegExp: ^https://github\.com/example/site/\.github/workflows/.*@refs/heads/main$
+type PolicyKeyless struct {
+	TrustedRoot string           `yaml:"trustedRoot"`
+	Identities  []PolicyIdentity `yaml:"identities"`
+}
+
+// PolicyIdentity is an allowed keyless signer.
+type PolicyIdentity struct {
+	Issuer        string `yaml:"issuer"`
+	Subject       string `yaml:"subject"`
+	SubjectRegExp string `yaml:"subjectRegExp"`
 }
 
 // PolicyKey is one trusted key, from a file or inline.
@@ -70,12 +92,20 @@ func ParsePolicy(path string, b []byte) (Policy, error) {
 	if f.Kind != "TrustPolicy" {
 		bad("kind", "is %q, want TrustPolicy", f.Kind)
 	}
-	if len(f.Keys) == 0 {
+	if len(f.Keys) == 0 && f.Keyless == nil {
 		bad("keys", "trusts no key: a node with this policy could admit nothing")
 	}
 	p := Policy{Threshold: f.Threshold}
-	if f.Threshold < 0 || f.Threshold > len(f.Keys) {
-		bad("threshold", "is %d with %d keys", f.Threshold, len(f.Keys))
+	signers := len(f.Keys)
+	if kl := f.Keyless; kl != nil {
+		signers += len(kl.Identities)
+		k, err := loadKeyless(path, kl, bad)
+		if err == nil {
+			p.Keyless = k
+		}
+	}
+	if f.Threshold < 0 || f.Threshold > signers {
+		bad("threshold", "is %d with %d keys and identities", f.Threshold, signers)
 	}
 	names := map[string]bool{}
 	ids := map[string]bool{}
@@ -117,4 +147,49 @@ func ParsePolicy(path string, b []byte) (Policy, error) {
 		return Policy{}, err
 	}
 	return p, nil
+}
+
+func loadKeyless(path string, kl *PolicyKeyless, bad func(field, format string, a ...any)) (*Keyless, error) {
+	if kl.TrustedRoot == "" {
+		bad("keyless.trustedRoot", "is required")
+		return nil, errors.New("no trusted root")
+	}
+	rootPath := kl.TrustedRoot
+	if !filepath.IsAbs(rootPath) {
+		rootPath = filepath.Join(filepath.Dir(path), rootPath)
+	}
+	b, err := readLimited(rootPath, MaxTrustedRootBytes)
+	if err != nil {
+		bad("keyless.trustedRoot", "%v", err)
+		return nil, err
+	}
+	k, err := ParseTrustedRoot(rootPath, b)
+	if err != nil {
+		bad("keyless.trustedRoot", "%v", err)
+		return nil, err
+	}
+	if len(kl.Identities) == 0 {
+		bad("keyless.identities", "lists no identity: any certificate from the CA would be trusted")
+	}
+	for i, id := range kl.Identities {
+		f := fmt.Sprintf("keyless.identities[%d]", i)
+		if id.Issuer == "" {
+			bad(f+".issuer", "is required")
+		}
+		if (id.Subject == "") == (id.SubjectRegExp == "") {
+			bad(f, "needs exactly one of subject and subjectRegExp")
+			continue
+		}
+		ident := Identity{Issuer: id.Issuer, Subject: id.Subject}
+		if id.SubjectRegExp != "" {
+			re, err := regexp.Compile(id.SubjectRegExp)
+			if err != nil {
+				bad(f+".subjectRegExp", "%v", err)
+				continue
+			}
+			ident.SubjectRE = re
+		}
+		k.Identities = append(k.Identities, ident)
+	}
+	return k, nil
 }

@@ -98,15 +98,27 @@ func readLimited(path string, limit int64) ([]byte, error) {
 // Policy is what a bundle must carry to be trusted.
 type Policy struct {
 	Keys []Key
+	// Keyless, when set, also trusts certificate signatures (see Keyless).
+	Keyless *Keyless
 	// Threshold is the number of distinct keys that must have signed; 0 means 1.
 	Threshold int
 }
 
-// Fingerprint identifies the policy: the SHA-256 of its threshold and sorted key IDs.
+// Fingerprint identifies the policy: the SHA-256 of its threshold, sorted key IDs and keyless
+// identities. (A changed trusted root with the same identities keeps the fingerprint.)
 func (p Policy) Fingerprint() string {
 	ids := make([]string, 0, len(p.Keys))
 	for _, k := range p.Keys {
 		ids = append(ids, k.ID)
+	}
+	if p.Keyless != nil {
+		for _, id := range p.Keyless.Identities {
+			re := ""
+			if id.SubjectRE != nil {
+				re = id.SubjectRE.String()
+			}
+			ids = append(ids, "keyless:"+id.Issuer+"|"+id.Subject+"|"+re)
+		}
 	}
 	sort.Strings(ids)
 	sum := sha256.Sum256([]byte(fmt.Sprintf("threshold=%d\n%s", max(p.Threshold, 1), strings.Join(ids, "\n"))))
@@ -148,11 +160,11 @@ type Source interface {
 // Bundle checks the signatures stored beside bundle d in src against p. It reads only the
 // signature manifest and its payloads, never the bundle's layers.
 func Bundle(ctx context.Context, src Source, d ocispec.Descriptor, p Policy) (*Result, error) {
-	if len(p.Keys) == 0 {
+	if len(p.Keys) == 0 && p.Keyless == nil {
 		return nil, fmt.Errorf("%w: the policy trusts no key", ErrUntrusted)
 	}
 	threshold := max(p.Threshold, 1)
-	if threshold > len(p.Keys) {
+	if p.Keyless == nil && threshold > len(p.Keys) {
 		return nil, fmt.Errorf("policy: threshold %d with only %d keys can never be met", threshold, len(p.Keys))
 	}
 	found, err := bundles.ReadSignatures(ctx, src, d)
@@ -172,6 +184,18 @@ func Bundle(ctx context.Context, src Source, d ocispec.Descriptor, p Policy) (*R
 		}
 		if _, err := bundles.ParsePayload(s.Payload, d.Digest); err != nil {
 			problems = append(problems, fmt.Errorf("signature %d: %w", i, err))
+			continue
+		}
+		if _, hasCert := s.Descriptor.Annotations[bundles.CertificateAnnotation]; hasCert && p.Keyless != nil {
+			id, err := p.Keyless.verifyKeyless(s, raw)
+			if err != nil {
+				problems = append(problems, fmt.Errorf("signature %d: %w", i, err))
+				continue
+			}
+			if !signed[id] {
+				signed[id] = true
+				res.Signers = append(res.Signers, Signer{KeyID: id, KeySource: "keyless", Payload: s.Descriptor.Digest.String()})
+			}
 			continue
 		}
 		matched := false
