@@ -7,10 +7,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/verify"
+	"github.com/ferrygitops/ferry/verify/verifytest"
 )
 
 // cosign runs the real cosign CLI offline: no transparency log, a private TUF cache, and a
@@ -235,5 +237,51 @@ func TestSignaturesAsReferrers(t *testing.T) {
 	}
 	if err := verifyWithFerry(t, addr2, prefix+".pub"); err != nil {
 		t.Fatalf("ferry refused cosign's referrer signature: %v", err)
+	}
+}
+
+// TestCosignVerifiesFerryKeylessSignature: a keyless signature (certificate, chain and a
+// transparency-log entry from a CA and log of the test's own) verifies in Ferry with a
+// keyless policy and in the real cosign with the same trusted root, offline.
+func TestCosignVerifiesFerryKeylessSignature(t *testing.T) {
+	const subject = "https://github.com/example/site/.github/workflows/release.yml@refs/heads/main"
+	const issuer = "https://token.actions.githubusercontent.com"
+	work := t.TempDir()
+	addr, ref := pushed(t, "interop/keyless")
+	ss := verifytest.NewSigstore(t)
+	root := filepath.Join(work, "trusted_root.json")
+	os.WriteFile(root, ss.TrustedRoot, 0o644)
+	target, desc, err := bundles.OpenTarget(t.Context(), addr, bundles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := bundles.NewPayload(addr.Ref.Registry+"/"+addr.Ref.Repository, desc.Digest)
+	when := time.Now().Add(-30 * 24 * time.Hour)
+	b64, ann := ss.Sign(t, payload, subject, issuer, when, when.Add(time.Minute))
+	if _, err := bundles.AppendSignatureWith(t.Context(), target, desc, payload, b64, ann); err != nil {
+		t.Fatal(err)
+	}
+	policyFile := filepath.Join(work, "policy.yaml")
+	os.WriteFile(policyFile, []byte("apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeyless:\n  trustedRoot: trusted_root.json\n  identities:\n    - issuer: "+issuer+"\n      subject: "+subject+"\n"), 0o644)
+	policy, err := verify.LoadPolicy(policyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, d, err := bundles.OpenSource(t.Context(), addr, bundles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if _, err := verify.Bundle(t.Context(), src, d, policy); err != nil {
+		t.Fatalf("ferry keyless verify: %v", err)
+	}
+	out, err := cosign(t, work, "verify", "--certificate-identity", subject, "--certificate-oidc-issuer", issuer,
+		"--trusted-root", root, "--insecure-ignore-sct", "--allow-http-registry", ref)
+	if err != nil {
+		t.Fatalf("cosign verify of ferry's keyless signature: %v\n%s", err, out)
+	}
+	if out, err := cosign(t, work, "verify", "--certificate-identity", "https://github.com/attacker/x", "--certificate-oidc-issuer", issuer,
+		"--trusted-root", root, "--insecure-ignore-sct", "--allow-http-registry", ref); err == nil {
+		t.Fatalf("cosign accepted another identity:\n%s", out)
 	}
 }

@@ -1,19 +1,6 @@
 package verify
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/asn1"
-	"encoding/base64"
-	"encoding/hex"
-	"encoding/json"
-	"encoding/pem"
-	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,95 +8,13 @@ import (
 	"time"
 
 	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/verify/verifytest"
 )
 
-// sigstoreLike is a certificate authority and a transparency log of the test's own, shaped
-// like Fulcio and Rekor, so keyless verification runs offline against real crypto.
-type sigstoreLike struct {
-	root, inter       *x509.Certificate
-	rootKey, interKey *ecdsa.PrivateKey
-	logKey            *ecdsa.PrivateKey
-	trustedRoot       []byte
-}
-
-func newSigstoreLike(t *testing.T) *sigstoreLike {
-	t.Helper()
-	s := &sigstoreLike{}
-	s.rootKey, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	s.interKey, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	s.logKey, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	ca := func(cn string, key *ecdsa.PrivateKey, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) *x509.Certificate {
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-			NotBefore: time.Now().AddDate(-5, 0, 0), NotAfter: time.Now().AddDate(5, 0, 0),
-			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-		if parent == nil {
-			parent, parentKey = tmpl, key
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), parentKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, _ := x509.ParseCertificate(der)
-		return c
-	}
-	s.root = ca("test fulcio root", s.rootKey, nil, nil)
-	s.inter = ca("test fulcio intermediate", s.interKey, s.root, s.rootKey)
-	logDER, _ := x509.MarshalPKIXPublicKey(s.logKey.Public())
-	tr := map[string]any{
-		"mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
-		"tlogs":     []any{map[string]any{"publicKey": map[string]any{"rawBytes": logDER}}},
-		"certificateAuthorities": []any{map[string]any{"certChain": map[string]any{"certificates": []any{
-			map[string]any{"rawBytes": s.inter.Raw}, map[string]any{"rawBytes": s.root.Raw}}}}},
-	}
-	s.trustedRoot, _ = json.Marshal(tr)
-	return s
-}
-
-// sign makes a keyless signature over payload: a 10-minute certificate for subject from
-// issuer, valid at signedAt, and a log entry recording it at loggedAt.
-func (s *sigstoreLike) sign(t *testing.T, payload []byte, subject, issuer string, signedAt, loggedAt time.Time) (string, map[string]string) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	u, _ := url.Parse(subject)
-	issuerExt, _ := asn1.Marshal(issuer)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()),
-		NotBefore: signedAt.Add(-time.Minute), NotAfter: signedAt.Add(10 * time.Minute),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
-		URIs: []*url.URL{u}, ExtraExtensions: []pkix.Extension{{Id: oidIssuerV2, Value: issuerExt}}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.inter, key.Public(), s.interKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(payload)
-	sig, _ := ecdsa.SignASN1(rand.Reader, key, sum[:])
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	body, _ := json.Marshal(map[string]any{"apiVersion": "0.0.1", "kind": "hashedrekord", "spec": map[string]any{
-		"data":      map[string]any{"hash": map[string]any{"algorithm": "sha256", "value": hex.EncodeToString(sum[:])}},
-		"signature": map[string]any{"content": sig, "publicKey": map[string]any{"content": certPEM}},
-	}})
-	logDER, _ := x509.MarshalPKIXPublicKey(s.logKey.Public())
-	logID := sha256.Sum256(logDER)
-	entry := struct {
-		Body           string `json:"body"`
-		IntegratedTime int64  `json:"integratedTime"`
-		LogID          string `json:"logID"`
-		LogIndex       int64  `json:"logIndex"`
-	}{base64.StdEncoding.EncodeToString(body), loggedAt.Unix(), hex.EncodeToString(logID[:]), 42}
-	canonical, _ := json.Marshal(entry)
-	csum := sha256.Sum256(canonical)
-	set, _ := ecdsa.SignASN1(rand.Reader, s.logKey, csum[:])
-	bundle, _ := json.Marshal(map[string]any{"SignedEntryTimestamp": set, "Payload": entry})
-	return base64.StdEncoding.EncodeToString(sig), map[string]string{
-		bundles.CertificateAnnotation: string(certPEM),
-		bundles.ChainAnnotation:       string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.inter.Raw})),
-		bundles.BundleAnnotation:      string(bundle),
-	}
-}
-
-func keylessPolicy(t *testing.T, s *sigstoreLike, identities string) Policy {
+func keylessPolicy(t *testing.T, s *verifytest.Sigstore, identities string) Policy {
 	t.Helper()
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "trusted_root.json"), s.trustedRoot, 0o644)
+	os.WriteFile(filepath.Join(dir, "trusted_root.json"), s.TrustedRoot, 0o644)
 	path := filepath.Join(dir, "policy.yaml")
 	os.WriteFile(path, []byte("apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeyless:\n  trustedRoot: trusted_root.json\n  identities:\n"+identities), 0o644)
 	p, err := LoadPolicy(path)
@@ -125,14 +30,14 @@ const (
 )
 
 func TestKeylessSignatureVerifiesOffline(t *testing.T) {
-	s := newSigstoreLike(t)
+	s := verifytest.NewSigstore(t)
 	policy := keylessPolicy(t, s, "    - issuer: "+ciIssuer+"\n      subjectRegExp: ^https://github\\.com/example/site/\n")
 	store, d := aBundle(t)
 	payload := bundles.NewPayload("site", d.Digest)
 	// Signed a year ago: the certificate expired long since, but the log proves it was valid
 	// when the signature was made.
 	when := time.Now().AddDate(-1, 0, 0)
-	b64, ann := s.sign(t, payload, ciSubject, ciIssuer, when, when.Add(time.Minute))
+	b64, ann := s.Sign(t, payload, ciSubject, ciIssuer, when, when.Add(time.Minute))
 	if _, err := bundles.AppendSignatureWith(t.Context(), store, d, payload, b64, ann); err != nil {
 		t.Fatal(err)
 	}
@@ -146,13 +51,13 @@ func TestKeylessSignatureVerifiesOffline(t *testing.T) {
 }
 
 func TestKeylessRefusals(t *testing.T) {
-	s := newSigstoreLike(t)
-	other := newSigstoreLike(t)
+	s := verifytest.NewSigstore(t)
+	other := verifytest.NewSigstore(t)
 	good := "    - issuer: " + ciIssuer + "\n      subject: " + ciSubject + "\n"
 	when := time.Now().AddDate(0, -1, 0)
 	tests := []struct {
 		name   string
-		signer *sigstoreLike
+		signer *verifytest.Sigstore
 		policy string
 		mutate func(payload []byte, b64 string, ann map[string]string) (string, map[string]string)
 		sub    string
@@ -172,7 +77,7 @@ func TestKeylessRefusals(t *testing.T) {
 			return b, a
 		}, ciSubject, when, "does not verify"},
 		{"log entry for another signature", s, good, func(p []byte, b string, a map[string]string) (string, map[string]string) {
-			b2, a2 := s.sign(t, p, ciSubject, ciIssuer, when, when)
+			b2, a2 := s.Sign(t, p, ciSubject, ciIssuer, when, when)
 			a[bundles.BundleAnnotation] = a2[bundles.BundleAnnotation]
 			_ = b2
 			return b, a
@@ -183,7 +88,7 @@ func TestKeylessRefusals(t *testing.T) {
 			policy := keylessPolicy(t, s, tt.policy)
 			store, d := aBundle(t)
 			payload := bundles.NewPayload("site", d.Digest)
-			b64, ann := tt.signer.sign(t, payload, tt.sub, ciIssuer, when, tt.logged)
+			b64, ann := tt.signer.Sign(t, payload, tt.sub, ciIssuer, when, tt.logged)
 			if tt.mutate != nil {
 				b64, ann = tt.mutate(payload, b64, ann)
 			}
