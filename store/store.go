@@ -14,6 +14,9 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 )
 
+// DefaultDir is the state directory of an edge node unless configured otherwise.
+const DefaultDir = "/var/lib/ferry"
+
 // SchemaVersion is the version of the database layout this code reads and writes.
 const SchemaVersion = 1
 

@@ -253,3 +253,31 @@ func TestStateDirIsAnOCILayout(t *testing.T) {
 		t.Fatalf("site-3 resolves to %v, %v; want %s", d.Digest, err, a.Manifest.Digest)
 	}
 }
+
+// TestRollbackIsTheOnlyWayBack: moving the current revision back to a stored one is a state
+// change, not an admission; the newest-admitted line stays where it was, so the old revision
+// (or anything below the line) still cannot be admitted again.
+func TestRollbackIsTheOnlyWayBack(t *testing.T) {
+	s := open(t, t.TempDir(), Options{})
+	for rev := uint64(1); rev <= 3; rev++ {
+		src, a := admission(t, "site", rev, fmt.Sprintf("r%d", rev))
+		if _, err := s.Admit(t.Context(), src, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.SetState("site", 3, StateFailed, "health checks failed")
+	if err := s.SetState("site", 1, StateApplying, "rollback to 1"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := s.GetBundle("site")
+	if b.Current != 1 || b.Newest != 3 {
+		t.Fatalf("after rollback: %+v", b)
+	}
+	src, a := admission(t, "site", 2, "r2 again")
+	if _, err := s.Admit(t.Context(), src, a); !errors.Is(err, ErrEquivocation) {
+		t.Fatalf("re-admitting below the line after a rollback: err = %v", err)
+	}
+	if err := s.SetState("site", 9, StateApplying, "rollback to a revision never stored"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("rollback to an unknown revision: err = %v", err)
+	}
+}
