@@ -27,17 +27,7 @@ import (
 // renders the same objects `helm template` renders.
 func TestBundleVendorsAChartFromARealHelmRepository(t *testing.T) {
 	ctx := t.Context()
-	helm := func(dir string, args ...string) string {
-		t.Helper()
-		cmd := exec.CommandContext(ctx, tb.Bin("helm"), args...)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(dir, ".cache"), "HELM_CONFIG_HOME="+filepath.Join(dir, ".config"), "HELM_DATA_HOME="+filepath.Join(dir, ".data"))
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
+	helm := func(dir string, args ...string) string { return runHelm(t, dir, args...) }
 	src := bundlertest.WriteTree(t, map[string]string{
 		"podinfo/Chart.yaml":                "apiVersion: v2\nname: podinfo\nversion: 6.5.0\n",
 		"podinfo/values.yaml":               "replicaCount: 1\nmessage: hello\n",
@@ -87,17 +77,7 @@ func TestBundleVendorsAChartFromARealHelmRepository(t *testing.T) {
 func TestBundleVendorsAnOCIChartPushedByHelm(t *testing.T) {
 	ctx := t.Context()
 	work := t.TempDir()
-	helm := func(args ...string) string {
-		t.Helper()
-		cmd := exec.CommandContext(ctx, tb.Bin("helm"), args...)
-		cmd.Dir = work
-		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(work, ".cache"), "HELM_CONFIG_HOME="+filepath.Join(work, ".config"), "HELM_DATA_HOME="+filepath.Join(work, ".data"))
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
+	helm := func(args ...string) string { return runHelm(t, work, args...) }
 	for _, v := range []string{"0.9.0", "1.0.0", "1.1.0", "2.0.0"} {
 		chartDir := filepath.Join(work, "src-"+v, "cache")
 		for name, data := range map[string]string{
@@ -175,13 +155,8 @@ func TestFromFluxOCISources(t *testing.T) {
 	os.MkdirAll(filepath.Join(chartDir, "templates"), 0o755)
 	os.WriteFile(filepath.Join(chartDir, "Chart.yaml"), []byte("apiVersion: v2\nname: cache\nversion: 3.1.0\n"), 0o644)
 	os.WriteFile(filepath.Join(chartDir, "templates", "cm.yaml"), []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cache}\ndata: {v: \"{{ .Chart.Version }}\"}\n"), 0o644)
-	for _, args := range [][]string{{"package", chartDir, "-d", work}, {"push", filepath.Join(work, "cache-3.1.0.tgz"), "oci://" + tb.Registry + "/charts-oci", "--plain-http"}} {
-		cmd := exec.CommandContext(ctx, tb.Bin("helm"), args...)
-		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(work, ".cache"), "HELM_CONFIG_HOME="+filepath.Join(work, ".config"), "HELM_DATA_HOME="+filepath.Join(work, ".data"))
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("helm %v: %v\n%s", args, err, out)
-		}
-	}
+	runHelm(t, work, "package", chartDir, "-d", work)
+	runHelm(t, work, "push", filepath.Join(work, "cache-3.1.0.tgz"), "oci://"+tb.Registry+"/charts-oci", "--plain-http")
 	dir, _ := bundlertest.GitTree(t, map[string]string{
 		"clusters/edge/sources.yaml": `apiVersion: source.toolkit.fluxcd.io/v1beta2
 kind: OCIRepository
@@ -233,4 +208,17 @@ spec:
 	if !strings.Contains(renders["apps"], "name: from-oci") || !strings.Contains(renders["cache"], "v: 3.1.0") {
 		t.Fatalf("renders: %v", renders)
 	}
+}
+
+// runHelm runs the real helm CLI in dir, with its cache, config and data kept there.
+func runHelm(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), tb.Bin("helm"), args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(dir, ".cache"), "HELM_CONFIG_HOME="+filepath.Join(dir, ".config"), "HELM_DATA_HOME="+filepath.Join(dir, ".data"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }
