@@ -216,8 +216,12 @@ func ReadLayer(r io.Reader) (Files, error) {
 	}
 	// The tar's end-of-archive blocks may be followed by zero padding, nothing else; after the
 	// gzip member, nothing at all.
-	if _, err := io.Copy(io.Discard, io.LimitReader(gz, 1<<20)); err != nil {
+	rest, err := io.ReadAll(io.LimitReader(gz, 1<<20+1))
+	if err != nil {
 		return nil, fmt.Errorf("layer: %w", err)
+	}
+	if len(rest) > 1<<20 || bytes.ContainsFunc(rest, func(r rune) bool { return r != 0 }) {
+		return nil, errors.New("layer: data after the end of the tar archive")
 	}
 	if _, err := br.ReadByte(); err == nil {
 		return nil, errors.New("layer: data after the gzip stream")

@@ -224,3 +224,22 @@ func TestReadLayerCapsAGzipBomb(t *testing.T) {
 		t.Fatalf("err = %v, want the expanded size capped", err)
 	}
 }
+
+func TestReadLayerRefusesDataAfterTheArchive(t *testing.T) {
+	var tarBuf bytes.Buffer
+	tw := tar.NewWriter(&tarBuf)
+	tw.WriteHeader(&tar.Header{Name: "a.yaml", Typeflag: tar.TypeReg, Size: 1, Mode: 0o644})
+	tw.Write([]byte("a"))
+	tw.Close()
+	for name, tail := range map[string][]byte{"zero padding": make([]byte, 4096), "hidden payload": []byte("HIDDEN PAYLOAD")} {
+		var gzBuf bytes.Buffer
+		gz := gzip.NewWriter(&gzBuf)
+		gz.Write(tarBuf.Bytes())
+		gz.Write(tail)
+		gz.Close()
+		_, err := ReadLayer(bytes.NewReader(gzBuf.Bytes()))
+		if want := name == "zero padding"; want != (err == nil) {
+			t.Errorf("%s: err = %v", name, err)
+		}
+	}
+}

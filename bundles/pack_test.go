@@ -245,6 +245,14 @@ func TestParseMetadataRefusesAmbiguousJSON(t *testing.T) {
 	if _, err := ParseMetadata([]byte(dup)); err == nil || !strings.Contains(err.Error(), "duplicate key") {
 		t.Fatalf("err = %v, want duplicate key refused", err)
 	}
+	// Keys that differ only in case land in one Go field: also duplicates.
+	cased := strings.Replace(string(good), `"revision":42`, `"revision":42,"Revision":1`, 1)
+	if _, err := ParseMetadata([]byte(cased)); err == nil || !strings.Contains(err.Error(), "duplicate key") {
+		t.Fatalf("err = %v, want a case-folded duplicate refused", err)
+	}
+	if err := checkJSON([]byte("{\"name\":\"\xff\"}")); err == nil || !strings.Contains(err.Error(), "UTF-8") {
+		t.Fatalf("err = %v, want invalid UTF-8 refused", err)
+	}
 	deep := strings.Repeat("[", 100) + strings.Repeat("]", 100)
 	if err := checkJSON([]byte(deep)); err == nil || !strings.Contains(err.Error(), "deeper") {
 		t.Fatalf("err = %v, want nesting refused", err)

@@ -100,6 +100,18 @@ type Signatures struct {
 	Layers     []SignatureLayer
 	// Referrers are the blobs of signature manifests found as OCI 1.1 referrers.
 	Referrers []ocispec.Descriptor
+	// referrerManifests are those manifests, read.
+	referrerManifests []Signatures
+}
+
+// Manifests returns every signature manifest read (tag scheme first, then referrers), each
+// with its descriptor and content.
+func (s *Signatures) Manifests() []Signatures {
+	var out []Signatures
+	if s.Descriptor.Digest != "" {
+		out = append(out, Signatures{Descriptor: s.Descriptor, Manifest: s.Manifest})
+	}
+	return append(out, s.referrerManifests...)
 }
 
 // Blobs lists everything the signatures are stored as: manifests, configs and payloads.
@@ -132,6 +144,7 @@ func ReadSignatures(ctx context.Context, src interface {
 		return nil, rerr
 	}
 	for _, r := range refs {
+		sigs.referrerManifests = append(sigs.referrerManifests, Signatures{Descriptor: r.Descriptor, Manifest: r.Manifest})
 		sigs.Referrers = append(sigs.Referrers, r.Descriptor, r.Manifest.Config)
 		for _, l := range r.Layers {
 			dup := false

@@ -6,16 +6,22 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
+	"unicode/utf8"
 )
 
 // maxJSONDepth bounds nesting in documents read from outside.
 const maxJSONDepth = 32
 
 // checkJSON refuses JSON that two parsers could read differently: duplicate keys in an
-// object (encoding/json keeps the last, others keep the first), nesting deeper than
-// maxJSONDepth, or anything after the first value. The digest covers these exact bytes, so
+// object, also when they differ only in case (encoding/json keeps the last, others keep the
+// first), invalid UTF-8, nesting deeper than maxJSONDepth, or anything after the first value. The digest covers these exact bytes, so
 // what is checked must have one meaning.
 func checkJSON(b []byte) error {
+	if !utf8.Valid(b) {
+		// encoding/json would silently replace invalid bytes with U+FFFD.
+		return errors.New("not valid UTF-8")
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	if err := checkValue(dec, 0); err != nil {
@@ -44,10 +50,13 @@ func checkValue(dec *json.Decoder, depth int) error {
 				return err
 			}
 			key, _ := k.(string)
-			if seen[key] {
+			// encoding/json matches field names case-insensitively, so "critical" and
+			// "Critical" land in one field: they are duplicates.
+			folded := strings.ToLower(key)
+			if seen[folded] {
 				return fmt.Errorf("duplicate key %q", key)
 			}
-			seen[key] = true
+			seen[folded] = true
 			if err := checkValue(dec, depth+1); err != nil {
 				return err
 			}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -325,3 +326,38 @@ func TestHostileArchivesAreRefusedBeforeIngest(t *testing.T) {
 }
 
 var _ content.Fetcher = (*store.Store)(nil)
+
+// Found in review: a signature manifest may list layers nobody checks (wrong type, no
+// signature, huge or missing). Ingest keeps only the signature manifests and the payloads that
+// verified, so such layers neither fill the disk nor block a correctly signed bundle.
+func TestIngestKeepsOnlyVerifiedSignatureBlobs(t *testing.T) {
+	k := newKey(t)
+	src := memory.New()
+	desc := makeBundle(t, src, "site", 1, "x")
+	sign(t, src, desc, k)
+	sigDesc, err := src.Resolve(t.Context(), bundles.SignatureTag(desc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := content.FetchAll(t.Context(), src, sigDesc)
+	var man ocispec.Manifest
+	json.Unmarshal(raw, &man)
+	junk := ocispec.Descriptor{MediaType: "application/octet-stream", Digest: digest.FromString("never stored"), Size: 5 << 30}
+	man.Layers = append(man.Layers, junk)
+	b, _ := json.Marshal(man)
+	nd := content.NewDescriptorFromBytes(ocispec.MediaTypeImageManifest, b)
+	src.Push(t.Context(), nd, bytes.NewReader(b))
+	src.Tag(t.Context(), nd, bundles.SignatureTag(desc))
+
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+	rev, err := Ingest(t.Context(), st, memSource{src}, desc, k.policy, "test")
+	if err != nil {
+		t.Fatalf("a signed bundle was refused because of an unchecked layer: %v", err)
+	}
+	for _, b := range rev.Blobs {
+		if b.Digest == junk.Digest {
+			t.Fatal("an unchecked signature-manifest layer was stored")
+		}
+	}
+}

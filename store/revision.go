@@ -184,8 +184,10 @@ func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*R
 		return nil, err
 	}
 	committed = true
+	// The revision is recorded; index.json is a view for other tools and is rewritten on the
+	// next admission or GC, so its failure must not report the admission as failed.
 	if err := s.writeIndex(); err != nil {
-		return nil, err
+		s.log.Warn("index.json not rewritten", "err", err)
 	}
 	return rev, nil
 }

@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,7 +46,7 @@ func TestKeylessSignatureVerifiesOffline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Signers) != 1 || !strings.Contains(res.Signers[0].KeyID, ciSubject) {
+	if len(res.Signers) != 1 || res.Signers[0].KeyID != "keyless:0" || !strings.Contains(res.Signers[0].KeySource, ciSubject) {
 		t.Fatalf("signers %+v", res.Signers)
 	}
 }
@@ -98,5 +99,49 @@ func TestKeylessRefusals(t *testing.T) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// Found in review: an identity given only as a pattern must not match an empty SAN, and one
+// policy identity is one signer however many certificates match it.
+func TestKeylessIdentityCountsOnceAndNeedsASubject(t *testing.T) {
+	s := verifytest.NewSigstore(t)
+	when := time.Now().AddDate(0, -1, 0)
+	policy := keylessPolicy(t, s, "    - issuer: "+ciIssuer+"\n      subjectRegExp: ^https://github\\.com/example/site/\n")
+	store, d := aBundle(t)
+	payload := bundles.NewPayload("site", d.Digest)
+	b64, ann := s.Sign(t, payload, "", ciIssuer, when, when)
+	bundles.AppendSignatureWith(t.Context(), store, d, payload, b64, ann)
+	if _, err := Bundle(t.Context(), store, d, policy); err == nil || !strings.Contains(err.Error(), "not allowed") {
+		t.Fatalf("empty SAN: err = %v", err)
+	}
+
+	store, d = aBundle(t)
+	payload = bundles.NewPayload("site", d.Digest)
+	for _, wf := range []string{"w0.yml", "w1.yml"} {
+		b64, ann := s.Sign(t, payload, "https://github.com/example/site/.github/workflows/"+wf+"@refs/heads/main", ciIssuer, when, when)
+		bundles.AppendSignatureWith(t.Context(), store, d, payload, b64, ann)
+	}
+	policy.Threshold = 2
+	if _, err := Bundle(t.Context(), store, d, policy); err == nil || !strings.Contains(err.Error(), "1 of 2") {
+		t.Fatalf("two certificates of one identity met a threshold of 2: err = %v", err)
+	}
+}
+
+func TestKeylessRespectsTrustedRootValidity(t *testing.T) {
+	s := verifytest.NewSigstore(t)
+	var tr map[string]any
+	json.Unmarshal(s.TrustedRoot, &tr)
+	tlog := tr["tlogs"].([]any)[0].(map[string]any)["publicKey"].(map[string]any)
+	tlog["validFor"] = map[string]any{"start": time.Now().AddDate(-5, 0, 0).Format(time.RFC3339), "end": time.Now().AddDate(0, -2, 0).Format(time.RFC3339)}
+	s.TrustedRoot, _ = json.Marshal(tr)
+	policy := keylessPolicy(t, s, "    - issuer: "+ciIssuer+"\n      subject: "+ciSubject+"\n")
+	store, d := aBundle(t)
+	payload := bundles.NewPayload("site", d.Digest)
+	when := time.Now().AddDate(0, -1, 0) // after the log was retired
+	b64, ann := s.Sign(t, payload, ciSubject, ciIssuer, when, when)
+	bundles.AppendSignatureWith(t.Context(), store, d, payload, b64, ann)
+	if _, err := Bundle(t.Context(), store, d, policy); err == nil || !strings.Contains(err.Error(), "was not trusted at") {
+		t.Fatalf("err = %v, want the retired log refused", err)
 	}
 }

@@ -145,11 +145,23 @@ type Result struct {
 	Time   time.Time `json:"time"`
 
 	signatures *bundles.Signatures
+	verified   []ocispec.Descriptor // payloads of the signatures that counted
 }
 
-// SignatureBlobs are the blobs the verified signatures are stored as, to be kept with the
-// revision so a node can show (and re-check) what it admitted.
-func (r *Result) SignatureBlobs() []ocispec.Descriptor { return r.signatures.Blobs() }
+// SignatureBlobs are the blobs to keep with the revision so a node can show (and re-check)
+// what it admitted: the signature manifests (read with their size limit), their configs when
+// small, and the payloads of the signatures that verified — never the other layers a
+// signature manifest may list, which nobody checked.
+func (r *Result) SignatureBlobs() []ocispec.Descriptor {
+	var out []ocispec.Descriptor
+	for _, d := range r.signatures.Manifests() {
+		out = append(out, d.Descriptor)
+		if c := d.Manifest.Config; c.Size >= 0 && c.Size <= bundles.MaxManifestBytes && c.Digest != "" {
+			out = append(out, c)
+		}
+	}
+	return append(out, r.verified...)
+}
 
 // Source is what Bundle reads signatures from.
 type Source interface {
@@ -175,6 +187,7 @@ func Bundle(ctx context.Context, src Source, d ocispec.Descriptor, p Policy) (*R
 	res := &Result{Digest: d.Digest.String(), Signatures: found.Descriptor.Digest.String(), Threshold: threshold,
 		Policy: p.Fingerprint(), Time: time.Now().UTC(), signatures: found}
 	signed := map[string]bool{}
+	var verified []ocispec.Descriptor
 	var problems []error
 	for i, s := range sigs {
 		raw, err := base64.StdEncoding.DecodeString(s.Base64)
@@ -187,14 +200,16 @@ func Bundle(ctx context.Context, src Source, d ocispec.Descriptor, p Policy) (*R
 			continue
 		}
 		if _, hasCert := s.Descriptor.Annotations[bundles.CertificateAnnotation]; hasCert && p.Keyless != nil {
-			id, err := p.Keyless.verifyKeyless(s, raw)
+			idx, who, err := p.Keyless.verifyKeyless(s, raw)
 			if err != nil {
 				problems = append(problems, fmt.Errorf("signature %d: %w", i, err))
 				continue
 			}
+			id := fmt.Sprintf("keyless:%d", idx)
+			verified = append(verified, s.Descriptor)
 			if !signed[id] {
 				signed[id] = true
-				res.Signers = append(res.Signers, Signer{KeyID: id, KeySource: "keyless", Payload: s.Descriptor.Digest.String()})
+				res.Signers = append(res.Signers, Signer{KeyID: id, KeySource: "keyless " + who, Payload: s.Descriptor.Digest.String()})
 			}
 			continue
 		}
@@ -204,6 +219,7 @@ func Bundle(ctx context.Context, src Source, d ocispec.Descriptor, p Policy) (*R
 				continue
 			}
 			signed[k.ID], matched = true, true
+			verified = append(verified, s.Descriptor)
 			res.Signers = append(res.Signers, Signer{KeyID: k.ID, KeySource: k.Source, Payload: s.Descriptor.Digest.String()})
 			break
 		}
@@ -211,6 +227,7 @@ func Bundle(ctx context.Context, src Source, d ocispec.Descriptor, p Policy) (*R
 			problems = append(problems, fmt.Errorf("signature %d: made by no trusted key", i))
 		}
 	}
+	res.verified = verified
 	if len(signed) < threshold {
 		return nil, fmt.Errorf("%w: %s: %d of %d required trusted signatures: %w", ErrUntrusted, d.Digest, len(signed), threshold, errors.Join(problems...))
 	}
