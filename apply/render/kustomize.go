@@ -134,32 +134,66 @@ func writeKustomization(fs filesys.FileSystem, dir string, k kusttypes.Kustomiza
 	return fs.WriteFile(path.Join(dir, "kustomization.yaml"), b)
 }
 
-// refuseRemote rejects kustomization entries that would fetch from a network.
+// refuseRemote rejects a kustomization that names anything kustomize would fetch from a
+// network. Kustomize loads any path-bearing field over HTTP when it is a URL (resources, but
+// also patches, generator files, openapi, crds, configurations, replacements, transformers…)
+// and runs git for remote bases, and it reads keys case-insensitively. So every scalar of the
+// document is checked, whatever its key, except generator literals and inline patches, which
+// are data; for "key=path" generator entries the path part is checked too.
 func refuseRemote(f bundles.File) error {
-	var k struct {
-		Resources  []string `yaml:"resources"`
-		Bases      []string `yaml:"bases"`
-		Components []string `yaml:"components"`
-	}
-	if err := yaml.Unmarshal(f.Data, &k); err != nil {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(f.Data, &doc); err != nil {
 		return fmt.Errorf("%s: %w", f.Name, err)
 	}
-	for _, list := range [][]string{k.Resources, k.Bases, k.Components} {
-		for _, r := range list {
-			if isRemote(r) {
-				return fmt.Errorf("%s: %w %q: vendor it into the bundle's tree", f.Name, ErrRemoteBase, r)
+	var found string
+	var walk func(n *yaml.Node, key string)
+	walk = func(n *yaml.Node, key string) {
+		if found != "" || n == nil {
+			return
+		}
+		switch n.Kind {
+		case yaml.DocumentNode, yaml.SequenceNode:
+			for _, c := range n.Content {
+				walk(c, key)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				walk(n.Content[i+1], strings.ToLower(n.Content[i].Value))
+			}
+		case yaml.ScalarNode:
+			if key == "literals" || key == "patch" || strings.ContainsAny(n.Value, " \t\n") {
+				return
+			}
+			candidates := []string{n.Value}
+			if _, path, ok := strings.Cut(n.Value, "="); ok {
+				candidates = append(candidates, path)
+			}
+			for _, c := range candidates {
+				if isRemote(c) {
+					found = n.Value
+				}
 			}
 		}
+	}
+	walk(&doc, "")
+	if found != "" {
+		return fmt.Errorf("%s: %w %q: vendor it into the bundle's tree", f.Name, ErrRemoteBase, found)
 	}
 	return nil
 }
 
+// isRemote reports whether kustomize would treat r as something to fetch: a URL, an scp-like
+// or git:: Git address, a known Git host, or its remote-base forms (repo//subdir, ?ref=, _git/).
 func isRemote(r string) bool {
-	if strings.Contains(r, "://") || strings.HasPrefix(r, "git@") {
+	l := strings.ToLower(r)
+	if strings.Contains(l, "://") || strings.HasPrefix(l, "git@") || strings.HasPrefix(l, "git::") || strings.HasPrefix(l, "gh:") {
 		return true
 	}
-	for _, host := range []string{"github.com/", "gitlab.com/", "bitbucket.org/"} {
-		if strings.HasPrefix(r, host) {
+	if strings.Contains(l, "//") || strings.Contains(l, "?ref=") || strings.Contains(l, "?version=") || strings.Contains(l, "_git/") {
+		return true
+	}
+	for _, host := range []string{"github.com/", "gitlab.com/", "bitbucket.org/", "dev.azure.com/", "ssh.dev.azure.com/"} {
+		if strings.HasPrefix(l, host) {
 			return true
 		}
 	}

@@ -2,10 +2,13 @@ package render
 
 import (
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ferrygitops/ferry/bundles"
@@ -123,5 +126,46 @@ func TestImages(t *testing.T) {
 	got := strings.Join(Images(rm), " ")
 	if got != "busybox:1.36 registry.local/tool@sha256:0123456789012345678901234567890123456789012345678901234567890123 web:1" {
 		t.Fatalf("images: %s", got)
+	}
+}
+
+// Found in review: kustomize fetches over HTTP from every path-bearing field, and reads keys
+// case-insensitively. None of these may reach a network; a test server counts requests.
+func TestKustomizeNeverFetches(t *testing.T) {
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Write([]byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: pwned}\n"))
+	}))
+	defer srv.Close()
+	u := srv.URL + "/x.yaml"
+	cm := "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {a: b}\n"
+	for name, k := range map[string]string{
+		"capitalised Resources": "Resources:\n- " + u + "\n",
+		"patch path":            "resources: [cm.yaml]\npatches:\n- path: " + u + "\n",
+		"patchesStrategicMerge": "resources: [cm.yaml]\npatchesStrategicMerge:\n- " + u + "\n",
+		"generator file":        "configMapGenerator:\n- name: g\n  files: [" + u + "]\n",
+		"generator key=file":    "configMapGenerator:\n- name: g\n  files: [k=" + u + "]\n",
+		"openapi":               "resources: [cm.yaml]\nopenapi:\n  path: " + u + "\n",
+		"crds":                  "resources: [cm.yaml]\ncrds: [" + u + "]\n",
+		"configurations":        "resources: [cm.yaml]\nconfigurations: [" + u + "]\n",
+		"transformers":          "resources: [cm.yaml]\ntransformers: [" + u + "]\n",
+		"replacements":          "resources: [cm.yaml]\nreplacements:\n- path: " + u + "\n",
+		"remote base, any host": "resources:\n- example.com/org/repo//base?ref=v1\n",
+		"git:: base":            "resources:\n- git::https://example.com/org/repo\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Kustomize(files("kustomization.yaml", k, "cm.yaml", cm), bundles.KustomizeSpec{})
+			if !errors.Is(err, ErrRemoteBase) {
+				t.Errorf("err = %v, want ErrRemoteBase", err)
+			}
+		})
+	}
+	if n := hits.Load(); n != 0 {
+		t.Fatalf("kustomize made %d requests", n)
+	}
+	// Data that merely contains a URL is still fine.
+	if _, err := Kustomize(files("kustomization.yaml", "configMapGenerator:\n- name: g\n  literals: [URL=http://svc:8080/api]\n"), bundles.KustomizeSpec{}); err != nil {
+		t.Fatalf("a literal holding a URL: %v", err)
 	}
 }
