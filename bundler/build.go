@@ -188,7 +188,7 @@ func loadSpec(ctx context.Context, dir string, prov *gitInfo, opts Options) (*bu
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	t, err := loadFlux(ctx, opts.Remote, flux, root, prov.url, opts.Name, opts.Version, opts.Log)
+	t, err := loadFlux(ctx, opts.Remote, flux, checkout{root: root, originURL: prov.url, branch: prov.branch, commit: prov.commit}, opts.Name, opts.Version, opts.Log)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -206,6 +206,7 @@ func loadSpec(ctx context.Context, dir string, prov *gitInfo, opts Options) (*bu
 
 type gitInfo struct {
 	root        string
+	branch      string // the checked-out branch, "" when HEAD is detached
 	url, commit string
 	time        time.Time
 	count       uint64
@@ -228,6 +229,9 @@ func provenance(dir string) (*gitInfo, error) {
 		return nil, err
 	}
 	info := &gitInfo{commit: head.Hash().String(), time: commit.Committer.When}
+	if head.Name().IsBranch() {
+		info.branch = head.Name().Short()
+	}
 	if wt, err := repo.Worktree(); err == nil {
 		info.root = wt.Filesystem.Root()
 	}

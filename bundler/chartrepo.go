@@ -35,7 +35,18 @@ const (
 // files under dst. It returns the resolved version. This is the only network access of a
 // build, and it happens in CI: the bundle carries the chart.
 func fetchChart(ctx context.Context, repoURL, name, versionRange, dst string) (string, error) {
-	client := &http.Client{Timeout: 2 * time.Minute}
+	repo, err := url.Parse(repoURL)
+	if err != nil {
+		return "", err
+	}
+	// A repository's index may name charts anywhere; follow neither it nor a redirect to
+	// another host unless the index gives a digest to check the chart against.
+	client := &http.Client{Timeout: 2 * time.Minute, CheckRedirect: func(req *http.Request, _ []*http.Request) error {
+		if req.URL.Host != repo.Host {
+			return fmt.Errorf("redirect to %s leaves the chart repository %s", req.URL.Host, repo.Host)
+		}
+		return nil
+	}}
 	indexURL := strings.TrimSuffix(repoURL, "/") + "/index.yaml"
 	raw, err := httpGet(ctx, client, indexURL, maxIndexBytes)
 	if err != nil {
@@ -53,7 +64,11 @@ func fetchChart(ctx context.Context, repoURL, name, versionRange, dst string) (s
 	if err != nil {
 		return "", fmt.Errorf("%s: chart URL %q: %w", indexURL, cv.URLs[0], err)
 	}
-	chartURL := base.ResolveReference(ref).String()
+	resolved := base.ResolveReference(ref)
+	if (resolved.Host != repo.Host || resolved.Scheme != repo.Scheme) && cv.Digest == "" {
+		return "", fmt.Errorf("%s: chart %s %s is at %s, another host, and the index gives no digest to check it", indexURL, name, cv.Version, resolved.Redacted())
+	}
+	chartURL := resolved.String()
 	archive, err := httpGet(ctx, client, chartURL, maxChartBytes)
 	if err != nil {
 		return "", err

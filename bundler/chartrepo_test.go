@@ -136,3 +136,20 @@ func TestResolveChart(t *testing.T) {
 		t.Error("a missing chart resolved")
 	}
 }
+
+// Found in review: an index may name a chart on another host; without a digest to check it
+// against, that is refused (and redirects may not leave the repository's host either).
+func TestChartOnAnotherHostNeedsADigest(t *testing.T) {
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(chartArchive(t, "web", "1.0.0", nil))
+	}))
+	defer elsewhere.Close()
+	repo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "apiVersion: v1\nentries:\n  web:\n  - {name: web, version: 1.0.0, urls: [%s/web-1.0.0.tgz]}\n", elsewhere.URL)
+	}))
+	defer repo.Close()
+	_, err := fetchChart(t.Context(), repo.URL, "web", "", t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "another host") {
+		t.Fatalf("err = %v, want the foreign chart URL refused", err)
+	}
+}

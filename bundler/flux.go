@@ -153,7 +153,32 @@ type fluxTree struct {
 // Kustomization and HelmRelease becomes a component with the same fields. Sources that are
 // the repository being built (repoRoot, originURL) become local paths; other Git
 // repositories are cloned with go-git and Helm repositories resolved, at build time.
-func loadFlux(ctx context.Context, remote bundles.Options, dir, repoRoot, originURL, name, version string, log *slog.Logger) (*fluxTree, error) {
+// checkout is the repository being built: where it is, its origin and what HEAD is.
+type checkout struct {
+	root, originURL, branch, commit string
+}
+
+// holds reports whether a GitRepository source is this checkout: the same repository, and a
+// ref that is empty or names the checked-out branch or commit. Any other ref (another branch,
+// a tag, another commit) is cloned, so the bundle holds what the source pins, not HEAD.
+func (c checkout) holds(g fluxGitRepository) bool {
+	if !sameRepo(g.Spec.URL, c.originURL) {
+		return false
+	}
+	r := g.Spec.Ref
+	switch {
+	case r.Commit != "":
+		return r.Commit == c.commit
+	case r.Tag != "":
+		return false
+	case r.Branch != "":
+		return r.Branch == c.branch
+	}
+	return true
+}
+
+func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checkout, name, version string, log *slog.Logger) (*fluxTree, error) {
+	repoRoot := co.root
 	docs, err := readFluxDocs(dir)
 	if err != nil {
 		return nil, err
@@ -202,7 +227,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir, repoRoot, origin
 		if !ok {
 			return "", fmt.Errorf("flux GitRepository %s is not defined under %s", k, dir)
 		}
-		if sameRepo(g.Spec.URL, originURL) {
+		if co.holds(g) {
 			return repoRoot, nil
 		}
 		if d, ok := clones[k]; ok {
@@ -502,11 +527,16 @@ func fluxObjectsIn(base, path string) ([]fluxDoc, []bundles.Patch, error) {
 			return nil, nil, fmt.Errorf("%s: %v", res.CurId(), err)
 		}
 		docs = append(docs, fluxDoc{file: filepath.Join(path, "(rendered)"), node: node.Content[0]})
-		patch := fmt.Sprintf("$patch: delete\napiVersion: %s\nkind: %s\nmetadata:\n  name: %s\n", res.GetApiVersion(), res.GetKind(), res.GetName())
+		meta := map[string]string{"name": res.GetName()}
 		if ns := res.GetNamespace(); ns != "" {
-			patch += "  namespace: " + ns + "\n"
+			meta["namespace"] = ns
 		}
-		patches = append(patches, bundles.Patch{Patch: patch})
+		// Marshalled, not formatted: names from a third-party repository are data.
+		patch, err := yaml.Marshal(map[string]any{"$patch": "delete", "apiVersion": res.GetApiVersion(), "kind": res.GetKind(), "metadata": meta})
+		if err != nil {
+			return nil, nil, err
+		}
+		patches = append(patches, bundles.Patch{Patch: string(patch)})
 	}
 	return docs, patches, nil
 }
@@ -603,13 +633,16 @@ func firstNonEmpty(s ...string) string {
 func sameRepo(a, b string) bool {
 	norm := func(u string) string {
 		u = redactURL(strings.TrimSpace(u))
+		scheme := strings.Contains(u, "://")
 		if i := strings.Index(u, "://"); i >= 0 {
 			u = u[i+3:]
 		}
 		if i := strings.Index(u, "@"); i >= 0 && !strings.Contains(u[:i], "/") {
 			u = u[i+1:]
 		}
-		u = strings.Replace(u, ":", "/", 1)
+		if !scheme {
+			u = strings.Replace(u, ":", "/", 1) // scp-like host:path
+		}
 		return strings.TrimSuffix(strings.TrimSuffix(strings.ToLower(u), "/"), ".git")
 	}
 	return a != "" && b != "" && norm(a) == norm(b)

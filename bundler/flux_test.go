@@ -1,6 +1,8 @@
 package bundler
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -24,7 +26,7 @@ metadata: {name: flux-system, namespace: flux-system}
 spec:
   interval: 1m
   url: ssh://git@git.example.com/site.git
-  ref: {branch: main}
+  ref: {branch: master}
 ---
 apiVersion: kustomize.toolkit.fluxcd.io/v1
 kind: Kustomization
@@ -155,6 +157,16 @@ func TestBuildFromFluxRefusals(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "GitRepository flux-system/platform") {
 		t.Fatalf("unreachable Git source: err = %v", err)
 	}
+	// A source pinned to another ref of this same repository is not built from HEAD: it is
+	// cloned at its ref (here the fake origin cannot be reached, so the build fails saying so).
+	pinned := fleet(t, srv.URL, "file:///nonexistent/platform.git")
+	sync := filepath.Join(pinned, "clusters", "production", "flux-system", "gotk-sync.yaml")
+	b, _ := os.ReadFile(sync)
+	os.WriteFile(sync, []byte(strings.Replace(string(b), "ref: {branch: master}", "ref: {tag: v1.0.0}", 1)), 0o644)
+	_, err = Build(t.Context(), memory.New(), Options{Dir: pinned, FromFlux: pinned + "/clusters/production", Name: "production", Version: "1.0.0", AllowDirty: true})
+	if err == nil || !strings.Contains(err.Error(), "GitRepository flux-system/flux-system") {
+		t.Fatalf("a tag-pinned source of this repository was built from HEAD: err = %v", err)
+	}
 	_, err = Build(t.Context(), memory.New(), Options{Dir: dir, FromFlux: dir + "/apps", Name: "x", Version: "1.0.0"})
 	if err == nil || !strings.Contains(err.Error(), "no Flux Kustomization or HelmRelease") {
 		t.Fatalf("directory without Flux objects: err = %v", err)
@@ -262,5 +274,23 @@ spec:
 	}
 	if !strings.Contains(renders["monitoring"], "name: prometheus") {
 		t.Fatalf("monitoring renders:\n%s", renders["monitoring"])
+	}
+}
+
+func TestSameRepo(t *testing.T) {
+	for _, tt := range []struct {
+		a, b string
+		same bool
+	}{
+		{"https://git.example.com/site.git", "ssh://git@git.example.com/site", true},
+		{"git@git.example.com:site.git", "https://ci:token@git.example.com/site/", true},
+		{"ssh://git@git.example.com:2222/site.git", "ssh://git@git.example.com:2222/site", true},
+		{"ssh://git@git.example.com:2222/site.git", "https://git.example.com/2222/site.git", false},
+		{"https://git.example.com/site.git", "https://git.example.com/other.git", false},
+		{"", "", false},
+	} {
+		if got := sameRepo(tt.a, tt.b); got != tt.same {
+			t.Errorf("sameRepo(%q, %q) = %v", tt.a, tt.b, got)
+		}
 	}
 }

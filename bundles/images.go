@@ -28,6 +28,14 @@ func NormalizeImage(name string) (registry.Reference, error) {
 	if err != nil {
 		return r, fmt.Errorf("image %q: %w", name, err)
 	}
+	// Docker Hub's other spellings: index.docker.io is docker.io, and an official image
+	// lives under library/ whichever way it is written.
+	if r.Registry == "index.docker.io" {
+		r.Registry = "docker.io"
+	}
+	if r.Registry == "docker.io" && !strings.Contains(r.Repository, "/") {
+		r.Repository = "library/" + r.Repository
+	}
 	if r.Reference == "" {
 		r.Reference = "latest"
 	}

@@ -381,6 +381,11 @@ func exportTar(ctx context.Context, src Source, desc ocispec.Descriptor, tag str
 		tmp.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	// A bundle is not secret (secrets in it are encrypted); readable like any file cp makes.
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
 		return err

@@ -2,6 +2,8 @@ package render
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -73,6 +75,17 @@ func objectID(group, kind, namespace, name string) string {
 	return id + " " + name
 }
 
+// maskKey keys the hashes that stand for secret values: random per process, so two renders
+// compared in one run match where values match, while a shared diff gives no way to test
+// guesses against an unsalted hash.
+var maskKey = func() []byte {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		panic(err) // crypto/rand does not fail on supported platforms
+	}
+	return k
+}()
+
 // maskSecret replaces each value under data and stringData of a core Secret with a hash.
 func maskSecret(n *yaml.RNode) error {
 	if n.GetKind() != "Secret" || n.GetApiVersion() != "v1" {
@@ -84,8 +97,9 @@ func maskSecret(n *yaml.RNode) error {
 			continue
 		}
 		if err := m.VisitFields(func(f *yaml.MapNode) error {
-			sum := sha256.Sum256([]byte(f.Value.YNode().Value))
-			f.Value.YNode().Value = "<hidden sha256:" + hex.EncodeToString(sum[:])[:12] + ">"
+			mac := hmac.New(sha256.New, maskKey)
+			mac.Write([]byte(f.Value.YNode().Value))
+			f.Value.YNode().Value = "<hidden " + hex.EncodeToString(mac.Sum(nil))[:12] + ">"
 			f.Value.YNode().Style = 0
 			return nil
 		}); err != nil {
