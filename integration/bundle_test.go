@@ -149,19 +149,7 @@ func TestBundleRoundTrips(t *testing.T) {
 			t.Fatalf("at %s: %v", hop, err)
 		}
 	}
-	src, desc, err := bundles.OpenSource(ctx, from, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	b, err := bundles.Open(ctx, src, desc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := b.Layer(ctx, src, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	files := layerFiles(t, from, o, 1)
 	if f, ok := files.Get("deploy.yaml"); !ok || !strings.Contains(string(f.Data), "kind: Deployment") {
 		t.Fatalf("web layer after four hops: %+v", files)
 	}
@@ -251,4 +239,23 @@ func TestS3CredentialsFromAFile(t *testing.T) {
 			}
 		}
 	}
+}
+
+// layerFiles opens the bundle at addr and reads component i's layer, every step checked.
+func layerFiles(t *testing.T, addr bundles.Address, o bundles.Options, i int) bundles.Files {
+	t.Helper()
+	src, desc, err := bundles.OpenSource(t.Context(), addr, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	b, err := bundles.Open(t.Context(), src, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := b.Layer(t.Context(), src, i)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
 }

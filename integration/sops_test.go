@@ -41,19 +41,7 @@ func TestSopsFilesStayEncryptedByteForByte(t *testing.T) {
 
 	dir := sourceTree(t, map[string]string{"apps/web/db.sops.yaml": string(encrypted)})
 	layout, _ := buildLayout(t, dir)
-	src, desc, err := bundles.OpenSource(ctx, layout, bundles.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	b, err := bundles.Open(ctx, src, desc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := b.Layer(ctx, src, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	files := layerFiles(t, layout, bundles.Options{}, 1)
 	f, ok := files.Get("db.sops.yaml")
 	if !ok {
 		t.Fatal("encrypted file missing from the layer")
