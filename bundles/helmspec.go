@@ -159,8 +159,25 @@ func validateHelm(h *HelmSpec, f string, bad func(field, format string, a ...any
 			bad(f, "remediation retries must not be negative")
 		}
 	}
-	if d := h.DriftDetection; d != nil && d.Mode != "" && d.Mode != "enabled" && d.Mode != "warn" && d.Mode != "disabled" {
-		bad(f+".driftDetection.mode", "is %q, want enabled, warn or disabled", d.Mode)
+	validateDrift(h.DriftDetection, f+".driftDetection", bad)
+}
+
+func validateDrift(d *DriftDetection, f string, bad func(field, format string, a ...any)) {
+	if d == nil {
+		return
+	}
+	if d.Mode != "" && d.Mode != "enabled" && d.Mode != "warn" && d.Mode != "disabled" {
+		bad(f+".mode", "is %q, want enabled, warn or disabled", d.Mode)
+	}
+	for i, r := range d.Ignore {
+		if len(r.Paths) == 0 {
+			bad(fmt.Sprintf("%s.ignore[%d].paths", f, i), "is required")
+		}
+		for j, p := range r.Paths {
+			if !strings.HasPrefix(p, "/") {
+				bad(fmt.Sprintf("%s.ignore[%d].paths[%d]", f, i, j), "%q is not a JSON pointer (it starts with /)", p)
+			}
+		}
 	}
 }
 

@@ -88,6 +88,43 @@ var (
 	commitRE = regexp.MustCompile(`^([0-9a-f]{40}|[0-9a-f]{64})$`)
 )
 
+// Order returns the indexes of m's components in the order they are applied: each after the
+// components it depends on (dependsOn), otherwise as listed. A dependency on a component the
+// bundle does not have, or a cycle, is an error; the signed config is checked again here
+// because the node must not trust the bundler's checks.
+func (m *Metadata) Order() ([]int, error) {
+	index := map[string]int{}
+	names := make([]string, len(m.Components))
+	for i, c := range m.Components {
+		index[c.Name], names[i] = i, c.Name
+	}
+	deps := map[string][]string{}
+	for _, c := range m.Components {
+		var refs []DependencyRef
+		switch {
+		case c.Kustomize != nil:
+			refs = c.Kustomize.DependsOn
+		case c.Helm != nil:
+			refs = c.Helm.DependsOn
+		}
+		for _, d := range refs {
+			if _, ok := index[d.Name]; !ok || d.Name == c.Name {
+				return nil, &FieldError{Field: "components." + c.Name + ".dependsOn", Msg: fmt.Sprintf("%q is not another component of this bundle", d.Name)}
+			}
+			deps[c.Name] = append(deps[c.Name], d.Name)
+		}
+	}
+	order, err := dependencyOrder(names, deps)
+	if err != nil {
+		return nil, &FieldError{Field: "components", Msg: err.Error()}
+	}
+	out := make([]int, len(order))
+	for i, n := range order {
+		out[i] = index[n]
+	}
+	return out, nil
+}
+
 // Validate returns every problem with m, joined, each naming its field.
 func (m *Metadata) Validate() error {
 	var errs []error

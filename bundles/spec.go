@@ -61,19 +61,23 @@ type ComponentSpec struct {
 // KustomizeSpec has the fields of Flux's Kustomization that mean something inside a bundle,
 // with Flux's names and meanings.
 type KustomizeSpec struct {
-	Path            string               `yaml:"path" json:"path"`
-	Prune           bool                 `yaml:"prune" json:"prune"`
-	Wait            bool                 `yaml:"wait" json:"wait"`
-	Timeout         string               `yaml:"timeout" json:"timeout,omitempty"`
-	Force           bool                 `yaml:"force" json:"force"`
-	TargetNamespace string               `yaml:"targetNamespace" json:"targetNamespace,omitempty"`
-	DependsOn       []DependencyRef      `yaml:"dependsOn" json:"dependsOn,omitempty"`
-	HealthChecks    []ObjectRef          `yaml:"healthChecks" json:"healthChecks,omitempty"`
-	PostBuild       *PostBuild           `yaml:"postBuild" json:"postBuild,omitempty"`
-	Patches         []Patch              `yaml:"patches" json:"patches,omitempty"`
-	Decryption      *Decryption          `yaml:"decryption" json:"decryption,omitempty"`
-	CommonMetadata  *CommonMetadata      `yaml:"commonMetadata" json:"commonMetadata,omitempty"`
-	Extra           map[string]yaml.Node `yaml:",inline" json:"-"` // refused by Validate
+	Path            string          `yaml:"path" json:"path"`
+	Prune           bool            `yaml:"prune" json:"prune"`
+	Wait            bool            `yaml:"wait" json:"wait"`
+	Timeout         string          `yaml:"timeout" json:"timeout,omitempty"`
+	Force           bool            `yaml:"force" json:"force"`
+	TargetNamespace string          `yaml:"targetNamespace" json:"targetNamespace,omitempty"`
+	DependsOn       []DependencyRef `yaml:"dependsOn" json:"dependsOn,omitempty"`
+	HealthChecks    []ObjectRef     `yaml:"healthChecks" json:"healthChecks,omitempty"`
+	PostBuild       *PostBuild      `yaml:"postBuild" json:"postBuild,omitempty"`
+	Patches         []Patch         `yaml:"patches" json:"patches,omitempty"`
+	Decryption      *Decryption     `yaml:"decryption" json:"decryption,omitempty"`
+	CommonMetadata  *CommonMetadata `yaml:"commonMetadata" json:"commonMetadata,omitempty"`
+	// DriftDetection is HelmRelease's field, on a kustomize component: what the node does
+	// when a live object no longer matches what was applied (default enabled: correct it,
+	// as kustomize-controller does at every interval).
+	DriftDetection *DriftDetection      `yaml:"driftDetection" json:"driftDetection,omitempty"`
+	Extra          map[string]yaml.Node `yaml:",inline" json:"-"` // refused by Validate
 }
 
 // DependencyRef names a component that must be healthy first (Flux: dependsOn).
@@ -267,6 +271,7 @@ func (s *Spec) validate(file string, root *yaml.Node) error {
 				bad(fmt.Sprintf("%s.patches[%d].patch", f, j), "is required")
 			}
 		}
+		validateDrift(k.DriftDetection, f+".driftDetection", bad)
 		if k.Decryption != nil && k.Decryption.Provider != "sops" {
 			bad(f+".decryption.provider", "is %q, want sops", k.Decryption.Provider)
 		}
@@ -302,19 +307,28 @@ func (c ComponentSpec) DependsOn() []DependencyRef {
 
 // dependencyCycle reports the first dependsOn cycle, naming its components in order.
 func dependencyCycle(comps []ComponentSpec) error {
+	names := make([]string, len(comps))
 	deps := map[string][]string{}
-	for _, c := range comps {
+	for i, c := range comps {
+		names[i] = c.Name
 		for _, d := range c.DependsOn() {
 			deps[c.Name] = append(deps[c.Name], d.Name)
 		}
 	}
+	_, err := dependencyOrder(names, deps)
+	return err
+}
+
+// dependencyOrder returns names ordered so that each comes after everything it depends on,
+// keeping the given order where dependencies allow, or the first cycle.
+func dependencyOrder(names []string, deps map[string][]string) ([]string, error) {
 	const (
 		unvisited = iota
 		visiting
 		done
 	)
 	state := map[string]int{}
-	var stack []string
+	var stack, order []string
 	var visit func(string) error
 	visit = func(n string) error {
 		switch state[n] {
@@ -336,14 +350,15 @@ func dependencyCycle(comps []ComponentSpec) error {
 		}
 		stack = stack[:len(stack)-1]
 		state[n] = done
+		order = append(order, n)
 		return nil
 	}
-	for _, c := range comps {
-		if err := visit(c.Name); err != nil {
-			return err
+	for _, n := range names {
+		if err := visit(n); err != nil {
+			return nil, err
 		}
 	}
-	return nil
+	return order, nil
 }
 
 // checkPaths refuses component paths that are missing, not directories, or that reach

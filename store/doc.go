@@ -13,7 +13,7 @@
 // # Database schema (schema version 1; values are JSON)
 //
 //	meta        "schema" → 1
-//	bundles     <name> → Bundle{Name, Newest, Current, LastGood}
+//	bundles     <name> → Bundle{Name, Newest, Current, LastGood, Txn}
 //	revisions   <name>/<revision, 20 digits> → Revision{…, Blobs, State, History}
 //	inventories <name>/<revision, 20 digits>/<component> → inventory (written by apply)
 //	events      <sequence, 20 digits> → Event

@@ -38,6 +38,20 @@ type Bundle struct {
 	Newest   uint64 `json:"newest"`   // highest revision ever admitted (anti-downgrade)
 	Current  uint64 `json:"current"`  // revision applied now (0: none)
 	LastGood uint64 `json:"lastGood"` // last revision that was healthy (0: none)
+	// Txn is the rollout in progress, written before the first object is sent and cleared
+	// when the revision is healthy or rolled back; a daemon that finds one on start resumes
+	// or reverts it.
+	Txn *Txn `json:"txn,omitempty"`
+}
+
+// Txn records an unfinished rollout: "applying Revision, last good LastGood, deadline
+// Deadline", then, once Revision has failed, "rolling back to LastGood".
+type Txn struct {
+	Revision uint64    `json:"revision"`
+	LastGood uint64    `json:"lastGood"`
+	Deadline time.Time `json:"deadline"`
+	Phase    State     `json:"phase"` // applying | failed (rolling back to LastGood)
+	Reason   string    `json:"reason,omitempty"`
 }
 
 // Revision is one admitted revision of a bundle.
@@ -313,9 +327,25 @@ func (s *Store) GetBundle(name string) (Bundle, error) {
 	return b, err
 }
 
-// SetState records a state change of a revision and, for healthy or applying, moves the
-// bundle's current and last-good pointers, in one transaction.
+// SetState records a state change of a revision and moves the bundle's pointers and its
+// transaction with it, in one bbolt transaction:
+//
+//	applying     Current = rev; a Txn for rev is opened (or kept) with LastGood and deadline
+//	healthy      Current = LastGood = rev; the Txn is closed
+//	failed       the Txn turns to rolling back to its LastGood, with note as the reason
+//	rolled-back  Current = LastGood; the Txn is closed
+//
+// deadline is used by applying only.
 func (s *Store) SetState(name string, rev uint64, state State, note string) error {
+	return s.setState(name, rev, state, note, time.Time{})
+}
+
+// Begin records "applying rev, last good M, deadline" before the first object is sent.
+func (s *Store) Begin(name string, rev uint64, deadline time.Time, note string) error {
+	return s.setState(name, rev, StateApplying, note, deadline)
+}
+
+func (s *Store) setState(name string, rev uint64, state State, note string, deadline time.Time) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		key := revisionKey(name, rev)
 		v := tx.Bucket(bucketRevisions).Get(key)
@@ -339,14 +369,78 @@ func (s *Store) SetState(name string, rev uint64, state State, note string) erro
 		switch state {
 		case StateApplying:
 			b.Current = rev
+			if b.Txn == nil || b.Txn.Revision != rev {
+				b.Txn = &Txn{Revision: rev, LastGood: b.LastGood}
+			}
+			b.Txn.Phase, b.Txn.Deadline, b.Txn.Reason = StateApplying, deadline.UTC(), ""
 		case StateHealthy:
 			b.Current, b.LastGood = rev, rev
+			if b.Txn != nil && b.Txn.Revision == rev {
+				b.Txn = nil
+			}
+		case StateFailed:
+			if b.Txn != nil && b.Txn.Revision == rev {
+				b.Txn.Phase, b.Txn.Reason = StateFailed, note
+				if b.Txn.LastGood == 0 {
+					b.Txn = nil // nothing to roll back to: the failed revision stays current
+				}
+			}
+		case StateRolledBack:
+			b.Current = b.LastGood
+			if b.Txn != nil && b.Txn.Revision == rev {
+				b.Txn = nil
+			}
 		}
 		if err := putJSON(tx.Bucket(bucketBundles), []byte(name), b); err != nil {
 			return err
 		}
 		return appendEvent(tx, Event{Time: now, Bundle: name, Revision: rev, Reason: string(state), Message: note})
 	})
+}
+
+// Bundles lists every bundle record, by name.
+func (s *Store) Bundles() ([]Bundle, error) {
+	var out []Bundle
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBundles).ForEach(func(k, v []byte) error {
+			var b Bundle
+			if err := json.Unmarshal(v, &b); err != nil {
+				return fmt.Errorf("bundle record %s: %w", k, err)
+			}
+			out = append(out, b)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// PutInventory stores what the apply engine recorded for one component of a revision (opaque
+// to the store).
+func (s *Store) PutInventory(name string, rev uint64, component string, inv []byte) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketRevisions).Get(revisionKey(name, rev)) == nil {
+			return fmt.Errorf("%s revision %d: %w", name, rev, ErrNotFound)
+		}
+		return tx.Bucket(bucketInventories).Put(inventoryKey(name, rev, component), inv)
+	})
+}
+
+// Inventories returns the inventories stored for a revision, by component.
+func (s *Store) Inventories(name string, rev uint64) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		prefix := inventoryKey(name, rev, "")
+		c := tx.Bucket(bucketInventories).Cursor()
+		for k, v := c.Seek(prefix); k != nil && strings.HasPrefix(string(k), string(prefix)); k, v = c.Next() {
+			out[string(k[len(prefix):])] = append([]byte(nil), v...)
+		}
+		return nil
+	})
+	return out, err
+}
+
+func inventoryKey(name string, rev uint64, component string) []byte {
+	return []byte(fmt.Sprintf("%s/%020d/%s", name, rev, component))
 }
 
 // GC applies retention and removes blobs that no kept revision lists. It returns the number of
@@ -382,6 +476,9 @@ func (s *Store) GC() (int, error) {
 					continue
 				}
 				if err := revs.Delete(revisionKey(name, r.Revision)); err != nil {
+					return err
+				}
+				if err := deletePrefix(tx.Bucket(bucketInventories), inventoryKey(name, r.Revision, "")); err != nil {
 					return err
 				}
 			}
@@ -449,4 +546,18 @@ func (s *Store) Check() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func deletePrefix(b *bolt.Bucket, prefix []byte) error {
+	var keys [][]byte
+	c := b.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && strings.HasPrefix(string(k), string(prefix)); k, _ = c.Next() {
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	for _, k := range keys {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }

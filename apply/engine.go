@@ -1,0 +1,647 @@
+package apply
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"strings"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+	"sigs.k8s.io/kustomize/api/resmap"
+
+	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/store"
+)
+
+// Options configure an Engine. The zero value works.
+type Options struct {
+	Env
+	// Concurrency bounds requests in flight; 0 means 32.
+	Concurrency int
+	// PollInterval is how often health and deletions are checked; 0 means 1s.
+	PollInterval time.Duration
+	// FailureWindow is how long an object must stay Failed before it counts; 0 means 5s.
+	FailureWindow time.Duration
+	// DefaultTimeout bounds a component's health wait when it sets no timeout; 0 means 5m.
+	DefaultTimeout time.Duration
+	// Log receives progress; nil discards it.
+	Log *slog.Logger
+}
+
+// Engine applies revisions kept in a store to one cluster, one at a time.
+type Engine struct {
+	st   *store.Store
+	c    *cluster
+	opts Options
+	log  *slog.Logger
+	// mu makes applies to the cluster one at a time (DESIGN: one apply at a time per
+	// cluster), whatever number of bundles the daemon reconciles.
+	mu sync.Mutex
+}
+
+// ErrRolledBack is returned by Rollout when the revision failed and the last good one was
+// restored.
+var ErrRolledBack = errors.New("rolled back")
+
+// New returns an engine for the cluster cfg reaches. Requests are bounded by
+// Options.Concurrency rather than by client-go's rate limiter, which cfg's copy turns off
+// when cfg sets no QPS.
+func New(cfg *rest.Config, st *store.Store, opts Options) (*Engine, error) {
+	cfg = rest.CopyConfig(cfg)
+	if cfg.QPS == 0 {
+		cfg.QPS = -1
+	}
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = 32
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = time.Second
+	}
+	if opts.FailureWindow <= 0 {
+		opts.FailureWindow = 5 * time.Second
+	}
+	if opts.DefaultTimeout <= 0 {
+		opts.DefaultTimeout = 5 * time.Minute
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{st: st, opts: opts, log: opts.Log, c: &cluster{
+		dyn:         dyn,
+		mapper:      restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc)),
+		concurrency: opts.Concurrency,
+		poll:        opts.PollInterval,
+	}}
+	if e.opts.Lookup == nil {
+		e.opts.Lookup = e.lookup
+	}
+	return e, nil
+}
+
+// Report says what a rollout or sync did.
+type Report struct {
+	Bundle       string      `json:"bundle"`
+	Revision     uint64      `json:"revision"`
+	State        store.State `json:"state"`
+	Applied      int         `json:"applied"`
+	Unchanged    int         `json:"unchanged"`
+	Pruned       int         `json:"pruned"`
+	Drift        []Drift     `json:"drift,omitempty"`
+	RolledBackTo uint64      `json:"rolledBackTo,omitempty"`
+}
+
+// Inventory is what the engine records for one component of a revision: every object it
+// applies (written before the first is sent, so a crash leaves what to prune) with the hash
+// and resourceVersion that let an unchanged object be skipped.
+type Inventory struct {
+	Component string  `json:"component"`
+	Prune     bool    `json:"prune"`
+	Objects   []Entry `json:"objects"`
+}
+
+// component is one built component; objs is set by prepare, just before it is applied.
+type component struct {
+	spec   bundles.Component
+	bundle string
+	ns     string
+	rm     resmap.ResMap
+	objs   []*object
+	wait   bool
+	prune  bool
+	force  bool
+	checks []ObjectRef
+	drift  *bundles.DriftDetection
+	tmo    time.Duration
+}
+
+// Rollout applies revision rev of bundle name and waits for it to be healthy. If it fails
+// to apply or to become healthy, the last good revision is applied again (objects new in rev
+// are pruned), rev is recorded failed with the reason, and the error wraps ErrRolledBack.
+// A render error fails rev before anything is sent. The sequence is recorded in the store
+// before the first object is sent, so Resume can finish it after a crash at any point.
+func (e *Engine) Rollout(ctx context.Context, name string, rev uint64) (Report, error) {
+	return e.rollout(ctx, name, rev, false)
+}
+
+// Retry is Rollout for a revision that failed before: a failed revision is never tried
+// again by itself, only when someone asks.
+func (e *Engine) Retry(ctx context.Context, name string, rev uint64) (Report, error) {
+	return e.rollout(ctx, name, rev, true)
+}
+
+// ErrFailedBefore is returned by Rollout for a revision that already failed.
+var ErrFailedBefore = errors.New("revision failed before; retry it explicitly")
+
+func (e *Engine) rollout(ctx context.Context, name string, rev uint64, retry bool) (Report, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	rep := Report{Bundle: name, Revision: rev}
+	b, err := e.st.GetBundle(name)
+	if err != nil {
+		return rep, err
+	}
+	r, err := e.st.GetRevision(name, rev)
+	if err != nil {
+		return rep, err
+	}
+	if b.Txn == nil && b.Current == rev && r.State == store.StateHealthy {
+		return e.sync(ctx, name, rev)
+	}
+	lastGood := b.LastGood
+	inTxn := b.Txn != nil && b.Txn.Revision == rev
+	if inTxn {
+		lastGood = b.Txn.LastGood
+		if b.Txn.Phase == store.StateFailed {
+			return e.rollback(ctx, rep, lastGood, errors.New(b.Txn.Reason))
+		}
+	}
+	if !retry && !inTxn && (r.State == store.StateFailed || r.State == store.StateRolledBack) {
+		return rep, fmt.Errorf("%s revision %d: %w", name, rev, ErrFailedBefore)
+	}
+	comps, err := e.render(ctx, r)
+	if err != nil {
+		rep.State = store.StateFailed
+		if serr := e.st.SetState(name, rev, store.StateFailed, "render: "+err.Error()); serr != nil {
+			return rep, errors.Join(err, serr)
+		}
+		return rep, fmt.Errorf("%s revision %d: %w", name, rev, err)
+	}
+	var total time.Duration
+	for _, c := range comps {
+		total += c.tmo
+	}
+	deadline := time.Now().Add(total + time.Minute)
+	if err := e.st.Begin(name, rev, deadline, fmt.Sprintf("last good %d, deadline %s", lastGood, deadline.UTC().Format(time.RFC3339))); err != nil {
+		return rep, err
+	}
+	e.log.Info("applying", "bundle", name, "revision", rev, "lastGood", lastGood)
+	// What the cluster held before rev (compared, then pruned if rev no longer has it), oldest
+	// first; rev's own records (an interrupted attempt) are the newest.
+	var before []uint64
+	for _, x := range []uint64{lastGood, b.Current} {
+		if x != rev {
+			before = append(before, x)
+		}
+	}
+	old, err := e.inventories(name, before...)
+	if err != nil {
+		return rep, err
+	}
+	prev, err := e.records(name, append(before, rev)...)
+	if err != nil {
+		return rep, err
+	}
+	err = e.applyRevision(ctx, name, rev, comps, prev, old, &rep)
+	if err == nil {
+		rep.State = store.StateHealthy
+		note := fmt.Sprintf("applied %d, unchanged %d, pruned %d", rep.Applied, rep.Unchanged, rep.Pruned)
+		e.log.Info("healthy", "bundle", name, "revision", rev, "applied", rep.Applied, "unchanged", rep.Unchanged, "pruned", rep.Pruned)
+		return rep, e.st.SetState(name, rev, store.StateHealthy, note)
+	}
+	if ctx.Err() != nil {
+		// Shutting down: the transaction stays open and Resume finishes it.
+		return rep, err
+	}
+	e.log.Error("revision failed", "bundle", name, "revision", rev, "err", err)
+	if serr := e.st.SetState(name, rev, store.StateFailed, err.Error()); serr != nil {
+		return rep, errors.Join(err, serr)
+	}
+	rep.State = store.StateFailed
+	if lastGood == 0 {
+		return rep, fmt.Errorf("%s revision %d failed and there is no last good revision to roll back to: %w", name, rev, err)
+	}
+	return e.rollback(ctx, rep, lastGood, err)
+}
+
+// rollback applies lastGood again, prunes what the failed revision added, and records the
+// failed revision rolled back.
+func (e *Engine) rollback(ctx context.Context, rep Report, lastGood uint64, cause error) (Report, error) {
+	name, rev := rep.Bundle, rep.Revision
+	e.log.Warn("rolling back", "bundle", name, "revision", rev, "to", lastGood)
+	r, err := e.st.GetRevision(name, lastGood)
+	if err != nil {
+		return rep, fmt.Errorf("roll back to %d: %w", lastGood, err)
+	}
+	comps, err := e.render(ctx, r)
+	if err != nil {
+		return rep, fmt.Errorf("roll back to %d: %w", lastGood, err)
+	}
+	// The failed revision's objects are compared and pruned against the good one's, every
+	// one of them: the failed revision was never good, whatever its prune settings.
+	failed, err := e.inventories(name, rev)
+	if err != nil {
+		return rep, err
+	}
+	for k, inv := range failed {
+		inv.Prune = true
+		failed[k] = inv
+	}
+	prev, err := e.records(name, lastGood, rev)
+	if err != nil {
+		return rep, err
+	}
+	var back Report
+	if err := e.applyRevision(ctx, name, lastGood, comps, prev, failed, &back); err != nil {
+		return rep, fmt.Errorf("roll back to %d: %w (after: %v)", lastGood, err, cause)
+	}
+	rep.RolledBackTo, rep.State, rep.Pruned = lastGood, store.StateRolledBack, back.Pruned
+	if err := e.st.SetState(name, rev, store.StateRolledBack, fmt.Sprintf("rolled back to %d", lastGood)); err != nil {
+		return rep, err
+	}
+	e.log.Info("rolled back", "bundle", name, "revision", rev, "to", lastGood, "pruned", back.Pruned)
+	return rep, fmt.Errorf("%s revision %d: %w to %d: %v", name, rev, ErrRolledBack, lastGood, cause)
+}
+
+// Resume finishes a rollout a crash interrupted: before its deadline the revision is applied
+// again (every step is idempotent), after it, or if it had already failed, the last good
+// revision is restored. With no open transaction it does nothing.
+func (e *Engine) Resume(ctx context.Context, name string) (Report, error) {
+	b, err := e.st.GetBundle(name)
+	if err != nil || b.Txn == nil {
+		return Report{Bundle: name, Revision: b.Current}, err
+	}
+	if b.Txn.Phase == store.StateApplying && time.Now().After(b.Txn.Deadline) {
+		reason := "interrupted, and its deadline passed before the node came back"
+		if err := e.st.SetState(name, b.Txn.Revision, store.StateFailed, reason); err != nil {
+			return Report{}, err
+		}
+		if b.Txn.LastGood == 0 {
+			return Report{Bundle: name, Revision: b.Txn.Revision, State: store.StateFailed}, nil
+		}
+	}
+	return e.Rollout(ctx, name, b.Txn.Revision)
+}
+
+// Sync brings the bundle's current, healthy revision back into the cluster: objects that
+// drifted are corrected (or reported, in warn mode). With nothing changed it sends no write.
+func (e *Engine) Sync(ctx context.Context, name string) (Report, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	b, err := e.st.GetBundle(name)
+	if err != nil {
+		return Report{}, err
+	}
+	if b.Txn != nil || b.Current == 0 {
+		return Report{Bundle: name, Revision: b.Current}, fmt.Errorf("%s: no settled revision to sync (a rollout is unfinished or none was applied)", name)
+	}
+	return e.sync(ctx, name, b.Current)
+}
+
+func (e *Engine) sync(ctx context.Context, name string, rev uint64) (Report, error) {
+	rep := Report{Bundle: name, Revision: rev, State: store.StateHealthy}
+	r, err := e.st.GetRevision(name, rev)
+	if err != nil {
+		return rep, err
+	}
+	comps, err := e.render(ctx, r)
+	if err != nil {
+		return rep, err
+	}
+	invs, err := e.inventories(name, rev)
+	if err != nil {
+		return rep, err
+	}
+	var done []*object
+	for i := range comps {
+		c := &comps[i]
+		if err := e.prepare(ctx, c, done); err != nil {
+			return rep, err
+		}
+		done = append(done, c.objs...)
+		prev := invs[c.spec.Name]
+		res, err := e.c.sync(ctx, syncSet{bundle: name, objs: c.objs, prev: entries(prev), drift: c.drift, force: c.force})
+		rep.Applied += len(res.applied)
+		rep.Unchanged += len(c.objs) - len(res.applied)
+		rep.Drift = append(rep.Drift, res.drifted...)
+		if err != nil {
+			return rep, fmt.Errorf("component %s: %w", c.spec.Name, err)
+		}
+		if changed(prev.Objects, res.entries) {
+			if err := e.putInventory(name, rev, Inventory{Component: c.spec.Name, Prune: c.prune, Objects: res.entries}); err != nil {
+				return rep, err
+			}
+		}
+	}
+	for _, d := range rep.Drift {
+		e.log.Warn("drift", "bundle", name, "revision", rev, "object", d.Object.String(), "path", d.Path, "corrected", d.Corrected)
+	}
+	return rep, nil
+}
+
+// applyRevision applies each component in dependency order (rendering it just before, so
+// substituteFrom sees what its dependencies created), waits for its health, and at the end
+// prunes what the previous inventories (old) held that rev no longer has. prev is the
+// newest record of every object Ferry sent (see records).
+func (e *Engine) applyRevision(ctx context.Context, name string, rev uint64, comps []component, prev map[string]Entry, old map[string]Inventory, rep *Report) error {
+	keep := map[string]bool{}
+	var done []*object
+	for i := range comps {
+		c := &comps[i]
+		log := e.log.With("bundle", name, "revision", rev, "component", c.spec.Name)
+		if err := e.prepare(ctx, c, done); err != nil {
+			return err
+		}
+		done = append(done, c.objs...)
+		for _, o := range c.objs {
+			keep[o.ref.key()] = true
+		}
+		// The component's inventory is written before its first object is sent: after a
+		// crash, what this revision may have created is known and can be pruned.
+		planned := Inventory{Component: c.spec.Name, Prune: c.prune, Objects: plan(c.objs, prev)}
+		if err := e.putInventory(name, rev, planned); err != nil {
+			return err
+		}
+		res, err := e.c.sync(ctx, syncSet{bundle: name, objs: c.objs, prev: prev, drift: c.drift, force: c.force})
+		rep.Applied += len(res.applied)
+		rep.Unchanged += len(c.objs) - len(res.applied)
+		rep.Drift = append(rep.Drift, res.drifted...)
+		if perr := e.putInventory(name, rev, Inventory{Component: c.spec.Name, Prune: c.prune, Objects: merge(c.objs, res.entries)}); perr != nil {
+			return errors.Join(err, perr)
+		}
+		if err != nil {
+			return fmt.Errorf("component %s: %w", c.spec.Name, err)
+		}
+		log.Info("applied", "applied", len(res.applied), "unchanged", len(c.objs)-len(res.applied))
+		if c.wait || len(c.checks) > 0 {
+			var applied []ObjectRef
+			if c.wait {
+				for _, o := range c.objs {
+					applied = append(applied, o.ref)
+				}
+			}
+			if err := e.c.waitHealthy(ctx, name, applied, c.checks, c.tmo, e.opts.FailureWindow); err != nil {
+				return fmt.Errorf("component %s: %w", c.spec.Name, err)
+			}
+			log.Info("healthy")
+		}
+	}
+	// Prune last, across components: an object that moved from one component to another is
+	// kept, and nothing is deleted before everything new is in place.
+	for cname, inv := range old {
+		if !inv.Prune {
+			continue
+		}
+		if err := e.pruneGone(ctx, name, inv, keep, rep); err != nil {
+			return fmt.Errorf("component %s: %w", cname, err)
+		}
+	}
+	return nil
+}
+
+// plan is the inventory written before a component's objects are sent. An object whose
+// content is what Ferry last sent keeps that record (whether it is sent again or skipped,
+// its Ferry-owned content stays the same); any other has no resourceVersion, which means
+// "may have been sent": after a crash it is applied again rather than trusted.
+func plan(objs []*object, prev map[string]Entry) []Entry {
+	out := make([]Entry, 0, len(objs))
+	for _, o := range objs {
+		e := Entry{ObjectRef: o.ref, Hash: o.hash}
+		if p, ok := prev[o.ref.key()]; ok && p.Hash == o.hash {
+			e.ResourceVersion = p.ResourceVersion
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// records returns, for every object, the newest record among the given revisions' inventories
+// (oldest revision first): what Ferry last sent to it. Only then does "the live object still
+// holds these fields" prove it needs nothing.
+func (e *Engine) records(name string, revs ...uint64) (map[string]Entry, error) {
+	out := map[string]Entry{}
+	seen := map[uint64]bool{0: true}
+	for _, rev := range revs {
+		if seen[rev] {
+			continue
+		}
+		seen[rev] = true
+		invs, err := e.inventories(name, rev)
+		if err != nil {
+			return nil, err
+		}
+		for _, inv := range invs {
+			maps.Copy(out, entries(inv))
+		}
+	}
+	return out, nil
+}
+
+func (e *Engine) pruneGone(ctx context.Context, name string, inv Inventory, keep map[string]bool, rep *Report) error {
+	var gone []ObjectRef
+	for _, o := range inv.Objects {
+		if !keep[o.key()] {
+			gone = append(gone, o.ObjectRef)
+		}
+	}
+	if len(gone) == 0 {
+		return nil
+	}
+	deleted, err := e.c.prune(ctx, name, gone)
+	rep.Pruned += len(deleted)
+	for _, d := range deleted {
+		e.log.Info("pruned", "bundle", name, "object", d.String())
+	}
+	return err
+}
+
+// render builds every component of a stored revision, in dependency order. Variables from
+// the cluster are substituted later, by prepare.
+func (e *Engine) render(ctx context.Context, r *store.Revision) ([]component, error) {
+	b, err := bundles.Open(ctx, e.st, r.Manifest)
+	if err != nil {
+		return nil, err
+	}
+	if b.Metadata.Name != r.Name {
+		return nil, fmt.Errorf("stored revision %s/%d holds bundle %q", r.Name, r.Revision, b.Metadata.Name)
+	}
+	order, err := b.Metadata.Order()
+	if err != nil {
+		return nil, err
+	}
+	var comps []component
+	for _, i := range order {
+		spec := b.Metadata.Components[i]
+		rm, err := e.opts.build(ctx, e.st, b, i)
+		if err != nil {
+			return nil, err
+		}
+		c := component{spec: spec, bundle: b.Metadata.Name, rm: rm, ns: e.opts.namespaceOf(spec), tmo: e.opts.DefaultTimeout}
+		if k := spec.Kustomize; k != nil {
+			c.wait, c.prune, c.force, c.drift = k.Wait, k.Prune, k.Force, k.DriftDetection
+			if k.Timeout != "" {
+				if c.tmo, err = time.ParseDuration(k.Timeout); err != nil || c.tmo <= 0 {
+					return nil, fmt.Errorf("component %s: timeout %q is not a positive duration", spec.Name, k.Timeout)
+				}
+			}
+			for _, h := range k.HealthChecks {
+				gv, err := schema.ParseGroupVersion(h.APIVersion)
+				if err != nil {
+					return nil, fmt.Errorf("component %s: healthChecks: %w", spec.Name, err)
+				}
+				c.checks = append(c.checks, ObjectRef{Group: gv.Group, Version: gv.Version, Kind: h.Kind, Namespace: h.Namespace, Name: h.Name})
+			}
+		} else if h := spec.Helm; h != nil {
+			// Until Helm releases land (the Helm issue), a Helm component is applied as its
+			// rendered manifests, waited for and pruned like a kustomize one.
+			c.wait, c.prune, c.drift = true, true, h.DriftDetection
+			if h.Timeout != "" {
+				if c.tmo, err = time.ParseDuration(h.Timeout); err != nil || c.tmo <= 0 {
+					return nil, fmt.Errorf("component %s: timeout %q is not a positive duration", spec.Name, h.Timeout)
+				}
+			}
+		}
+		comps = append(comps, c)
+	}
+	return comps, nil
+}
+
+// prepare substitutes the component's variables, labels its objects as the bundle's, hashes
+// them and places them in namespaces. before are the objects of the components already
+// prepared (their CRDs tell the scope of kinds not served yet).
+func (e *Engine) prepare(ctx context.Context, c *component, before []*object) error {
+	us, err := e.opts.finish(ctx, c.spec, c.rm)
+	if err != nil {
+		return err
+	}
+	c.objs = c.objs[:0]
+	seen := map[string]bool{}
+	for _, u := range us {
+		labels := u.GetLabels()
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		labels[LabelBundle], labels[LabelComponent] = c.bundle, c.spec.Name
+		u.SetLabels(labels)
+		o, err := newObject(u)
+		if err != nil {
+			return fmt.Errorf("component %s: %w", c.spec.Name, err)
+		}
+		c.objs = append(c.objs, o)
+	}
+	if err := e.c.place(c.objs, c.ns, crdScopes(append(before, c.objs...))); err != nil {
+		return fmt.Errorf("component %s: %w", c.spec.Name, err)
+	}
+	for _, o := range c.objs {
+		if err := o.rehash(); err != nil {
+			return fmt.Errorf("component %s: %w", c.spec.Name, err)
+		}
+		if seen[o.ref.key()] {
+			return fmt.Errorf("component %s: %s appears twice", c.spec.Name, o.ref)
+		}
+		seen[o.ref.key()] = true
+	}
+	return nil
+}
+
+// inventories returns the inventories of the given revisions of name, merged by component
+// (a later revision's entry for the same component wins); revision 0 and repeats are skipped.
+func (e *Engine) inventories(name string, revs ...uint64) (map[string]Inventory, error) {
+	out := map[string]Inventory{}
+	seen := map[uint64]bool{0: true}
+	for _, rev := range revs {
+		if seen[rev] {
+			continue
+		}
+		seen[rev] = true
+		raw, err := e.st.Inventories(name, rev)
+		if err != nil {
+			return nil, err
+		}
+		for cname, data := range raw {
+			var inv Inventory
+			if err := json.Unmarshal(data, &inv); err != nil {
+				return nil, fmt.Errorf("%s revision %d inventory %s: %w", name, rev, cname, err)
+			}
+			if have, ok := out[cname]; ok {
+				inv.Objects = append(have.Objects, inv.Objects...)
+				inv.Prune = inv.Prune || have.Prune
+			}
+			out[cname] = inv
+		}
+	}
+	return out, nil
+}
+
+func (e *Engine) putInventory(name string, rev uint64, inv Inventory) error {
+	b, err := json.Marshal(inv)
+	if err != nil {
+		return err
+	}
+	return e.st.PutInventory(name, rev, inv.Component, b)
+}
+
+func entries(inv Inventory) map[string]Entry {
+	m := make(map[string]Entry, len(inv.Objects))
+	for _, e := range inv.Objects {
+		m[e.key()] = e
+	}
+	return m
+}
+
+// merge returns an entry for every object: the recorded one where the apply got that far,
+// else the planned one (hash, no resourceVersion).
+func merge(objs []*object, got []Entry) []Entry {
+	m := map[string]Entry{}
+	for _, e := range got {
+		m[e.key()] = e
+	}
+	out := make([]Entry, 0, len(objs))
+	for _, o := range objs {
+		if e, ok := m[o.ref.key()]; ok {
+			out = append(out, e)
+		} else {
+			out = append(out, Entry{ObjectRef: o.ref, Hash: o.hash})
+		}
+	}
+	return out
+}
+
+func changed(a, b []Entry) bool {
+	if len(a) != len(b) {
+		return true
+	}
+	m := entries(Inventory{Objects: a})
+	for _, e := range b {
+		if m[e.key()] != e {
+			return true
+		}
+	}
+	return false
+}
+
+// lookup reads a ConfigMap's or Secret's data for substituteFrom.
+func (e *Engine) lookup(ctx context.Context, kind, namespace, name string) (map[string]string, error) {
+	u, err := e.c.dyn.Resource(corev1Resource(kind).WithVersion("v1")).Namespace(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if kind == "Secret" {
+		return secretData(u)
+	}
+	data, _, _ := unstructured.NestedStringMap(u.Object, "data")
+	return data, nil
+}
+
+func corev1Resource(kind string) schema.GroupResource {
+	return schema.GroupResource{Resource: strings.ToLower(kind) + "s"}
+}

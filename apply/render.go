@@ -1,0 +1,159 @@
+package apply
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"maps"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"oras.land/oras-go/v2/content"
+	"sigs.k8s.io/kustomize/api/resmap"
+
+	"github.com/ferrygitops/ferry/apply/decrypt"
+	"github.com/ferrygitops/ferry/apply/render"
+	"github.com/ferrygitops/ferry/bundles"
+)
+
+// Env is what a node adds to a bundle when it renders it.
+type Env struct {
+	// Vars are the node's variables (site id, node name…), the lowest-precedence source of
+	// postBuild substitution: substituteFrom overrides them, substitute overrides both.
+	Vars map[string]string
+	// Keys decrypt SOPS files of components with decryption set; nil refuses them.
+	Keys *decrypt.Keys
+	// Namespace is where a component without targetNamespace reads substituteFrom, and the
+	// namespace of its namespaced objects that name none. "" means "default".
+	Namespace string
+	// Lookup reads the data of a ConfigMap or Secret (kind) for substituteFrom, returning an
+	// error for which apierrors.IsNotFound holds when it does not exist. nil treats every
+	// source as missing (a preview without a cluster).
+	Lookup func(ctx context.Context, kind, namespace, name string) (map[string]string, error)
+	// Lenient leaves variables that are unset and have no default empty instead of failing
+	// (previews only; a node always renders strictly).
+	Lenient bool
+}
+
+// Namespace returns the namespace a component works in: its targetNamespace, else env's.
+func (env Env) namespaceOf(c bundles.Component) string {
+	switch {
+	case c.Kustomize != nil && c.Kustomize.TargetNamespace != "":
+		return c.Kustomize.TargetNamespace
+	case c.Helm != nil && c.Helm.TargetNamespace != "":
+		return c.Helm.TargetNamespace
+	case env.Namespace != "":
+		return env.Namespace
+	}
+	return "default"
+}
+
+// RenderComponent renders component i of bundle b (its layer read, digest-checked, from src)
+// exactly as the node applies it: SOPS files decrypted in memory, kustomize or Helm, then
+// postBuild substitution. `ferry render` and the engine share it.
+func RenderComponent(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i int, env Env) ([]*unstructured.Unstructured, error) {
+	rm, err := env.build(ctx, src, b, i)
+	if err != nil {
+		return nil, err
+	}
+	return env.finish(ctx, b.Metadata.Components[i], rm)
+}
+
+// build decrypts and renders a component; what only the cluster knows (substituteFrom) is
+// left for finish, which the engine calls once the component's dependencies are applied.
+func (env Env) build(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i int) (resmap.ResMap, error) {
+	c := b.Metadata.Components[i]
+	files, err := b.Layer(ctx, src, i)
+	if err != nil {
+		return nil, fmt.Errorf("component %s: %w", c.Name, err)
+	}
+	if c.Kustomize != nil && c.Kustomize.Decryption != nil {
+		files, _, err = env.Keys.Files(files)
+		if err != nil {
+			return nil, fmt.Errorf("component %s: %w", c.Name, err)
+		}
+	} else {
+		for _, f := range files {
+			if decrypt.IsEncrypted(f.Name, f.Data) {
+				return nil, fmt.Errorf("component %s: %s is SOPS-encrypted but the component has no decryption (set decryption: {provider: sops})", c.Name, f.Name)
+			}
+		}
+	}
+	rm, err := render.Component(files, c)
+	if err != nil {
+		return nil, fmt.Errorf("component %s: %w", c.Name, err)
+	}
+	return rm, nil
+}
+
+// finish substitutes variables (postBuild) into a copy of rm and returns its objects.
+func (env Env) finish(ctx context.Context, c bundles.Component, rm resmap.ResMap) ([]*unstructured.Unstructured, error) {
+	if c.Kustomize != nil && c.Kustomize.PostBuild != nil {
+		vars, err := env.variables(ctx, c, *c.Kustomize.PostBuild)
+		if err != nil {
+			return nil, fmt.Errorf("component %s: %w", c.Name, err)
+		}
+		rm = rm.DeepCopy()
+		if err := render.Substitute(rm, vars, !env.Lenient); err != nil {
+			return nil, fmt.Errorf("component %s: %w", c.Name, err)
+		}
+	}
+	out := make([]*unstructured.Unstructured, 0, rm.Size())
+	for _, res := range rm.Resources() {
+		// Through JSON, so numbers are int64/float64 as client-go expects everywhere.
+		b, err := res.MarshalJSON()
+		if err != nil {
+			return nil, fmt.Errorf("component %s: %s: %w", c.Name, res.CurId(), err)
+		}
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(b); err != nil {
+			return nil, fmt.Errorf("component %s: %s: %w", c.Name, res.CurId(), err)
+		}
+		if u.GetName() == "" || u.GetKind() == "" || u.GetAPIVersion() == "" {
+			return nil, fmt.Errorf("component %s: an object has no apiVersion, kind or metadata.name", c.Name)
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+// variables merges, lowest first: node variables, substituteFrom in list order, substitute.
+func (env Env) variables(ctx context.Context, c bundles.Component, pb bundles.PostBuild) (map[string]string, error) {
+	vars := maps.Clone(env.Vars)
+	if vars == nil {
+		vars = map[string]string{}
+	}
+	ns := env.namespaceOf(c)
+	for _, ref := range pb.SubstituteFrom {
+		var data map[string]string
+		var err error
+		if env.Lookup == nil {
+			err = apierrors.NewNotFound(corev1Resource(ref.Kind), ref.Name)
+		} else {
+			data, err = env.Lookup(ctx, ref.Kind, ns, ref.Name)
+		}
+		if apierrors.IsNotFound(err) && (ref.Optional || env.Lookup == nil) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("postBuild.substituteFrom %s %s/%s: %w", ref.Kind, ns, ref.Name, err)
+		}
+		maps.Copy(vars, data)
+	}
+	maps.Copy(vars, pb.Substitute)
+	return vars, nil
+}
+
+// secretData decodes a Secret's data.
+func secretData(u *unstructured.Unstructured) (map[string]string, error) {
+	raw, _, _ := unstructured.NestedStringMap(u.Object, "data")
+	out := make(map[string]string, len(raw))
+	for k, v := range raw {
+		b, err := base64.StdEncoding.DecodeString(v)
+		if err != nil {
+			return nil, fmt.Errorf("data.%s is not base64", k)
+		}
+		out[k] = string(b)
+	}
+	return out, nil
+}

@@ -1,0 +1,176 @@
+package cluster
+
+import (
+	"context"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content/memory"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+
+	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/bundler"
+	"github.com/ferrygitops/ferry/bundler/bundlertest"
+	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/store"
+)
+
+// node is one edge node under test: a store and an engine over the testbed's cluster, with
+// every request the engine sends counted.
+type node struct {
+	st     *store.Store
+	eng    *apply.Engine
+	reqs   *counter
+	dyn    dynamic.Interface
+	bundle string
+}
+
+// counter counts requests by verb class.
+type counter struct {
+	mu            sync.Mutex
+	reads, writes int
+	log           []string
+}
+
+func (c *counter) RoundTrip(rt http.RoundTripper) http.RoundTripper {
+	return roundTripper(func(r *http.Request) (*http.Response, error) {
+		c.mu.Lock()
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			c.reads++
+		} else {
+			c.writes++
+			c.log = append(c.log, r.Method+" "+r.URL.Path)
+		}
+		c.mu.Unlock()
+		return rt.RoundTrip(r)
+	})
+}
+
+func (c *counter) reset() (reads, writes int, log []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	reads, writes, log = c.reads, c.writes, c.log
+	c.reads, c.writes, c.log = 0, 0, nil
+	return
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func newNode(t *testing.T, bundle string, opts apply.Options) *node {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "state"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	c := &counter{}
+	cfg := rest.CopyConfig(tb.REST)
+	cfg.WrapTransport = c.RoundTrip
+	if opts.PollInterval == 0 {
+		opts.PollInterval = 200 * time.Millisecond
+	}
+	if opts.FailureWindow == 0 {
+		opts.FailureWindow = time.Second
+	}
+	eng, err := apply.New(cfg, st, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(tb.REST)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &node{st: st, eng: eng, reqs: c, dyn: dyn, bundle: bundle}
+}
+
+// admit builds a bundle named n.bundle from files (ferry.yaml is generated from spec, the
+// components part of a Bundle) at revision rev and admits it into the node's store.
+func (n *node) admit(t *testing.T, rev uint64, components string, files map[string]string) {
+	t.Helper()
+	all := map[string]string{"ferry.yaml": "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata:\n  name: " + n.bundle +
+		"\nspec:\n  version: 1.0." + itoa(rev) + "\n  components:\n" + indent(components, "    ")}
+	for k, v := range files {
+		all[k] = v
+	}
+	dir := bundlertest.WriteTree(t, all)
+	mem := memory.New()
+	res, err := bundler.Build(t.Context(), mem, bundler.Options{Dir: dir, AllowDirty: true, Revision: rev, Created: time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundles.Open(t.Context(), mem, res.Descriptor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.st.Admit(t.Context(), mem, store.Admission{
+		Name: n.bundle, Revision: rev, Version: b.Metadata.Version, Manifest: res.Descriptor,
+		Blobs: append([]ocispec.Descriptor{b.Manifest.Config}, b.Manifest.Layers...),
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+func indent(s, pre string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = pre + l
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
+
+var (
+	configMaps  = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
+	secrets     = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
+	namespaces  = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
+	deployments = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}
+)
+
+// get returns the live object or nil when it does not exist.
+func (n *node) get(t *testing.T, gvr schema.GroupVersionResource, ns, name string) *unstructured.Unstructured {
+	t.Helper()
+	var ri dynamic.ResourceInterface = n.dyn.Resource(gvr)
+	if ns != "" {
+		ri = n.dyn.Resource(gvr).Namespace(ns)
+	}
+	u, err := ri.Get(t.Context(), name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.GetDeletionTimestamp() != nil {
+		return nil // going away
+	}
+	return u
+}
+
+func (n *node) state(t *testing.T, rev uint64) store.State {
+	t.Helper()
+	r, err := n.st.GetRevision(n.bundle, rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.State
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
