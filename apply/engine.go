@@ -179,6 +179,9 @@ func (e *Engine) rollout(ctx context.Context, name string, rev uint64, retry boo
 		return rep, fmt.Errorf("%s revision %d: %w", name, rev, ErrFailedBefore)
 	}
 	comps, err := e.render(ctx, r)
+	if err != nil && ctx.Err() != nil {
+		return rep, err
+	}
 	if err != nil {
 		rep.State = store.StateFailed
 		if serr := e.st.SetState(name, rev, store.StateFailed, "render: "+err.Error()); serr != nil {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -246,5 +247,64 @@ func TestFailedHealthRollsBack(t *testing.T) {
 	// Not retried by itself; an explicit retry may.
 	if _, err := n.eng.Rollout(ctx, "rb", 2); !errors.Is(err, apply.ErrFailedBefore) {
 		t.Fatalf("a failed revision was tried again: %v", err)
+	}
+}
+
+// TestInterruptedRolloutIsResumedOrReverted: a rollout stopped in the middle (the daemon
+// killed during the health wait) leaves its transaction open; on start, Resume applies the
+// revision again when it is still within its deadline, and restores the last good revision
+// when the interrupted one had already failed.
+func TestInterruptedRolloutIsResumedOrReverted(t *testing.T) {
+	n := newNode(t, "resume", apply.Options{})
+	ctx := ctxTimeout(t, 2*time.Minute)
+	comp := "- name: app\n  kustomize: {path: ./app, prune: true, wait: true, timeout: 60s}\n"
+	ns := "apiVersion: v1\nkind: Namespace\nmetadata: {name: resume}\n"
+	n.admit(t, 1, comp, map[string]string{"app/ns.yaml": ns, "app/cm.yaml": cm("resume", "v", "1")})
+	if _, err := n.eng.Rollout(ctx, "resume", 1); err != nil {
+		t.Fatal(err)
+	}
+	// Revision 2's Deployment never becomes Ready; the "daemon" dies 2s into the wait.
+	n.admit(t, 2, comp, map[string]string{"app/ns.yaml": ns, "app/cm.yaml": cm("resume", "v", "2"), "app/d.yaml": deployment("resume", "web", true)})
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_, err := n.eng.Rollout(short, "resume", 2)
+	cancel()
+	if err == nil {
+		t.Fatal("the interrupted rollout reported success")
+	}
+	b, _ := n.st.GetBundle("resume")
+	if b.Txn == nil || b.Txn.Revision != 2 || b.Txn.LastGood != 1 || b.Txn.Phase != store.StateApplying || b.Current != 2 {
+		t.Fatalf("no open transaction after the interruption: %+v", b)
+	}
+	if n.get(t, configMaps, "resume", "v").Object["data"].(map[string]any)["value"] != "2" {
+		t.Fatal("revision 2 was not being applied")
+	}
+	// The node comes back after revision 2 was found failed (its rollback interrupted too).
+	if err := n.st.SetState("resume", 2, store.StateFailed, "component app: not healthy"); err != nil {
+		t.Fatal(err)
+	}
+	restarted := mustEngine(t, n, apply.Options{})
+	rep, err := restarted.Resume(ctx, "resume")
+	if !errors.Is(err, apply.ErrRolledBack) || rep.RolledBackTo != 1 {
+		t.Fatalf("resume: %+v, %v", rep, err)
+	}
+	if n.get(t, deployments, "resume", "web") != nil || n.get(t, configMaps, "resume", "v").Object["data"].(map[string]any)["value"] != "1" {
+		t.Fatal("revision 1 is not what the cluster holds")
+	}
+	if b, _ := n.st.GetBundle("resume"); b.Current != 1 || b.Txn != nil {
+		t.Fatalf("bundle record %+v", b)
+	}
+
+	// Within its deadline, an interrupted rollout is simply applied again.
+	n.admit(t, 3, comp, map[string]string{"app/ns.yaml": ns, "app/cm.yaml": cm("resume", "v", "3"), "app/d.yaml": deployment("resume", "web", false)})
+	short, cancel = context.WithCancel(ctx)
+	cancel() // dies before sending anything
+	if _, err := n.eng.Rollout(short, "resume", 3); err == nil {
+		t.Fatal("a cancelled rollout reported success")
+	}
+	if rep, err := restarted.Resume(ctx, "resume"); err != nil || rep.State != store.StateHealthy {
+		t.Fatalf("resume within the deadline: %+v, %v", rep, err)
+	}
+	if b, _ := n.st.GetBundle("resume"); b.Current != 3 || b.LastGood != 3 || b.Txn != nil {
+		t.Fatalf("bundle record %+v", b)
 	}
 }

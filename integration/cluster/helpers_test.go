@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -11,13 +13,13 @@ import (
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"oras.land/oras-go/v2/content/memory"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
+	"oras.land/oras-go/v2/content/memory"
 
 	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/bundler"
@@ -173,4 +175,54 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// admitRaw packs a bundle by hand (no bundler checks) from the given components and one
+// file map per component, and admits it: what a hostile or buggy bundler could produce.
+func (n *node) admitRaw(t *testing.T, rev uint64, comps []bundles.Component, dirs []map[string]string) {
+	t.Helper()
+	m := &bundles.Metadata{SchemaVersion: bundles.SchemaVersion, Name: n.bundle, Version: "1.0." + itoa(rev), Revision: rev,
+		Created: time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC), Components: comps}
+	var layers [][]byte
+	for _, files := range dirs {
+		var buf bytes.Buffer
+		if err := bundles.PackDir(bundlertest.WriteTree(t, files), &buf); err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, buf.Bytes())
+	}
+	mem := memory.New()
+	desc, err := bundles.Pack(t.Context(), mem, m, layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundles.Open(t.Context(), mem, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.st.Admit(t.Context(), mem, store.Admission{
+		Name: n.bundle, Revision: rev, Version: m.Version, Manifest: desc,
+		Blobs: append([]ocispec.Descriptor{b.Manifest.Config}, b.Manifest.Layers...),
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func gvr(group, version, resource string) schema.GroupVersionResource {
+	return schema.GroupVersionResource{Group: group, Version: version, Resource: resource}
+}
+
+// secretData decodes a Secret's data.
+func secretData(t *testing.T, u *unstructured.Unstructured) map[string]string {
+	t.Helper()
+	raw, _, _ := unstructured.NestedStringMap(u.Object, "data")
+	out := map[string]string{}
+	for k, v := range raw {
+		b, err := base64.StdEncoding.DecodeString(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[k] = string(b)
+	}
+	return out
 }
