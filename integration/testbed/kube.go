@@ -22,7 +22,7 @@ import (
 // kwokNodeAnnotation marks the nodes kwok manages.
 const kwokNodeAnnotation = "kwok.x-k8s.io/node"
 
-func (tb *Testbed) startKube(ctx context.Context, nodes int) error {
+func (tb *Testbed) startKube(ctx context.Context, nodes int, controllers, fsync bool) error {
 	ports, err := freePorts(6)
 	if err != nil {
 		return err
@@ -33,17 +33,21 @@ func (tb *Testbed) startKube(ctx context.Context, nodes int) error {
 		return fmt.Errorf("pki: %w", err)
 	}
 
-	// etcd: fsync off, it is a test store that dies with the testbed.
+	// etcd: fsync off unless asked, it is a test store that dies with the testbed.
 	etcdURL := "http://" + hostPort(etcdClient)
 	peerURL := "http://" + hostPort(etcdPeer)
-	etcd, err := tb.run("etcd", []string{
+	etcdArgs := []string{
 		"--name=testbed",
 		"--data-dir=" + filepath.Join(tb.Dir, "etcd"),
 		"--listen-client-urls=" + etcdURL, "--advertise-client-urls=" + etcdURL,
 		"--listen-peer-urls=" + peerURL, "--initial-advertise-peer-urls=" + peerURL,
 		"--initial-cluster=testbed=" + peerURL,
-		"--unsafe-no-fsync", "--log-level=warn",
-	})
+		"--log-level=warn",
+	}
+	if !fsync {
+		etcdArgs = append(etcdArgs, "--unsafe-no-fsync")
+	}
+	etcd, err := tb.run("etcd", etcdArgs)
 	if err != nil {
 		return err
 	}
@@ -86,6 +90,9 @@ func (tb *Testbed) startKube(ctx context.Context, nodes int) error {
 	}
 	if err := api.waitReady(ctx, httpOK(adminHTTP, apiURL+"/readyz")); err != nil {
 		return err
+	}
+	if !controllers {
+		return nil
 	}
 
 	// The controller manager and scheduler serve /healthz on their own TLS port with a

@@ -27,6 +27,9 @@ const (
 	Registry
 	// S3 is an S3 server with one bucket ready.
 	S3
+	// APIServer is etcd and kube-apiserver alone, no controllers or nodes: what apply
+	// benchmarks measure against. Kube includes it.
+	APIServer
 
 	// All is every service.
 	All = Kube | Registry | S3
@@ -45,6 +48,9 @@ type Options struct {
 	Timeout time.Duration
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
+	// Fsync makes etcd sync its writes to disk as a real node's does (benchmarks); by
+	// default the testbed's etcd skips fsync, since its data dies with it.
+	Fsync bool
 }
 
 // S3Endpoint is how to reach the testbed's S3 server.
@@ -166,8 +172,8 @@ func (tb *Testbed) start(ctx context.Context, opts Options) error {
 			return err
 		}
 	}
-	if opts.Services&Kube != 0 {
-		if err := tb.startKube(ctx, opts.Nodes); err != nil {
+	if opts.Services&(Kube|APIServer) != 0 {
+		if err := tb.startKube(ctx, opts.Nodes, opts.Services&Kube != 0, opts.Fsync); err != nil {
 			return err
 		}
 	}
