@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -47,9 +49,18 @@ type Engine struct {
 	opts Options
 	log  *slog.Logger
 	// mu makes applies to the cluster one at a time (DESIGN: one apply at a time per
-	// cluster), whatever number of bundles the daemon reconciles.
+	// cluster), whatever number of bundles the daemon reconciles. It also guards built.
 	mu sync.Mutex
+	// built keeps the kustomize/Helm output of the last revisions rendered, by manifest
+	// digest: a bundle's layers never change, and building is the costly part of a sync
+	// with nothing to do (kustomize's accumulation is quadratic in the object count).
+	built     map[digest.Digest][]component
+	builtFIFO []digest.Digest
 }
+
+// builtKeep is how many revisions' builds are kept: the current one and the one being
+// rolled out or back to.
+const builtKeep = 2
 
 // ErrRolledBack is returned by Rollout when the revision failed and the last good one was
 // restored.
@@ -468,8 +479,28 @@ func (e *Engine) pruneGone(ctx context.Context, name string, inv Inventory, keep
 }
 
 // render builds every component of a stored revision, in dependency order. Variables from
-// the cluster are substituted later, by prepare.
+// the cluster are substituted later, by prepare. Builds are cached by manifest digest.
 func (e *Engine) render(ctx context.Context, r *store.Revision) ([]component, error) {
+	if comps, ok := e.built[r.Manifest.Digest]; ok {
+		return slices.Clone(comps), nil
+	}
+	comps, err := e.build(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	if e.built == nil {
+		e.built = map[digest.Digest][]component{}
+	}
+	e.built[r.Manifest.Digest] = comps
+	e.builtFIFO = append(e.builtFIFO, r.Manifest.Digest)
+	if len(e.builtFIFO) > builtKeep {
+		delete(e.built, e.builtFIFO[0])
+		e.builtFIFO = e.builtFIFO[1:]
+	}
+	return slices.Clone(comps), nil
+}
+
+func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, error) {
 	b, err := bundles.Open(ctx, e.st, r.Manifest)
 	if err != nil {
 		return nil, err
@@ -526,7 +557,7 @@ func (e *Engine) prepare(ctx context.Context, c *component, before []*object) er
 	if err != nil {
 		return err
 	}
-	c.objs = c.objs[:0]
+	c.objs = nil // the component may be a copy of a cached one: never reuse its array
 	seen := map[string]bool{}
 	for _, u := range us {
 		labels := u.GetLabels()
