@@ -33,6 +33,12 @@ type Env struct {
 	// Lenient leaves variables that are unset and have no default empty instead of failing
 	// (previews only; a node always renders strictly).
 	Lenient bool
+	// KeepVariables skips postBuild substitution, leaving ${VAR} as written (a diff of two
+	// bundles, whose variables come from the node).
+	KeepVariables bool
+	// NoDecrypt renders SOPS files as they are, still encrypted (previews without the node's
+	// key; Secret values are masked in previews anyway).
+	NoDecrypt bool
 }
 
 // Namespace returns the namespace a component works in: its targetNamespace, else env's.
@@ -67,7 +73,9 @@ func (env Env) build(ctx context.Context, src content.Fetcher, b *bundles.Bundle
 	if err != nil {
 		return nil, fmt.Errorf("component %s: %w", c.Name, err)
 	}
-	if c.Kustomize != nil && c.Kustomize.Decryption != nil {
+	if env.NoDecrypt {
+		// A preview: encrypted files are rendered as they are.
+	} else if c.Kustomize != nil && c.Kustomize.Decryption != nil {
 		files, _, err = env.Keys.Files(files)
 		if err != nil {
 			return nil, fmt.Errorf("component %s: %w", c.Name, err)
@@ -88,7 +96,7 @@ func (env Env) build(ctx context.Context, src content.Fetcher, b *bundles.Bundle
 
 // finish substitutes variables (postBuild) into a copy of rm and returns its objects.
 func (env Env) finish(ctx context.Context, c bundles.Component, rm resmap.ResMap) ([]*unstructured.Unstructured, error) {
-	if c.Kustomize != nil && c.Kustomize.PostBuild != nil {
+	if c.Kustomize != nil && c.Kustomize.PostBuild != nil && !env.KeepVariables {
 		vars, err := env.variables(ctx, c, *c.Kustomize.PostBuild)
 		if err != nil {
 			return nil, fmt.Errorf("component %s: %w", c.Name, err)

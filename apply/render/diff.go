@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/pmezard/go-difflib/difflib"
 	"oras.land/oras-go/v2/content"
@@ -38,29 +39,28 @@ type Object struct {
 	YAML      string `json:"-"`
 }
 
-// Objects renders every component of b (read from src) and returns its objects with the
-// values of Secrets replaced by a short hash, so they can be shown and compared without being
-// revealed. No substitution is done: variables come from the node.
-func Objects(ctx context.Context, src content.Fetcher, b *bundles.Bundle) ([]Object, error) {
-	var out []Object
-	for i, c := range b.Metadata.Components {
-		rm, err := FromBundle(ctx, src, b, i)
-		if err != nil {
-			return nil, err
-		}
-		for _, res := range rm.Resources() {
-			node := res.RNode.Copy()
-			if err := maskSecret(node); err != nil {
-				return nil, err
-			}
-			s, err := node.String()
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, Object{Component: c.Name, ID: objectID(res.GetGvk().Group, res.GetKind(), res.GetNamespace(), res.GetName()), YAML: s})
-		}
+// NewObject describes one rendered object of a component for display: its ID and its YAML
+// with the values of a Secret replaced by a short keyed hash.
+func NewObject(component string, n *yaml.RNode) (Object, error) {
+	node := n.Copy()
+	if err := maskSecret(node); err != nil {
+		return Object{}, err
 	}
-	return out, nil
+	s, err := node.String()
+	if err != nil {
+		return Object{}, err
+	}
+	gv, _ := schemaGroup(node.GetApiVersion())
+	return Object{Component: component, ID: objectID(gv, node.GetKind(), node.GetNamespace(), node.GetName()), YAML: s}, nil
+}
+
+// schemaGroup returns the group of an apiVersion ("apps/v1" → "apps", "v1" → "").
+func schemaGroup(apiVersion string) (string, bool) {
+	g, _, ok := strings.Cut(apiVersion, "/")
+	if !ok {
+		return "", false
+	}
+	return g, true
 }
 
 // objectID names an object the way kubectl does: Deployment.apps web/api, Namespace web.

@@ -10,6 +10,7 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 	"oras.land/oras-go/v2/content/memory"
 
@@ -29,11 +30,7 @@ Addresses, the same for every command:
   s3://bucket/prefix          an S3 bucket (object PREFIX/NAME-VERSION.tar), or s3://bucket/key.tar`,
 	}
 	var o bundles.Options
-	cmd.PersistentFlags().BoolVar(&o.PlainHTTP, "plain-http", false, "use plain HTTP for every registry, not only loopback ones")
-	cmd.PersistentFlags().StringVar(&o.DockerConfig, "registry-config", "", "Docker config.json with registry credentials (default ~/.docker/config.json)")
-	cmd.PersistentFlags().StringVar(&o.S3Endpoint, "s3-endpoint", "", "S3 endpoint URL (default $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL or AWS)")
-	cmd.PersistentFlags().StringVar(&o.S3Region, "s3-region", "", "S3 region (default $AWS_REGION or us-east-1)")
-	cmd.PersistentFlags().StringVar(&o.S3CredentialsFile, "s3-credentials-file", "", "AWS shared credentials file, used when AWS_ACCESS_KEY_ID is not set (default ~/.aws/credentials; profile from $AWS_PROFILE)")
+	addSourceFlags(cmd.PersistentFlags(), &o)
 	cmd.PersistentPreRun = func(cmd *cobra.Command, _ []string) {
 		// A progress line on a terminal; nothing in CI logs or pipes.
 		if os.Getenv("CI") == "" && term.IsTerminal(int(os.Stderr.Fd())) {
@@ -208,6 +205,15 @@ func copyBundle(ctx context.Context, cmd *cobra.Command, o bundles.Options, from
 }
 
 // openSource parses a bundle address and opens it for reading.
+// addSourceFlags adds the flags that say how to reach registries and S3.
+func addSourceFlags(f *pflag.FlagSet, o *bundles.Options) {
+	f.BoolVar(&o.PlainHTTP, "plain-http", false, "use plain HTTP for every registry, not only loopback ones")
+	f.StringVar(&o.DockerConfig, "registry-config", "", "Docker config.json with registry credentials (default ~/.docker/config.json)")
+	f.StringVar(&o.S3Endpoint, "s3-endpoint", "", "S3 endpoint URL (default $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL or AWS)")
+	f.StringVar(&o.S3Region, "s3-region", "", "S3 region (default $AWS_REGION or us-east-1)")
+	f.StringVar(&o.S3CredentialsFile, "s3-credentials-file", "", "AWS shared credentials file, used when AWS_ACCESS_KEY_ID is not set (default ~/.aws/credentials; profile from $AWS_PROFILE)")
+}
+
 func openSource(ctx context.Context, o bundles.Options, ref string) (bundles.Source, ocispec.Descriptor, error) {
 	addr, err := bundles.ParseAddress(ref)
 	if err != nil {

@@ -187,12 +187,45 @@ func TestBundleDiff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"changed ConfigMap web", "added Secret db", "+data: {greeting: bonjour}", "<hidden "} {
+	for _, want := range []string{"changed ConfigMap web", "added Secret db", "+  greeting: bonjour", "<hidden "} {
 		if !strings.Contains(out, want) {
 			t.Errorf("diff lacks %q:\n%s", want, out)
 		}
 	}
 	if strings.Contains(out, "hunter2") {
 		t.Fatalf("diff shows a secret:\n%s", out)
+	}
+}
+
+// TestRender prints what a node applies: substituted with --var, secrets masked, one
+// component on request; an unknown component is an error naming it.
+func TestRender(t *testing.T) {
+	dir := bundlertest.WriteTree(t, map[string]string{
+		"ferry.yaml": "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: r}\nspec:\n  version: 1.0.0\n  components:\n" +
+			"    - name: web\n      kustomize: {path: ./web, targetNamespace: web, postBuild: {substitute: {A: from-bundle}}}\n" +
+			"    - name: other\n      kustomize: {path: ./other}\n",
+		"web/cm.yaml":   "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {a: \"${A}\", site: \"${SITE}\"}\n",
+		"web/s.yaml":    "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {password: hunter2}\n",
+		"other/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other, namespace: x}\n",
+	})
+	out := filepath.Join(t.TempDir(), "b")
+	t.Setenv("SOURCE_DATE_EPOCH", "1764057600")
+	if _, err := runFerry(t, "bundle", "build", dir, "--allow-dirty", "--revision", "1", "--to", out); err != nil {
+		t.Fatal(err)
+	}
+	got, err := runFerry(t, "render", out, "--component", "web", "--var", "SITE=north-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"a: from-bundle", "site: north-7", "namespace: web", "<hidden "} {
+		if !strings.Contains(got, want) {
+			t.Errorf("render lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "hunter2") || strings.Contains(got, "name: other") {
+		t.Fatalf("render shows a secret or another component:\n%s", got)
+	}
+	if _, err := runFerry(t, "render", out, "--component", "nope"); err == nil || !strings.Contains(err.Error(), `"nope"`) {
+		t.Fatalf("unknown component: %v", err)
 	}
 }

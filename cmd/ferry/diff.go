@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/apply/render"
 	"github.com/ferrygitops/ferry/bundles"
 )
@@ -35,7 +36,7 @@ come from the node.`,
 				}
 				b, err := bundles.Open(cmd.Context(), src, desc)
 				if err == nil {
-					renders[i], err = render.Objects(cmd.Context(), src, b)
+					renders[i], err = apply.Objects(cmd.Context(), src, b, "", apply.Env{KeepVariables: true, NoDecrypt: true})
 				}
 				src.Close()
 				if err != nil {
