@@ -12,7 +12,7 @@
 //
 // # Database schema (schema version 1; values are JSON)
 //
-//	meta        "schema" → 1
+//	meta        "schema" → 1; "cursor/<reader>" → last event sequence a reader handled
 //	bundles     <name> → Bundle{Name, Newest, Current, LastGood, Txn}
 //	revisions   <name>/<revision, 20 digits> → Revision{…, Blobs, State, History}
 //	inventories <name>/<revision, 20 digits>/<component> → inventory (written by apply)

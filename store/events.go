@@ -44,3 +44,31 @@ func (s *Store) Events(after uint64, limit int) ([]Event, error) {
 	})
 	return out, err
 }
+
+// Cursor returns the position a reader of the event log (a notifier) has recorded, 0 if none.
+func (s *Store) Cursor(reader string) (uint64, error) {
+	var seq uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get([]byte("cursor/" + reader)); v != nil {
+			return json.Unmarshal(v, &seq)
+		}
+		return nil
+	})
+	return seq, err
+}
+
+// SetCursor records that reader has handled every event up to seq, so it resumes after it
+// across restarts: the event log is the outbox, the cursor what was delivered.
+func (s *Store) SetCursor(reader string, seq uint64) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return putJSON(tx.Bucket(bucketMeta), []byte("cursor/"+reader), seq)
+	})
+}
+
+// AddEvent appends an event that is not a state change (a refused bundle, drift found).
+func (s *Store) AddEvent(e Event) error {
+	if e.Time.IsZero() {
+		e.Time = time.Now().UTC()
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return appendEvent(tx, e) })
+}
