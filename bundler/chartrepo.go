@@ -18,7 +18,6 @@ import (
 	"github.com/Masterminds/semver/v3"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"helm.sh/helm/v3/pkg/chart/loader"
-	"oras.land/oras-go/v2/registry/remote"
 	"sigs.k8s.io/yaml"
 
 	"github.com/ferrygitops/ferry/bundles"
@@ -188,7 +187,7 @@ func fetchOCIChart(ctx context.Context, o bundles.Options, repository, name, ver
 	if err != nil {
 		return "", err
 	}
-	bestTag, err := highestTag(ctx, repo, versionRange)
+	bestTag, err := bundles.HighestTag(ctx, repo, versionRange)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", addr, err)
 	}
@@ -220,31 +219,3 @@ func fetchOCIChart(ctx context.Context, o bundles.Options, repository, name, ver
 	return "", fmt.Errorf("%s:%s: no Helm chart layer (%s)", addr, bestTag, helmChartLayerType)
 }
 
-// highestTag returns the repository's tag with the highest semver version that satisfies
-// versionRange (empty: the highest stable), reading "_" in tags as "+" as helm push writes them.
-func highestTag(ctx context.Context, repo *remote.Repository, versionRange string) (string, error) {
-	var tags []string
-	if err := repo.Tags(ctx, "", func(ts []string) error { tags = append(tags, ts...); return nil }); err != nil {
-		return "", fmt.Errorf("list tags: %w", err)
-	}
-	constraint := firstNonEmpty(versionRange, "*")
-	c, err := semver.NewConstraint(constraint)
-	if err != nil {
-		return "", fmt.Errorf("version %q: %w", versionRange, err)
-	}
-	var best *semver.Version
-	var bestTag string
-	for _, t := range tags {
-		v, err := semver.NewVersion(strings.ReplaceAll(t, "_", "+"))
-		if err != nil || !c.Check(v) {
-			continue
-		}
-		if best == nil || v.GreaterThan(best) {
-			best, bestTag = v, t
-		}
-	}
-	if best == nil {
-		return "", fmt.Errorf("no tag matches %q", constraint)
-	}
-	return bestTag, nil
-}

@@ -665,7 +665,7 @@ func pullFluxArtifact(ctx context.Context, remote bundles.Options, r fluxOCIRepo
 	}
 	ref := firstNonEmpty(r.Spec.Ref.Digest, r.Spec.Ref.Tag, "latest")
 	if rng := r.Spec.Ref.SemVer; rng != "" && r.Spec.Ref.Digest == "" {
-		if ref, err = highestTag(ctx, repo, rng); err != nil {
+		if ref, err = bundles.HighestTag(ctx, repo, rng); err != nil {
 			return err
 		}
 	}

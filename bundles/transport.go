@@ -3,9 +3,15 @@ package bundles
 import (
 	"archive/tar"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net/http"
+	"time"
+
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/Masterminds/semver/v3"
 	"io"
 	"io/fs"
 	"net"
@@ -47,6 +53,9 @@ type Options struct {
 	// S3 endpoint and credentials; empty fields come from AWS_ENDPOINT_URL_S3 (or
 	// AWS_ENDPOINT_URL), AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
 	S3Endpoint, S3Region, S3AccessKey, S3SecretKey string
+	// CAFile is a PEM bundle of certificate authorities trusted for registries, besides
+	// the system's (a site mirror with its own CA).
+	CAFile string
 	// S3CredentialsFile is an AWS shared credentials file (profile from AWS_PROFILE, else
 	// "default"), read when the environment has no keys; "" means the AWS defaults
 	// (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials and ~/.aws/config).
@@ -493,9 +502,95 @@ func (o Options) Repository(a Address) (*remote.Repository, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry credentials: %w", err)
 	}
-	repo.Client = &auth.Client{Client: retry.DefaultClient, Cache: auth.NewCache(), Credential: orascreds.Credential(store)}
+	client := retry.DefaultClient
+	if o.CAFile != "" {
+		if client, err = clientWithCA(o.CAFile); err != nil {
+			return nil, err
+		}
+	}
+	repo.Client = &auth.Client{Client: client, Cache: auth.NewCache(), Credential: orascreds.Credential(store)}
 	return repo, nil
 }
+
+// clientWithCA is oras's retrying client trusting the system roots and the CAs in file.
+func clientWithCA(file string) (*http.Client, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("registry CA: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("registry CA %s: no PEM certificate in it", file)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: retry.NewTransport(tr)}, nil
+}
+
+// HighestTag returns the repository's tag with the highest semver version that satisfies
+// versionRange (empty: the highest stable), reading "_" in tags as "+" as helm push writes them.
+func HighestTag(ctx context.Context, repo registry.TagLister, versionRange string) (string, error) {
+	var tags []string
+	if err := repo.Tags(ctx, "", func(ts []string) error { tags = append(tags, ts...); return nil }); err != nil {
+		return "", fmt.Errorf("list tags: %w", err)
+	}
+	constraint := firstNonEmpty(versionRange, "*")
+	c, err := semver.NewConstraint(constraint)
+	if err != nil {
+		return "", fmt.Errorf("version %q: %w", versionRange, err)
+	}
+	var best *semver.Version
+	var bestTag string
+	for _, t := range tags {
+		v, err := semver.NewVersion(strings.ReplaceAll(t, "_", "+"))
+		if err != nil || !c.Check(v) {
+			continue
+		}
+		if best == nil || v.GreaterThan(best) {
+			best, bestTag = v, t
+		}
+	}
+	if best == nil {
+		return "", fmt.Errorf("no tag matches %q", constraint)
+	}
+	return bestTag, nil
+}
+
+// S3Object is one object of a bucket listing.
+type S3Object struct {
+	Key          string
+	Size         int64
+	ETag         string
+	LastModified time.Time
+}
+
+// ListS3 lists the bundle archives (.tar) under prefix in bucket, newest first.
+func (o Options) ListS3(ctx context.Context, bucket, prefix string) ([]S3Object, error) {
+	c, err := o.s3()
+	if err != nil {
+		return nil, err
+	}
+	var out []S3Object
+	for obj := range c.ListObjects(ctx, bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+		if obj.Err != nil {
+			return nil, fmt.Errorf("s3://%s/%s: %w", bucket, prefix, obj.Err)
+		}
+		if strings.HasSuffix(obj.Key, ".tar") {
+			out = append(out, S3Object{Key: obj.Key, Size: obj.Size, ETag: obj.ETag, LastModified: obj.LastModified})
+		}
+		if len(out) > maxS3Listing {
+			return nil, fmt.Errorf("s3://%s/%s: more than %d bundle archives; use a narrower prefix", bucket, prefix, maxS3Listing)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].LastModified.After(out[j].LastModified) })
+	return out, nil
+}
+
+// maxS3Listing bounds a bucket listing (a bucket is not trusted either).
+const maxS3Listing = 10000
 
 func isLoopback(hostport string) bool {
 	host, _, err := net.SplitHostPort(hostport)

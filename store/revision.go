@@ -42,6 +42,8 @@ type Bundle struct {
 	// when the revision is healthy or rolled back; a daemon that finds one on start resumes
 	// or reverts it.
 	Txn *Txn `json:"txn,omitempty"`
+	// Suspended bundles are not reconciled: no new revision is applied, no drift corrected.
+	Suspended bool `json:"suspended,omitempty"`
 }
 
 // Txn records an unfinished rollout: "applying Revision, last good LastGood, deadline
@@ -395,6 +397,28 @@ func (s *Store) setState(name string, rev uint64, state State, note string, dead
 			return err
 		}
 		return appendEvent(tx, Event{Time: now, Bundle: name, Revision: rev, Reason: string(state), Message: note})
+	})
+}
+
+// SetSuspended suspends or resumes a bundle, recording an event.
+func (s *Store) SetSuspended(name string, suspended bool) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketBundles).Get([]byte(name)) == nil {
+			return fmt.Errorf("bundle %s: %w", name, ErrNotFound)
+		}
+		b, err := getBundle(tx, name)
+		if err != nil {
+			return err
+		}
+		b.Suspended = suspended
+		if err := putJSON(tx.Bucket(bucketBundles), []byte(name), b); err != nil {
+			return err
+		}
+		reason := "resumed"
+		if suspended {
+			reason = "suspended"
+		}
+		return appendEvent(tx, Event{Time: time.Now().UTC(), Bundle: name, Revision: b.Current, Reason: reason})
 	})
 }
 

@@ -281,3 +281,63 @@ func TestRollbackIsTheOnlyWayBack(t *testing.T) {
 		t.Fatalf("rollback to an unknown revision: err = %v", err)
 	}
 }
+
+// TestRolloutTransaction: Begin opens "applying N, last good M, deadline T"; failed turns it
+// to rolling back; rolled-back restores Current to M and closes it; inventories go with
+// their revision at GC.
+func TestRolloutTransaction(t *testing.T) {
+	s := open(t, t.TempDir(), Options{Keep: 1})
+	for rev := uint64(1); rev <= 2; rev++ {
+		src, a := admission(t, "app", rev, fmt.Sprint("payload", rev))
+		if _, err := s.Admit(t.Context(), src, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.SetState("app", 1, StateHealthy, ""); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	if err := s.Begin("app", 2, deadline, "last good 1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutInventory("app", 2, "web", []byte(`{"x":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := s.GetBundle("app")
+	if b.Current != 2 || b.LastGood != 1 || b.Txn == nil || b.Txn.Revision != 2 || b.Txn.LastGood != 1 || b.Txn.Phase != StateApplying || !b.Txn.Deadline.Equal(deadline.UTC()) {
+		t.Fatalf("after Begin: %+v %+v", b, b.Txn)
+	}
+	if err := s.SetState("app", 2, StateFailed, "not healthy"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ = s.GetBundle("app"); b.Txn == nil || b.Txn.Phase != StateFailed || b.Txn.Reason != "not healthy" {
+		t.Fatalf("after failed: %+v", b.Txn)
+	}
+	if err := s.SetState("app", 2, StateRolledBack, "rolled back to 1"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ = s.GetBundle("app"); b.Current != 1 || b.Txn != nil {
+		t.Fatalf("after rolled back: %+v", b)
+	}
+	if err := s.SetSuspended("app", true); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ = s.GetBundle("app"); !b.Suspended {
+		t.Fatal("not suspended")
+	}
+	// Revision 2 is neither current nor last good and Keep is 1... it is the newest, kept;
+	// revision 1 is current: both stay. A third revision makes 2 collectable.
+	src, a := admission(t, "app", 3, "payload3")
+	if _, err := s.Admit(t.Context(), src, a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(); err != nil {
+		t.Fatal(err)
+	}
+	if inv, _ := s.Inventories("app", 2); len(inv) != 0 {
+		t.Fatalf("revision 2's inventory outlived it: %v", inv)
+	}
+	if err := s.PutInventory("app", 2, "web", nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("inventory for a collected revision: %v", err)
+	}
+}
