@@ -1,0 +1,150 @@
+// Package apply is the node's apply engine: it takes a revision kept in the store to one
+// cluster and keeps it there. An [Engine] renders the revision, applies it with server-side
+// apply, waits for it to be healthy, prunes what the revision no longer holds, and rolls a
+// failed revision back to the last good one by itself. Everything between a verified
+// revision in the store and the objects in the cluster is owned here; the rollout
+// transaction is recorded through the store.
+//
+// # A rollout
+//
+// [Engine.Rollout] applies revision N of a bundle:
+//
+//  1. Render, up front: every component is built in dependency order (dependsOn, else as
+//     listed). Its layer is read from the store, digest-checked; SOPS files are decrypted in
+//     memory with the node's age identities only ([Env.Keys], package apply/decrypt); then
+//     kustomize or Helm runs (package apply/render). A render error records N failed and
+//     sends nothing.
+//  2. store.Begin records "applying N, last good M, deadline T" in store.Bundle.Txn and makes
+//     N current. T is now plus the sum of the components' timeouts plus one minute.
+//  3. Each component in turn: postBuild substitution runs now, just before the component is
+//     applied, so substituteFrom reads the ConfigMaps and Secrets its dependencies created.
+//     Variables merge lowest first: [Env.Vars], each substituteFrom in order (read in the
+//     component's targetNamespace, else [Env.Namespace], else "default"), substitute. The
+//     node substitutes strictly: an unset variable without a default is an error. Objects
+//     get the labels [LabelBundle] and [LabelComponent]; namespaced objects without a
+//     namespace get the component's, cluster-scoped ones lose theirs (kinds the API server
+//     does not serve yet are scoped by the revision's own CRDs). The component's inventory is
+//     written, then its objects are sent, then, if it sets wait or healthChecks, its health
+//     is awaited. A substitution error surfaces only here, after Begin: it fails N like an
+//     apply error.
+//  4. Prune, once every component is applied and healthy.
+//  5. N is recorded healthy (current and last good; the transaction is closed), or failed
+//     and rolled back. A rollout stopped by its context (the daemon shutting down) leaves the
+//     transaction open for [Engine.Resume].
+//
+// [RenderComponent] is step 1 and the substitution of step 3 in one call; [Objects] runs it
+// for `ferry render` and `ferry bundle diff`, so a preview renders with the node's code. A
+// preview stops there: it does not add Ferry's labels or fill in namespaces.
+//
+// # Applying
+//
+// Every write is a server-side apply with field manager [FieldManager] ("ferry") and force:
+// Ferry owns the fields its bundle declares and takes them over from other managers, as
+// Flux's controllers do. A component is applied in two stages: first CustomResourceDefinitions,
+// Namespaces, ClusterRoles, ClusterRoleBindings, StorageClasses, PriorityClasses,
+// RuntimeClasses and IngressClasses, then, once each of its CRDs reports Established,
+// everything else. Within a stage objects are sent in parallel, at most
+// [Options.Concurrency] requests in flight; client-go's rate limiter is off unless the
+// rest.Config sets a QPS. With the component's force, an object whose immutable fields
+// changed is deleted, awaited gone and applied again; without it the error fails the
+// revision.
+//
+// # Skipping what is unchanged
+//
+// Each object is hashed as it will be sent (labels and namespace set, a Secret's stringData
+// folded into data). An inventory [Entry] records that hash and the resourceVersion the
+// server returned. Before a stage is sent, its live objects are read with one LIST per
+// resource and namespace, filtered by the label ferry.dev/bundle=<bundle>, and each object
+// is compared with its record: the newest entry for it among the inventories of the last
+// good, the current and the target revision ("records"), that is, what Ferry last sent. An
+// object is skipped when the record has its hash and the live resourceVersion is the
+// recorded one. When the version moved (and driftDetection is not disabled), the live object
+// is compared on Ferry's own fields (covers: every field Ferry sends must hold the value
+// Ferry sends; fields, labels and list items others added are not differences); if they
+// hold, the object is skipped and the new version recorded, otherwise it is drift. An
+// object with no record, another hash, or a record without a resourceVersion is sent. The
+// inventory a component writes before sending (its plan) keeps the recorded
+// resourceVersion only for objects whose hash is unchanged; the others have none, which
+// means "may have been sent": after a crash they are applied again rather than trusted.
+//
+// # Prune
+//
+// Prune runs at the end and across components, so an object that moved from one component
+// to another is kept and nothing is deleted before everything new is in place. An object is
+// deleted when an inventory of the last good or current revision, of a component with
+// prune set, lists it, the target revision no longer has it in any component, the live
+// object still carries ferry.dev/bundle=<bundle>, and it is not annotated [PruneAnnotation]
+// or [FluxPruneAnnotation] "disabled" (read on the live object). The delete carries the UID
+// that was read as a precondition and propagates in the background; Namespaces and the other
+// first-stage kinds are deleted last.
+//
+// # Health
+//
+// With wait, every object of the component, sent or skipped, must become Current by kstatus
+// (fluxcd/cli-utils); healthChecks add objects to await, with the namespace as written (it
+// is not defaulted). An object reported Failed counts only once it has stayed Failed for
+// [Options.FailureWindow] (default 5s), since a rollout may pass through Failed. The wait
+// is bounded by the component's timeout, else [Options.DefaultTimeout] (5m). Errors that
+// say the API server is unreachable or overloaded are polled again.
+//
+// # Rollback, retry and resume
+//
+// When N fails to apply or to become healthy, it is recorded failed (the transaction turns
+// to "rolling back to M") and M is applied again through the same path, with health; what
+// N's inventories list and M does not have is pruned whatever N's prune settings (N was
+// never good), still sparing objects annotated prune: disabled. Then N is recorded
+// rolled-back and M is current. If the rollback fails too, the transaction stays open and
+// the next Resume (or Rollout of N) tries it again. Without a last good revision nothing is
+// rolled back: N stays current, failed. A revision that failed or was rolled back is never
+// rolled out again by itself: Rollout refuses it with [ErrFailedBefore]; [Engine.Retry] is
+// the explicit way. Rolling out the current healthy revision again is a sync.
+//
+// [Engine.Resume] finishes a transaction a crash left open: before its deadline N is
+// applied again (every step is idempotent; Begin then sets a new deadline), after it, or
+// if N had already failed, M is restored. The deadline is read only by Resume: a rollout
+// that is running is bounded by the component timeouts and by its context, not by T, and
+// waiting for a CRD to be Established or for an object being recreated to be gone is
+// bounded by the context alone.
+//
+// # Sync and drift
+//
+// [Engine.Sync] brings the current revision back into the cluster with the skip rules
+// above: with nothing changed it sends no write. It does not wait for health or prune, and
+// it refuses while a transaction is open. Drift (a live object that lost Ferry's fields, or
+// was deleted) is handled alike by syncs and rollouts, as driftDetection.mode says
+// (HelmRelease's field, on both component types): enabled (the default) applies the object
+// again, warn reports it in [Report.Drift] and leaves it (and reports it again next time),
+// disabled leaves it, even deleted, until the bundle changes it. driftDetection.ignore
+// removes JSON pointers (RFC 6901) from the comparison, for the objects its target selects
+// or for all.
+//
+// # Invariants
+//
+//   - One apply at a time per engine: Rollout, Retry and Sync hold one mutex, whatever the
+//     number of bundles.
+//   - No object is sent before the transaction is recorded, and none before the inventory of
+//     its component, so after a crash at any point the objects a revision may have created
+//     are known and can be pruned.
+//   - Prune deletes only objects that carry the bundle's label, and the live copies of the
+//     objects a revision applies are read, for comparison and health, through that label.
+//     (force's delete-and-recreate goes by name: the object is one the bundle declares.)
+//   - Decrypted files are never written to disk: the build cache below keeps them in memory
+//     while the revision is cached, and inventories hold only a hash of each object,
+//     Secrets included. (Failure reasons stored with a revision are the messages of
+//     kustomize and the API server, which package decrypt's no-plaintext rule does not
+//     cover.)
+//   - Builds (kustomize and Helm output, before substitution) are cached by manifest digest
+//     for the last two revisions built: a bundle's layers never change, and building is the
+//     costly part of a sync with nothing to do.
+//
+// # What it does not do
+//
+// Helm components are applied as their rendered manifests, like kustomize ones, until Helm
+// releases land (issue #12): no release Secret, no hooks lifecycle (hook and test templates
+// are applied as ordinary objects), and wait and prune are always on; valuesFrom, install,
+// upgrade and maxHistory are not used on the node yet. Components are applied with the
+// engine's own credentials (no service account per component). The package does not verify
+// or admit bundles (packages verify and store, the daemon's ingest), decide when to roll out
+// or sync, or honour a suspended bundle (the daemon), and it never retries a failed revision
+// on its own.
+package apply
