@@ -20,6 +20,6 @@ itself when health checks fail.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCommand(), newBundleCommand(), newKeysCommand(), newRenderCommand())
+	root.AddCommand(newVersionCommand(), newBundleCommand(), newKeysCommand(), newRenderCommand(), newServiceCommand())
 	return root
 }
