@@ -44,7 +44,7 @@ func TestCovers(t *testing.T) {
 
 func TestDecide(t *testing.T) {
 	u := &unstructured.Unstructured{Object: obj(t, `{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"n"},"data":{"k":"v","skip":"me"}}`)}
-	o, err := newObject(u)
+	o, err := newObject(u, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestDecide(t *testing.T) {
 
 func TestSecretStringDataIsFolded(t *testing.T) {
 	u := &unstructured.Unstructured{Object: obj(t, `{"apiVersion":"v1","kind":"Secret","metadata":{"name":"s"},"stringData":{"p":"pw"},"data":{"q":"cQ=="}}`)}
-	o, err := newObject(u)
+	o, err := newObject(u, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

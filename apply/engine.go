@@ -56,7 +56,25 @@ type Engine struct {
 	// with nothing to do (kustomize's accumulation is quadratic in the object count).
 	built     map[digest.Digest][]component
 	builtFIFO []digest.Digest
+	disco     discovery.DiscoveryInterface
 }
+
+// Ping asks the API server for its version: the daemon waits for it (k3s starting or
+// restarting) before it starts a rollout, rather than failing a revision for it.
+func (e *Engine) Ping(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { _, err := e.disco.ServerVersion(); done <- err }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Transient reports errors that say the cluster could not be reached or was overloaded,
+// not that the revision is wrong: a rollout that meets one stays open and is resumed.
+func Transient(err error) bool { return err != nil && isTransient(err) }
 
 // builtKeep is how many revisions' builds are kept: the current one and the one being
 // rolled out or back to.
@@ -97,7 +115,7 @@ func New(cfg *rest.Config, st *store.Store, opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{st: st, opts: opts, log: opts.Log, c: &cluster{
+	e := &Engine{st: st, opts: opts, log: opts.Log, disco: dc, c: &cluster{
 		dyn:         dyn,
 		mapper:      restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc)),
 		concurrency: opts.Concurrency,
@@ -186,11 +204,14 @@ func (e *Engine) rollout(ctx context.Context, name string, rev uint64, retry boo
 			return e.rollback(ctx, rep, lastGood, errors.New(b.Txn.Reason))
 		}
 	}
+	if b.Txn != nil && !inTxn {
+		return rep, fmt.Errorf("%s: the rollout of revision %d is unfinished; Resume finishes it first", name, b.Txn.Revision)
+	}
 	if !retry && !inTxn && (r.State == store.StateFailed || r.State == store.StateRolledBack) {
 		return rep, fmt.Errorf("%s revision %d: %w", name, rev, ErrFailedBefore)
 	}
 	comps, err := e.render(ctx, r)
-	if err != nil && ctx.Err() != nil {
+	if err != nil && (ctx.Err() != nil || isTransient(err)) {
 		return rep, err
 	}
 	if err != nil {
@@ -205,6 +226,11 @@ func (e *Engine) rollout(ctx context.Context, name string, rev uint64, retry boo
 		total += c.tmo
 	}
 	deadline := time.Now().Add(total + time.Minute)
+	if inTxn && b.Txn.Phase == store.StateApplying {
+		// Resuming keeps the first deadline: a node that crashes again and again during a
+		// rollout must still fall back to the last good revision in the end.
+		deadline = b.Txn.Deadline
+	}
 	if err := e.st.Begin(name, rev, deadline, fmt.Sprintf("last good %d, deadline %s", lastGood, deadline.UTC().Format(time.RFC3339))); err != nil {
 		return rep, err
 	}
@@ -232,8 +258,9 @@ func (e *Engine) rollout(ctx context.Context, name string, rev uint64, retry boo
 		e.log.Info("healthy", "bundle", name, "revision", rev, "applied", rep.Applied, "unchanged", rep.Unchanged, "pruned", rep.Pruned)
 		return rep, e.st.SetState(name, rev, store.StateHealthy, note)
 	}
-	if ctx.Err() != nil {
-		// Shutting down: the transaction stays open and Resume finishes it.
+	if ctx.Err() != nil || isTransient(err) {
+		// Shutting down, or the API server went away: the transaction stays open and
+		// Resume finishes it.
 		return rep, err
 	}
 	e.log.Error("revision failed", "bundle", name, "revision", rev, "err", err)
@@ -315,8 +342,8 @@ func (e *Engine) Sync(ctx context.Context, name string) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	if b.Txn != nil || b.Current == 0 {
-		return Report{Bundle: name, Revision: b.Current}, fmt.Errorf("%s: no settled revision to sync (a rollout is unfinished or none was applied)", name)
+	if b.Txn != nil || b.Current == 0 || b.Current != b.LastGood {
+		return Report{Bundle: name, Revision: b.Current}, fmt.Errorf("%s: no healthy revision to sync (a rollout is unfinished, failed, or none was applied)", name)
 	}
 	return e.sync(ctx, name, b.Current)
 }
@@ -566,7 +593,7 @@ func (e *Engine) prepare(ctx context.Context, c *component, before []*object) er
 		}
 		labels[LabelBundle], labels[LabelComponent] = c.bundle, c.spec.Name
 		u.SetLabels(labels)
-		o, err := newObject(u)
+		o, err := newObject(u, e.opts.Keys.HashKey())
 		if err != nil {
 			return fmt.Errorf("component %s: %w", c.spec.Name, err)
 		}

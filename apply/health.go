@@ -122,11 +122,15 @@ func (c *cluster) get(ctx context.Context, r ObjectRef) (*unstructured.Unstructu
 
 // isTransient reports errors worth another poll: the API server restarting or throttling.
 func isTransient(err error) bool {
+	if errors.Is(err, ErrUnhealthy) {
+		return false // a health timeout is the revision's verdict, whatever its message says
+	}
 	return apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) || apierrors.IsTooManyRequests(err) ||
-		apierrors.IsServiceUnavailable(err) || apierrors.IsInternalError(err) || isConnectionError(err)
+		apierrors.IsServiceUnavailable(err) || isConnectionError(err)
 }
 
 func isConnectionError(err error) bool {
 	msg := err.Error()
-	return strings.Contains(msg, "connection refused") || strings.Contains(msg, "connection reset") || strings.Contains(msg, "EOF")
+	return strings.Contains(msg, "connection refused") || strings.Contains(msg, "connection reset") ||
+		strings.Contains(msg, "unexpected EOF") || strings.Contains(msg, "i/o timeout") || strings.Contains(msg, "no route to host")
 }

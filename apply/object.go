@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -81,17 +82,19 @@ type object struct {
 	ref  ObjectRef
 	obj  *unstructured.Unstructured
 	hash string
+	key  []byte // keys the hash when the node decrypts (a hash of a Secret must not be guessable)
 }
 
 // newObject normalises u (Secrets' stringData folded into data, as the API server would, so
-// the live object can be compared with what was sent) and hashes it.
-func newObject(u *unstructured.Unstructured) (*object, error) {
+// the live object can be compared with what was sent) and hashes it, keyed with key when
+// set (see decrypt.Keys.HashKey).
+func newObject(u *unstructured.Unstructured, key []byte) (*object, error) {
 	if u.GetAPIVersion() == "v1" && u.GetKind() == "Secret" {
 		if err := foldStringData(u.Object); err != nil {
 			return nil, fmt.Errorf("%s: %w", refOf(u), err)
 		}
 	}
-	o := &object{ref: refOf(u), obj: u}
+	o := &object{ref: refOf(u), obj: u, key: key}
 	return o, o.rehash()
 }
 
@@ -100,6 +103,12 @@ func (o *object) rehash() error {
 	b, err := json.Marshal(o.obj.Object) // map keys are sorted: the encoding is canonical
 	if err != nil {
 		return fmt.Errorf("%s: %w", o.ref, err)
+	}
+	if o.key != nil {
+		mac := hmac.New(sha256.New, o.key)
+		mac.Write(b)
+		o.hash = hex.EncodeToString(mac.Sum(nil)[:16])
+		return nil
 	}
 	sum := sha256.Sum256(b)
 	o.hash = hex.EncodeToString(sum[:16])

@@ -1,6 +1,7 @@
 package decrypt
 
 import (
+	"crypto/sha256"
 	"bytes"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ const MaxKeyFileBytes = 64 << 10
 type Keys struct {
 	ids        []age.Identity
 	recipients []string // public keys of ids, in order, for messages
+	hashKey    []byte   // derived from the identities, see HashKey
 }
 
 // LoadKeys reads an age identity file, the format age-keygen writes: "#" comments and one
@@ -96,7 +98,24 @@ func parseKeys(data []byte) (*Keys, error) {
 	if len(ids) == 0 {
 		return nil, errors.New("it holds no age identity")
 	}
-	return newKeys(ids)
+	k, err := newKeys(ids)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(append([]byte("ferry apply: object hash key v1\n"), data...))
+	k.hashKey = sum[:]
+	return k, nil
+}
+
+// HashKey is a key derived from the node's identities, for keyed hashes of what was
+// decrypted: the apply engine records a hash of each object it sends, and with this key the
+// hash of a Secret tells nothing to someone holding the state database but not the key
+// file. nil for nil Keys.
+func (k *Keys) HashKey() []byte {
+	if k == nil {
+		return nil
+	}
+	return append([]byte(nil), k.hashKey...)
 }
 
 // hasIdentityLine reports whether data has a line ParseIdentities would try to parse.

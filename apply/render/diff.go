@@ -36,7 +36,7 @@ func FromBundle(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i i
 type Object struct {
 	Component string `json:"component"`
 	ID        string `json:"id"` // Kind[.group] [namespace/]name
-	YAML      string `json:"-"`
+	YAML      string `json:"yaml,omitempty"`
 }
 
 // NewObject describes one rendered object of a component for display: its ID and its YAML

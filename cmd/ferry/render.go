@@ -18,7 +18,6 @@ func newRenderCommand() *cobra.Command {
 		component string
 		vars      []string
 		ageKey    string
-		namespace string
 		format    string
 	)
 	cmd := &cobra.Command{
@@ -37,7 +36,7 @@ of Secrets are replaced by a short hash.`,
 			if format != "yaml" && format != "json" && format != "table" {
 				return fmt.Errorf("--output %q: want yaml, table or json", format)
 			}
-			env := apply.Env{Vars: map[string]string{}, Lenient: true, Namespace: namespace, NoDecrypt: ageKey == ""}
+			env := apply.Env{Vars: map[string]string{}, Lenient: true, NoDecrypt: ageKey == ""}
 			for _, kv := range vars {
 				k, v, ok := strings.Cut(kv, "=")
 				if !ok || k == "" {
@@ -86,7 +85,6 @@ of Secrets are replaced by a short hash.`,
 	cmd.Flags().StringVar(&component, "component", "", "render only this component")
 	cmd.Flags().StringArrayVar(&vars, "var", nil, "a postBuild variable, NAME=VALUE (repeatable)")
 	cmd.Flags().StringVar(&ageKey, "age-key", "", "age key file to decrypt SOPS files (mode 0600); without it they are rendered encrypted")
-	cmd.Flags().StringVar(&namespace, "namespace", "", "namespace of components without targetNamespace (default \"default\")")
 	cmd.Flags().StringVarP(&format, "output", "o", "yaml", "output format: yaml|table|json")
 	addSourceFlags(cmd.Flags(), &o)
 	return cmd
