@@ -21,5 +21,6 @@ itself when health checks fail.`,
 		SilenceErrors: true,
 	}
 	root.AddCommand(newVersionCommand(), newBundleCommand(), newKeysCommand(), newRenderCommand(), newServiceCommand())
+	root.AddCommand(nodeCommands()...)
 	return root
 }

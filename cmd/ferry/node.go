@@ -1,0 +1,289 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"log/slog"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/daemon"
+	"github.com/ferrygitops/ferry/store"
+	"github.com/ferrygitops/ferry/systemd"
+)
+
+func newDaemonCommand() *cobra.Command {
+	var (
+		config string
+		check  bool
+	)
+	cmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Run on an edge node: take bundles from the sources, verify, apply, roll back",
+		Long: `The daemon polls its sources (a registry mirror, USB mount points, an S3 bucket),
+verifies each bundle's signatures against the node's trust policy before keeping anything,
+keeps every revision in its store, applies the newest to the local cluster, waits for it to
+be healthy and rolls back to the last good revision by itself when it is not. It serves the
+local API on a unix socket (ferry status, history, rollback…) and metrics on loopback.
+Logs are JSON on stdout, for journald. It runs as the systemd service "ferry".`,
+		Example: `  ferry daemon --config /etc/ferry/config.yaml
+  ferry daemon --check-config --config /etc/ferry/config.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := daemon.LoadConfig(config)
+			if err != nil {
+				return err
+			}
+			log := slog.New(slog.NewJSONHandler(cmd.OutOrStdout(), nil))
+			var sd systemd.Notifier // a no-op outside systemd
+			ready := func() {
+				if err := sd.Ready(); err != nil {
+					log.Warn("sd_notify READY=1", "err", err)
+				}
+			}
+			d, err := daemon.New(cfg, daemon.Options{Log: log, Ready: ready})
+			if err != nil {
+				return err
+			}
+			defer d.Close()
+			if check {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d sources)\n", config, len(cfg.Sources))
+				return nil
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			go sd.RunWatchdog(ctx)
+			err = d.Run(ctx)
+			_ = sd.Stopping()
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&config, "config", daemon.DefaultConfigPath, "config file")
+	cmd.Flags().BoolVar(&check, "check-config", false, "validate the config (and the files it names) and exit")
+	return cmd
+}
+
+// nodeClient is what the node commands share: the socket and the output format.
+type nodeClient struct {
+	socket string
+	p      printer
+}
+
+func (n *nodeClient) flags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&n.socket, "socket", daemon.DefaultSocket, "the daemon's API socket")
+	cmd.Flags().StringVarP(&n.p.format, "output", "o", "table", "output format: table|json|yaml")
+}
+
+func (n *nodeClient) do(cmd *cobra.Command, method, path string, body, out any) error {
+	if err := n.p.validate(); err != nil {
+		return err
+	}
+	return daemon.NewClient(n.socket).Do(cmd.Context(), method, path, body, out)
+}
+
+func newStatusCommand() *cobra.Command {
+	var n nodeClient
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show each bundle on this node: revision, health, last change, last error",
+		Example: `  ferry status
+  ferry status -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var st []daemon.BundleStatus
+			if err := n.do(cmd, http.MethodGet, "/v1/status", nil, &st); err != nil {
+				return err
+			}
+			return n.p.print(cmd.OutOrStdout(), st, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "BUNDLE\tREVISION\tVERSION\tSTATE\tLAST GOOD\tLAST CHANGE\tLAST ERROR")
+				for _, s := range st {
+					state := string(s.State)
+					if s.Suspended {
+						state += " (suspended)"
+					}
+					if s.Applying != 0 && s.Applying != s.Revision {
+						state += fmt.Sprintf(" (applying %d)", s.Applying)
+					}
+					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%s\t%s\n", s.Bundle, s.Revision, s.Version, state, s.LastGood, ago(s.LastChange), short(s.LastError))
+				}
+			})
+		},
+	}
+	n.flags(cmd)
+	return cmd
+}
+
+func newHistoryCommand() *cobra.Command {
+	var n nodeClient
+	cmd := &cobra.Command{
+		Use:   "history BUNDLE",
+		Short: "Show every stored revision of a bundle and what happened to it",
+		Example: `  ferry history edge-site
+  ferry history edge-site -o yaml`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var revs []store.Revision
+			if err := n.do(cmd, http.MethodGet, "/v1/bundles/"+url.PathEscape(args[0])+"/history", nil, &revs); err != nil {
+				return err
+			}
+			return n.p.print(cmd.OutOrStdout(), revs, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "REVISION\tVERSION\tSTATE\tADMITTED\tSOURCE\tLAST NOTE")
+				for i := len(revs) - 1; i >= 0; i-- {
+					r := revs[i]
+					note := ""
+					if k := len(r.History); k > 0 {
+						note = r.History[k-1].Note
+					}
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Revision, r.Version, r.State, r.Admitted.Local().Format(time.DateTime), r.Source, short(note))
+				}
+			})
+		},
+	}
+	n.flags(cmd)
+	return cmd
+}
+
+func newRollbackCommand() *cobra.Command {
+	var n nodeClient
+	cmd := &cobra.Command{
+		Use:   "rollback BUNDLE REVISION",
+		Short: "Apply a stored revision again and stay on it until a newer one arrives",
+		Long: `Rollback applies a revision kept in the node's store, waits for it to be healthy, and
+marks the newer revisions rolled back, so the daemon does not roll forward again until a new
+revision is admitted. If the revision fails, the current one is restored.`,
+		Example: `  ferry rollback edge-site 41`,
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rev, err := strconv.ParseUint(args[1], 10, 64)
+			if err != nil || rev == 0 {
+				return fmt.Errorf("revision %q: want a positive number (see ferry history %s)", args[1], args[0])
+			}
+			var rep apply.Report
+			if err := n.do(cmd, http.MethodPost, "/v1/bundles/"+url.PathEscape(args[0])+"/rollback", map[string]uint64{"revision": rev}, &rep); err != nil {
+				return err
+			}
+			return n.p.print(cmd.OutOrStdout(), rep, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "%s is at revision %d: %s (applied %d, unchanged %d, pruned %d)\n", rep.Bundle, rep.Revision, rep.State, rep.Applied, rep.Unchanged, rep.Pruned)
+			})
+		},
+	}
+	n.flags(cmd)
+	return cmd
+}
+
+// newBundleActionCommand is suspend, resume and reconcile: a POST naming a bundle.
+func newBundleActionCommand(action, short, example string) *cobra.Command {
+	var n nodeClient
+	cmd := &cobra.Command{
+		Use:     action + " BUNDLE",
+		Short:   short,
+		Example: example,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var out map[string]string
+			if err := n.do(cmd, http.MethodPost, "/v1/bundles/"+url.PathEscape(args[0])+"/"+action, nil, &out); err != nil {
+				return err
+			}
+			return n.p.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) { fmt.Fprintf(w, "%s: %s\n", out["bundle"], out["result"]) })
+		},
+	}
+	n.flags(cmd)
+	return cmd
+}
+
+func newImportCommand() *cobra.Command {
+	var n nodeClient
+	cmd := &cobra.Command{
+		Use:   "import PATH|REF",
+		Short: "Hand the daemon a bundle: it verifies it, keeps it and rolls it out",
+		Example: `  ferry import /media/usb0/edge-site-1.4.0.tar
+  ferry import oci://registry.local:5000/site/edge-site:1.4.0`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ref := args[0]
+			if !strings.Contains(ref, "://") {
+				abs, err := filepath.Abs(ref) // the daemon's working directory is not ours
+				if err != nil {
+					return err
+				}
+				ref = abs
+			}
+			var rev store.Revision
+			if err := n.do(cmd, http.MethodPost, "/v1/import", map[string]string{"ref": ref}, &rev); err != nil {
+				return err
+			}
+			return n.p.print(cmd.OutOrStdout(), rev, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "admitted %s revision %d (%s), %s\n", rev.Name, rev.Revision, rev.Version, rev.Manifest.Digest)
+			})
+		},
+	}
+	n.flags(cmd)
+	return cmd
+}
+
+func newEventsCommand() *cobra.Command {
+	var (
+		n     nodeClient
+		after uint64
+		limit int
+	)
+	cmd := &cobra.Command{
+		Use:   "events",
+		Short: "Show the node's event log: admissions, refusals, rollouts, rollbacks",
+		Example: `  ferry events
+  ferry events --after 120 -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var evs []store.Event
+			if err := n.do(cmd, http.MethodGet, fmt.Sprintf("/v1/events?after=%d&limit=%d", after, limit), nil, &evs); err != nil {
+				return err
+			}
+			return n.p.print(cmd.OutOrStdout(), evs, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "SEQ\tTIME\tBUNDLE\tREVISION\tREASON\tMESSAGE")
+				for _, e := range evs {
+					fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%s\t%s\n", e.Seq, e.Time.Local().Format(time.DateTime), e.Bundle, e.Revision, e.Reason, short(e.Message))
+				}
+			})
+		},
+	}
+	n.flags(cmd)
+	cmd.Flags().Uint64Var(&after, "after", 0, "show events after this sequence number")
+	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many events (up to 1000)")
+	return cmd
+}
+
+func nodeCommands() []*cobra.Command {
+	return []*cobra.Command{
+		newDaemonCommand(), newStatusCommand(), newHistoryCommand(), newRollbackCommand(),
+		newBundleActionCommand("suspend", "Stop reconciling a bundle (no new revision, no drift correction)", "  ferry suspend edge-site"),
+		newBundleActionCommand("resume", "Reconcile a suspended bundle again", "  ferry resume edge-site"),
+		newBundleActionCommand("reconcile", "Reconcile a bundle now (roll out the newest revision, correct drift)", "  ferry reconcile edge-site"),
+		newImportCommand(), newEventsCommand(),
+	}
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+func short(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > 100 {
+		return s[:97] + "..."
+	}
+	return s
+}

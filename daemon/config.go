@@ -1,0 +1,278 @@
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/Masterminds/semver/v3"
+	"go.yaml.in/yaml/v3"
+)
+
+// Defaults of an edge node.
+const (
+	DefaultConfigPath = "/etc/ferry/config.yaml"
+	DefaultKubeconfig = "/etc/rancher/k3s/k3s.yaml" // where k3s writes it
+	DefaultSocket     = "/run/ferry/ferry.sock"
+	DefaultMetrics    = "127.0.0.1:9795"
+	// MaxConfigBytes bounds the config file.
+	MaxConfigBytes = 1 << 20
+)
+
+// Config is /etc/ferry/config.yaml. Durations are Go durations ("30s", "5m").
+type Config struct {
+	// StateDir holds the store (default /var/lib/ferry).
+	StateDir string `yaml:"stateDir"`
+	// Kubeconfig reaches the local cluster (default k3s's).
+	Kubeconfig string `yaml:"kubeconfig"`
+	// Trust is the trust policy file (verify.LoadPolicy): keys, threshold, keyless identities.
+	Trust string `yaml:"trust"`
+	// AgeKeyFile holds the node's age identities for SOPS files (mode 0600); optional.
+	AgeKeyFile string `yaml:"ageKeyFile"`
+	// Variables are the node's postBuild variables (site id, node name…).
+	Variables map[string]string `yaml:"variables"`
+	// Namespace is where components without targetNamespace read substituteFrom and put
+	// namespaced objects that name none (default "default").
+	Namespace string `yaml:"namespace"`
+	// Socket is the local API's unix socket (default /run/ferry/ferry.sock, mode 0600).
+	Socket string `yaml:"socket"`
+	// MetricsAddress serves /metrics, /healthz and /readyz; loopback only (default
+	// 127.0.0.1:9795); "off" disables it.
+	MetricsAddress string `yaml:"metricsAddress"`
+	// Retention is how many revisions of each bundle are kept (default 10, plus the current
+	// and last good ones).
+	Retention int `yaml:"retention"`
+	// DriftInterval is how often the current revision is checked for drift (default 5m).
+	DriftInterval Duration `yaml:"driftInterval"`
+	// Sources are where bundles come from.
+	Sources []SourceConfig `yaml:"sources"`
+	// Webhook receives every event; optional.
+	Webhook *WebhookConfig `yaml:"webhook"`
+}
+
+// SourceConfig is one source: exactly one of Registry, USB, S3.
+type SourceConfig struct {
+	Name     string          `yaml:"name"`
+	Registry *RegistrySource `yaml:"registry"`
+	USB      *USBSource      `yaml:"usb"`
+	S3       *S3Source       `yaml:"s3"`
+}
+
+// RegistrySource polls a repository of a (mirrored) registry.
+type RegistrySource struct {
+	// Repository is host[:port]/path, without a tag.
+	Repository string `yaml:"repository"`
+	// Tag to follow, or SemVer, a range whose highest matching tag is taken (default: the
+	// highest stable version).
+	Tag    string `yaml:"tag"`
+	SemVer string `yaml:"semver"`
+	// Interval between polls (default 1m).
+	Interval Duration `yaml:"interval"`
+	// CAFile adds certificate authorities for the registry's TLS; PlainHTTP talks HTTP
+	// (loopback registries always do); DockerConfig holds credentials.
+	CAFile       string `yaml:"caFile"`
+	PlainHTTP    bool   `yaml:"plainHTTP"`
+	DockerConfig string `yaml:"dockerConfig"`
+}
+
+// USBSource watches mount points for bundle archives (.tar) and OCI layouts.
+type USBSource struct {
+	// Paths to watch (default /media, /run/media, /mnt), searched three levels deep.
+	Paths []string `yaml:"paths"`
+	// Interval between scans (default 2s); a file is read only once its size and time have
+	// not changed for one interval.
+	Interval Duration `yaml:"interval"`
+	// ReceiptDir, relative to the stick's root or absolute, is where a receipt is written
+	// after a bundle is admitted; empty (the default) never writes to a stick.
+	ReceiptDir string `yaml:"receiptDir"`
+}
+
+// S3Source polls a bucket for bundle archives.
+type S3Source struct {
+	Endpoint        string   `yaml:"endpoint"`
+	Region          string   `yaml:"region"`
+	Bucket          string   `yaml:"bucket"`
+	Prefix          string   `yaml:"prefix"`
+	CredentialsFile string   `yaml:"credentialsFile"`
+	Interval        Duration `yaml:"interval"` // default 5m
+}
+
+// Duration is a time.Duration written as a Go duration string.
+type Duration struct{ time.Duration }
+
+// UnmarshalYAML reads "30s", "5m".
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v <= 0 {
+		return fmt.Errorf("line %d: %q is not a positive duration (like 30s or 5m)", n.Line, s)
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d Duration) or(def time.Duration) time.Duration {
+	if d.Duration <= 0 {
+		return def
+	}
+	return d.Duration
+}
+
+var sourceName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// LoadConfig reads and validates a config file; every problem is reported, each naming the
+// file and the field.
+func LoadConfig(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxConfigBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(b) > MaxConfigBytes {
+		return nil, fmt.Errorf("%s: over the %d-byte limit", path, MaxConfigBytes)
+	}
+	return ParseConfig(path, b)
+}
+
+// ParseConfig decodes a config strictly (unknown fields are errors), fills defaults and
+// validates it. path is used in messages only.
+func ParseConfig(path string, b []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%s: empty config", path)
+		}
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	c.defaults()
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &c, nil
+}
+
+func (c *Config) defaults() {
+	def := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	def(&c.StateDir, "/var/lib/ferry")
+	def(&c.Kubeconfig, DefaultKubeconfig)
+	def(&c.Socket, DefaultSocket)
+	def(&c.MetricsAddress, DefaultMetrics)
+	def(&c.Namespace, "default")
+	if c.Retention == 0 {
+		c.Retention = 10
+	}
+	for i := range c.Sources {
+		if u := c.Sources[i].USB; u != nil && len(u.Paths) == 0 {
+			u.Paths = []string{"/media", "/run/media", "/mnt"}
+		}
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(field, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, a...)))
+	}
+	abs := func(field, p string, required bool) {
+		switch {
+		case p == "" && required:
+			bad(field, "is required")
+		case p != "" && !filepath.IsAbs(p):
+			bad(field, "%q must be an absolute path", p)
+		}
+	}
+	abs("stateDir", c.StateDir, true)
+	abs("kubeconfig", c.Kubeconfig, true)
+	abs("trust", c.Trust, true)
+	abs("ageKeyFile", c.AgeKeyFile, false)
+	abs("socket", c.Socket, true)
+	if c.MetricsAddress != "off" {
+		host, _, err := net.SplitHostPort(c.MetricsAddress)
+		if ip := net.ParseIP(host); err != nil || ((ip == nil || !ip.IsLoopback()) && host != "localhost") {
+			bad("metricsAddress", "%q must be a loopback host:port (or off)", c.MetricsAddress)
+		}
+	}
+	if c.Retention < 1 {
+		bad("retention", "must be at least 1")
+	}
+	for k := range c.Variables {
+		if !regexp.MustCompile(`^[_[:alpha:]][_[:alpha:][:digit:]]*$`).MatchString(k) {
+			bad("variables."+k, "is not a valid variable name")
+		}
+	}
+	if len(c.Sources) == 0 {
+		bad("sources", "name at least one source (registry, usb or s3); `ferry import` works without one")
+	}
+	seen := map[string]bool{}
+	for i, s := range c.Sources {
+		f := fmt.Sprintf("sources[%d]", i)
+		if !sourceName.MatchString(s.Name) {
+			bad(f+".name", "%q is not a DNS label", s.Name)
+		} else if seen[s.Name] {
+			bad(f+".name", "%q appears twice", s.Name)
+		}
+		seen[s.Name] = true
+		n := 0
+		if r := s.Registry; r != nil {
+			n++
+			if r.Repository == "" || strings.Contains(r.Repository, "://") || strings.ContainsAny(r.Repository, "@ ") {
+				bad(f+".registry.repository", "%q: want host[:port]/path without scheme, tag or digest", r.Repository)
+			}
+			if r.Tag != "" && r.SemVer != "" {
+				bad(f+".registry", "set tag or semver, not both")
+			}
+			if r.SemVer != "" {
+				if _, err := semver.NewConstraint(r.SemVer); err != nil {
+					bad(f+".registry.semver", "%q: %v", r.SemVer, err)
+				}
+			}
+			abs(f+".registry.caFile", r.CAFile, false)
+			abs(f+".registry.dockerConfig", r.DockerConfig, false)
+		}
+		if u := s.USB; u != nil {
+			n++
+			for j, p := range u.Paths {
+				abs(fmt.Sprintf("%s.usb.paths[%d]", f, j), p, true)
+			}
+		}
+		if s3 := s.S3; s3 != nil {
+			n++
+			if s3.Bucket == "" {
+				bad(f+".s3.bucket", "is required")
+			}
+			if s3.Endpoint != "" && !strings.HasPrefix(s3.Endpoint, "http://") && !strings.HasPrefix(s3.Endpoint, "https://") {
+				bad(f+".s3.endpoint", "%q must start with http:// or https://", s3.Endpoint)
+			}
+			abs(f+".s3.credentialsFile", s3.CredentialsFile, false)
+		}
+		if n != 1 {
+			bad(f, "needs exactly one of registry, usb, s3")
+		}
+	}
+	if c.Webhook != nil {
+		if err := c.Webhook.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("webhook: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}

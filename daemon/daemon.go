@@ -1,0 +1,414 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/apply/decrypt"
+	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/store"
+	"github.com/ferrygitops/ferry/verify"
+)
+
+// Options are what the binary adds to a config.
+type Options struct {
+	// Log receives structured logs; nil discards them.
+	Log *slog.Logger
+	// Ready is called once the daemon serves its API (systemd's READY=1).
+	Ready func()
+	// Apply overrides engine options (tests shorten poll intervals).
+	Apply apply.Options
+}
+
+// Daemon is `ferry daemon`: it takes bundles from its sources, verifies and admits them,
+// applies the newest revision of each bundle, corrects drift, and serves the local API.
+type Daemon struct {
+	cfg    *Config
+	opts   Options
+	log    *slog.Logger
+	st     *store.Store
+	eng    *apply.Engine
+	policy verify.Policy
+	m      *metrics
+	notify *Notifier
+
+	mu      sync.Mutex
+	loops   map[string]chan struct{} // bundle → kick channel of its reconcile loop
+	lastErr map[string]string        // bundle → last reconcile error, for `ferry status`
+	started context.Context          // the Run context, for loops started later
+	group   *errgroup.Group
+	handled map[string]bool // candidate keys already verified (or refused)
+}
+
+// New loads what the config names (trust policy, age key, kubeconfig) and opens the store.
+// Every problem is reported before anything runs.
+func New(cfg *Config, opts Options) (*Daemon, error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	policy, err := verify.LoadPolicy(cfg.Trust)
+	if err != nil {
+		return nil, fmt.Errorf("trust: %w", err)
+	}
+	aopts := opts.Apply
+	aopts.Env.Vars, aopts.Env.Namespace, aopts.Log = cfg.Variables, cfg.Namespace, log
+	if cfg.AgeKeyFile != "" {
+		if aopts.Env.Keys, err = decrypt.LoadKeys(cfg.AgeKeyFile); err != nil {
+			return nil, fmt.Errorf("ageKeyFile: %w", err)
+		}
+	}
+	rest, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("stateDir: %w", err)
+	}
+	st, err := store.Open(cfg.StateDir, store.Options{Keep: cfg.Retention, Log: log})
+	if err != nil {
+		return nil, fmt.Errorf("stateDir: %w", err)
+	}
+	eng, err := apply.New(rest, st, aopts)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, opts: opts, log: log, st: st, eng: eng, policy: policy, m: newMetrics(),
+		loops: map[string]chan struct{}{}, lastErr: map[string]string{}, handled: map[string]bool{}}
+	if cfg.Webhook != nil {
+		if d.notify, err = NewNotifier(st, *cfg.Webhook, log); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("webhook: %w", err)
+		}
+	}
+	return d, nil
+}
+
+// Close closes the store. Call it after Run returned.
+func (d *Daemon) Close() error { return d.st.Close() }
+
+// Run serves until ctx is done: the API socket, metrics, notifications, one poller per
+// source and one reconcile loop per bundle. It returns the first error that stops it.
+func (d *Daemon) Run(ctx context.Context) error {
+	ln, err := listenUnix(d.cfg.Socket)
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	d.mu.Lock()
+	d.started, d.group = ctx, g
+	d.mu.Unlock()
+	api := &http.Server{Handler: d.apiHandler(), ReadHeaderTimeout: 5 * time.Second}
+	g.Go(func() error { return serve(ctx, api, ln) })
+	if d.cfg.MetricsAddress != "off" {
+		mln, err := net.Listen("tcp", d.cfg.MetricsAddress)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("metricsAddress: %w", err)
+		}
+		ms := &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 5 * time.Second}
+		g.Go(func() error { return serve(ctx, ms, mln) })
+	}
+	if d.notify != nil {
+		g.Go(func() error { return d.notify.Run(ctx) })
+	}
+	for _, s := range d.cfg.Sources {
+		g.Go(func() error { d.pollSource(ctx, s.Name, newSource(s)); return nil })
+	}
+	bs, err := d.st.Bundles()
+	if err != nil {
+		return err
+	}
+	for _, b := range bs {
+		d.kick(b.Name) // resumes an interrupted rollout, applies what arrived while stopped
+	}
+	d.log.Info("daemon started", "socket", d.cfg.Socket, "sources", len(d.cfg.Sources), "bundles", len(bs))
+	if d.opts.Ready != nil {
+		d.opts.Ready()
+	}
+	return g.Wait()
+}
+
+func serve(ctx context.Context, s *http.Server, ln net.Listener) error {
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(sctx)
+	}()
+	if err := s.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// listenUnix listens on path, owner-only: the directory 0700 and the socket 0600.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("socket: %s exists and is not a socket", path)
+		}
+		os.Remove(path) // left by a daemon that died
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	return ln, nil
+}
+
+// pollSource polls one source until ctx is done. A poll error (a registry or bucket out of
+// reach) is logged and retried at the next interval; it never touches what runs.
+func (d *Daemon) pollSource(ctx context.Context, name string, s source) {
+	for {
+		cands, err := s.poll(ctx)
+		if err != nil && ctx.Err() == nil {
+			d.log.Warn("source poll failed", "source", name, "err", err)
+		}
+		for _, c := range cands {
+			d.mu.Lock()
+			done := d.handled[c.key]
+			d.mu.Unlock()
+			if done {
+				continue
+			}
+			if _, err := d.ingest(ctx, name, c); err != nil && (ctx.Err() != nil || apply.Transient(err)) {
+				continue // try again at the next poll
+			}
+			d.mu.Lock()
+			d.handled[c.key] = true
+			d.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(s.interval()):
+		}
+	}
+}
+
+// ingest verifies and admits one candidate. A refusal is an event (and a metric), never a
+// change to what runs.
+func (d *Daemon) ingest(ctx context.Context, sourceName string, c candidate) (*store.Revision, error) {
+	src, desc, err := bundles.OpenSource(ctx, c.addr, c.opts)
+	if err == nil {
+		defer src.Close()
+		var rev *store.Revision
+		rev, err = Ingest(ctx, d.st, src, desc, d.policy, sourceName+": "+c.addr.String())
+		if err == nil {
+			var n int64
+			for _, b := range rev.Blobs {
+				n += b.Size
+			}
+			d.m.ingestBytes.WithLabelValues(sourceName).Add(float64(n))
+			d.log.Info("admitted", "bundle", rev.Name, "revision", rev.Revision, "version", rev.Version, "source", sourceName, "digest", desc.Digest.String())
+			if c.admitted != nil {
+				c.admitted(rev)
+			}
+			d.kick(rev.Name)
+			d.kickNotify()
+			return rev, nil
+		}
+	}
+	if errors.Is(err, store.ErrDowngrade) {
+		d.log.Debug("already have it", "source", sourceName, "from", c.addr.String())
+		return nil, err
+	}
+	if errors.Is(err, verify.ErrUntrusted) {
+		d.m.verifyFailures.WithLabelValues(sourceName).Inc()
+	}
+	if ctx.Err() == nil {
+		d.log.Warn("bundle refused", "source", sourceName, "from", c.addr.String(), "err", err)
+		_ = d.st.AddEvent(store.Event{Reason: "Refused", Message: fmt.Sprintf("%s: %s: %v", sourceName, c.addr, err)})
+		d.kickNotify()
+	}
+	return nil, err
+}
+
+func (d *Daemon) kickNotify() {
+	if d.notify != nil {
+		d.notify.Kick()
+	}
+}
+
+// kick wakes the reconcile loop of a bundle, starting it if needed.
+func (d *Daemon) kick(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ch, ok := d.loops[name]
+	if !ok {
+		if d.started == nil {
+			return
+		}
+		ch = make(chan struct{}, 1)
+		d.loops[name] = ch
+		ctx := d.started
+		d.group.Go(func() error { d.loop(ctx, name, ch); return nil })
+	}
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// loop reconciles one bundle: at a kick, at the drift interval, and after an error with a
+// backoff from 1s to 5m. The engine makes applies to the cluster one at a time.
+func (d *Daemon) loop(ctx context.Context, name string, kick <-chan struct{}) {
+	failures := 0
+	for {
+		wait := d.cfg.DriftInterval.or(5 * time.Minute)
+		select {
+		case <-ctx.Done():
+			return
+		case <-kick:
+		case <-time.After(wait):
+		}
+		for {
+			err := d.reconcile(ctx, name)
+			if ctx.Err() != nil {
+				return
+			}
+			if err == nil {
+				failures = 0
+				break
+			}
+			failures++
+			backoff := min(time.Second<<min(failures-1, 9), 5*time.Minute)
+			d.log.Warn("reconcile failed; will retry", "bundle", name, "in", backoff.String(), "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			case <-kick:
+			}
+		}
+	}
+}
+
+// reconcile does what the bundle needs now: finish an interrupted rollout, roll out the
+// newest admitted revision, or check the current one for drift. It returns an error only
+// for what is worth retrying; a revision that failed and was rolled back is recorded, not
+// retried.
+func (d *Daemon) reconcile(ctx context.Context, name string) error {
+	b, err := d.st.GetBundle(name)
+	if err != nil {
+		return err
+	}
+	if b.Suspended {
+		return nil
+	}
+	if err := d.eng.Ping(ctx); err != nil {
+		return fmt.Errorf("waiting for the API server: %w", err)
+	}
+	begin := time.Now()
+	var (
+		rep apply.Report
+		op  string
+	)
+	switch target, terr := d.target(name, b); {
+	case terr != nil:
+		return terr
+	case b.Txn != nil:
+		op = "resume"
+		rep, err = d.eng.Resume(ctx, name)
+	case target != 0:
+		op = "rollout"
+		rep, err = d.eng.Rollout(ctx, name, target)
+	case b.Current != 0 && b.Current == b.LastGood:
+		op = "sync"
+		rep, err = d.eng.Sync(ctx, name)
+	default:
+		return nil
+	}
+	d.m.reconcileDuration.WithLabelValues(name, op).Observe(time.Since(begin).Seconds())
+	d.m.drift.WithLabelValues(name).Add(float64(len(rep.Drift)))
+	if rep.RolledBackTo != 0 {
+		d.m.rollbacks.WithLabelValues(name).Inc()
+	}
+	d.kickNotify()
+	d.refreshInfo(name)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case err == nil:
+		delete(d.lastErr, name)
+		return nil
+	case errors.Is(err, apply.ErrRolledBack) || (op == "rollout" && rep.State == store.StateFailed):
+		d.lastErr[name] = err.Error()
+		return nil // recorded; the revision waits for a newer one or an explicit retry
+	default:
+		d.lastErr[name] = err.Error()
+		return err
+	}
+}
+
+// target is the newest admitted revision newer than the current one that has not failed.
+func (d *Daemon) target(name string, b store.Bundle) (uint64, error) {
+	revs, err := d.st.Revisions(name)
+	if err != nil {
+		return 0, err
+	}
+	sort.Slice(revs, func(i, j int) bool { return revs[i].Revision > revs[j].Revision })
+	for _, r := range revs {
+		if r.Revision <= b.Current {
+			break
+		}
+		if r.State == store.StateVerified {
+			return r.Revision, nil
+		}
+	}
+	return 0, nil
+}
+
+// Import verifies and admits a bundle from an address (ferry import).
+func (d *Daemon) Import(ctx context.Context, ref string) (*store.Revision, error) {
+	addr, err := bundles.ParseAddress(ref)
+	if err != nil {
+		return nil, err
+	}
+	return d.ingest(ctx, "import", candidate{addr: addr})
+}
+
+// RollbackTo applies a stored revision again (ferry rollback) and marks the newer revisions
+// rolled back, so the daemon stays on it until a newer revision arrives.
+func (d *Daemon) RollbackTo(ctx context.Context, name string, rev uint64) (apply.Report, error) {
+	rep, err := d.eng.Retry(ctx, name, rev)
+	if err != nil {
+		return rep, err
+	}
+	revs, err := d.st.Revisions(name)
+	if err != nil {
+		return rep, err
+	}
+	for _, r := range revs {
+		if r.Revision > rev && (r.State == store.StateVerified || r.State == store.StateHealthy) {
+			if err := d.st.SetState(name, r.Revision, store.StateRolledBack, fmt.Sprintf("manual rollback to %d", rev)); err != nil {
+				return rep, err
+			}
+		}
+	}
+	d.refreshInfo(name)
+	d.kickNotify()
+	return rep, nil
+}

@@ -1,0 +1,226 @@
+package node
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/ferrygitops/ferry/daemon"
+	"github.com/ferrygitops/ferry/store"
+)
+
+func configMapData(t *testing.T, ns string) map[string]string {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(tb.REST)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm, err := cs.CoreV1().ConfigMaps(ns).Get(t.Context(), "site", metav1.GetOptions{})
+	if err != nil {
+		return nil
+	}
+	return cm.Data
+}
+
+// TestUSBStick: a stick with a signed bundle is verified, applied and reported healthy, with
+// the node's variables substituted; junk, a half-copied archive and a tampered copy on the
+// stick leave the running revision alone; a revision whose Deployment never becomes Ready is
+// rolled back by itself; the stick is never written to.
+func TestUSBStick(t *testing.T) {
+	s := newSite(t, "usb-site")
+	media := filepath.Join(s.dir, "media")
+	stick := filepath.Join(media, "usb0")
+	os.MkdirAll(stick, 0o755)
+	s.writeConfig(t, fmt.Sprintf("  - name: usb\n    usb: {paths: [%s], interval: 300ms}\n", media))
+	c := s.start(t)
+
+	s.ship(t, 1, false, filepath.Join(stick, "usb-site-1.tar"))
+	st := s.waitStatus(t, c, "revision 1 healthy", 90*time.Second, func(b daemon.BundleStatus) bool {
+		return b.Revision == 1 && b.State == store.StateHealthy
+	})
+	if d := configMapData(t, s.ns); d["revision"] != "1" || d["site"] != "north-7" {
+		t.Fatalf("cluster holds %v", d)
+	}
+	t.Logf("status: %+v", st)
+
+	// Junk, a half-copied archive that keeps growing, and a tampered copy of revision 2.
+	os.WriteFile(filepath.Join(stick, "junk.tar"), bytes.Repeat([]byte("junk"), 1000), 0o644)
+	half, _ := os.Create(filepath.Join(stick, "copying.tar"))
+	defer half.Close()
+	s.ship(t, 2, false, filepath.Join(s.dir, "rev2.tar"))
+	good, _ := os.ReadFile(filepath.Join(s.dir, "rev2.tar"))
+	tampered := bytes.Clone(good)
+	i := bytes.Index(tampered, []byte("revision: \""))
+	if i < 0 {
+		// The layer is compressed: flip a byte in the middle instead.
+		i = len(tampered) / 2
+	}
+	tampered[i] ^= 0xff
+	os.WriteFile(filepath.Join(stick, "tampered.tar"), tampered, 0o644)
+	for k := 0; k < 10; k++ { // a slow copy: a few bytes every scan
+		half.Write(good[k*10 : k*10+10])
+		time.Sleep(100 * time.Millisecond)
+	}
+	var evs []store.Event
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		c.Do(t.Context(), "GET", "/v1/events", nil, &evs)
+		refused := 0
+		for _, e := range evs {
+			if e.Reason == "Refused" {
+				refused++
+			}
+		}
+		if refused >= 2 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	st = s.waitStatus(t, c, "still revision 1", time.Second, func(b daemon.BundleStatus) bool { return true })
+	if st.Revision != 1 || st.State != store.StateHealthy || st.Newest != 1 {
+		t.Fatalf("bad copies disturbed the node: %+v (events %+v)", st, evs)
+	}
+
+	// Revision 3 never becomes Ready: rolled back to 1.
+	s.ship(t, 3, true, filepath.Join(stick, "usb-site-3.tar"))
+	st = s.waitStatus(t, c, "revision 3 rolled back", 2*time.Minute, func(b daemon.BundleStatus) bool {
+		return b.Newest == 3 && b.Revision == 1 && b.Applying == 0 && b.LastError != ""
+	})
+	if d := configMapData(t, s.ns); d["revision"] != "1" {
+		t.Fatalf("after the rollback the cluster holds %v", d)
+	}
+	t.Logf("after rollback: %+v", st)
+	var hist []store.Revision
+	if err := c.Do(t.Context(), "GET", "/v1/bundles/usb-site/history", nil, &hist); err != nil {
+		t.Fatal(err)
+	}
+	if len(hist) != 2 || hist[1].Revision != 3 || hist[1].State != store.StateRolledBack {
+		t.Fatalf("history %+v", hist)
+	}
+	// Nothing was written to the stick.
+	entries, _ := os.ReadDir(stick)
+	for _, e := range entries {
+		switch e.Name() {
+		case "usb-site-1.tar", "usb-site-3.tar", "junk.tar", "copying.tar", "tampered.tar":
+		default:
+			t.Errorf("the daemon wrote %s to the stick", e.Name())
+		}
+	}
+}
+
+// TestRegistryAndS3Sources: a bundle pushed to the testbed's registry (highest tag in a
+// semver range) and one uploaded to its S3 bucket are both picked up and applied.
+func TestRegistryAndS3Sources(t *testing.T) {
+	reg := newSite(t, "reg-site")
+	repo := tb.Registry + "/edge/reg-site"
+	reg.ship(t, 1, false, "oci://"+repo+":1.0.1")
+	s3 := newSite(t, "s3-site")
+	s3.ship(t, 1, false, "s3://"+tb.S3.Bucket+"/sites/s3-site/s3-site-1.0.1.tar")
+	creds := filepath.Join(s3.dir, "aws-credentials")
+	os.WriteFile(creds, []byte(fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", tb.S3.AccessKey, tb.S3.SecretKey)), 0o600)
+
+	// One node, two sources, two trust keys: the policy trusts both sites' keys.
+	node := newSite(t, "node")
+	pubA, _ := os.ReadFile(filepath.Join(reg.dir, "ci.pub"))
+	pubB, _ := os.ReadFile(filepath.Join(s3.dir, "ci.pub"))
+	os.WriteFile(filepath.Join(node.dir, "a.pub"), pubA, 0o644)
+	os.WriteFile(filepath.Join(node.dir, "b.pub"), pubB, 0o644)
+	os.WriteFile(filepath.Join(node.dir, "trust.yaml"), []byte("apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeys:\n  - {name: a, path: a.pub}\n  - {name: b, path: b.pub}\n"), 0o644)
+	node.writeConfig(t, fmt.Sprintf("  - name: mirror\n    registry: {repository: %s, semver: \">=1.0.0\", interval: 500ms}\n"+
+		"  - name: bucket\n    s3: {endpoint: %s, region: %s, bucket: %s, prefix: sites/, credentialsFile: %s, interval: 500ms}\n",
+		repo, tb.S3.URL, tb.S3.Region, tb.S3.Bucket, creds))
+	c := node.start(t)
+	for _, s := range []*site{reg, s3} {
+		s.waitStatus(t, c, s.bundle+" healthy", 90*time.Second, func(b daemon.BundleStatus) bool {
+			return b.Revision == 1 && b.State == store.StateHealthy
+		})
+	}
+	// A newer tag in range is rolled out; the poll that finds nothing new reads nothing.
+	reg.ship(t, 2, false, "oci://"+repo+":1.0.2")
+	reg.waitStatus(t, c, "registry revision 2", 90*time.Second, func(b daemon.BundleStatus) bool {
+		return b.Revision == 2 && b.State == store.StateHealthy
+	})
+}
+
+// TestSocketIsOwnerOnly: the API socket is mode 0600 in a 0700 directory.
+func TestSocketIsOwnerOnly(t *testing.T) {
+	s := newSite(t, "sock")
+	s.writeConfig(t, fmt.Sprintf("  - name: usb\n    usb: {paths: [%s/media]}\n", s.dir))
+	s.start(t)
+	sock := filepath.Join(s.dir, "run", "ferry.sock")
+	fi, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v", fi.Mode())
+	}
+	di, _ := os.Stat(filepath.Dir(sock))
+	if di.Mode().Perm() != 0o700 {
+		t.Fatalf("socket directory mode %v", di.Mode())
+	}
+}
+
+// TestSIGKILLMidApplyConverges: the daemon is killed while it waits for revision 2's health;
+// restarted, it finishes the open rollout and the node converges on revision 2.
+func TestSIGKILLMidApplyConverges(t *testing.T) {
+	s := newSite(t, "kill-site")
+	stick := filepath.Join(s.dir, "media", "usb0")
+	os.MkdirAll(stick, 0o755)
+	s.writeConfig(t, fmt.Sprintf("  - name: usb\n    usb: {paths: [%s/media], interval: 300ms}\n", s.dir))
+	run := func() *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childEnv+"="+s.config)
+		var logs bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &logs, &logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+			if t.Failed() {
+				t.Logf("daemon log:\n%s", logs.String())
+			}
+		})
+		return cmd
+	}
+	c := daemon.NewClient(filepath.Join(s.dir, "run", "ferry.sock"))
+	first := run()
+	s.ship(t, 1, false, filepath.Join(stick, "kill-site-1.tar"))
+	s.waitStatus(t, c, "revision 1 healthy", 90*time.Second, func(b daemon.BundleStatus) bool {
+		return b.Revision == 1 && b.State == store.StateHealthy
+	})
+	// Revision 2 waits for a ConfigMap "gate" to exist: the daemon is killed while it waits.
+	s.gate = true
+	s.ship(t, 2, false, filepath.Join(stick, "kill-site-2.tar"))
+	s.waitStatus(t, c, "revision 2 applying", 60*time.Second, func(b daemon.BundleStatus) bool { return b.Applying == 2 })
+	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	first.Wait()
+	if d := configMapData(t, s.ns); d["revision"] != "2" {
+		t.Fatalf("revision 2 was not being applied when the daemon died: %v", d)
+	}
+	cs, _ := kubernetes.NewForConfig(tb.REST)
+	gate := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "gate", Namespace: s.ns}}
+	if _, err := cs.CoreV1().ConfigMaps(s.ns).Create(t.Context(), gate, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	run()
+	s.waitStatus(t, c, "revision 2 healthy after the restart", 90*time.Second, func(b daemon.BundleStatus) bool {
+		return b.Revision == 2 && b.State == store.StateHealthy && b.Applying == 0
+	})
+	if d := configMapData(t, s.ns); d["revision"] != "2" {
+		t.Fatalf("cluster holds %v", d)
+	}
+}
