@@ -13,6 +13,8 @@ import (
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"oras.land/oras-go/v2/content/memory"
 
 	"github.com/ferrygitops/ferry/apply"
@@ -178,6 +180,7 @@ func (s *site) waitStatus(t *testing.T, c *daemon.Client, what string, timeout t
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	s.dump(t)
 	t.Fatalf("%s: not within %s; status %+v", what, timeout, last)
 	return daemon.BundleStatus{}
 }
@@ -219,4 +222,28 @@ func revisionState(t *testing.T, stateDir, bundle string, rev uint64) store.Stat
 		t.Fatal(err)
 	}
 	return r.State
+}
+
+// dump logs the site namespace's Deployments, ReplicaSets and Pods (a failed wait).
+func (s *site) dump(t *testing.T) {
+	cs, err := kubernetes.NewForConfig(tb.REST)
+	if err != nil {
+		return
+	}
+	ctx := context.Background()
+	if ds, err := cs.AppsV1().Deployments(s.ns).List(ctx, metav1.ListOptions{}); err == nil {
+		for _, d := range ds.Items {
+			t.Logf("deployment %s gen %d observed %d status %+v template labels %v", d.Name, d.Generation, d.Status.ObservedGeneration, d.Status, d.Spec.Template.Labels)
+		}
+	}
+	if rs, err := cs.AppsV1().ReplicaSets(s.ns).List(ctx, metav1.ListOptions{}); err == nil {
+		for _, r := range rs.Items {
+			t.Logf("replicaset %s spec %d status %+v", r.Name, *r.Spec.Replicas, r.Status)
+		}
+	}
+	if ps, err := cs.CoreV1().Pods(s.ns).List(ctx, metav1.ListOptions{}); err == nil {
+		for _, p := range ps.Items {
+			t.Logf("pod %s phase %s deleting %v node %q labels %v conditions %+v", p.Name, p.Status.Phase, p.DeletionTimestamp, p.Spec.NodeName, p.Labels, p.Status.Conditions)
+		}
+	}
 }
