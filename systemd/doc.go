@@ -19,11 +19,14 @@
 // no sd_notify, no watchdog and no sandboxing; ours is given instead, whole.
 //
 // The unit runs the daemon as root with an empty capability set inside a read-only view of the
-// system (ProtectSystem=strict), writable only in /var/lib/ferry and /run/ferry. Root without
-// capabilities still reads files it owns, such as the k3s kubeconfig and the age key, which is
-// why DynamicUser= is not used. What the sandbox hides — home directories (ProtectHome=yes) and
-// /tmp, /var/tmp (PrivateTmp=yes) — the daemon cannot see, so [Service.Install] refuses a
-// binary or config file there ([CheckVisible]).
+// system (ProtectSystem=strict), writable only in /var/lib/ferry and /run/ferry, and in the USB
+// source's default mount points /media, /run/media and /mnt for receipts (ReadWritePaths=).
+// Root without capabilities still reads files it owns, such as the k3s kubeconfig and the age
+// key, which is why DynamicUser= is not used. What the sandbox hides — home directories
+// (ProtectHome=yes) and /tmp, /var/tmp (PrivateTmp=yes) — the daemon cannot see, so
+// [Service.Install] refuses a binary or config file there ([CheckVisible]). The files the
+// config names (trust policy, age key, CA, credentials) are not checked: this package does not
+// read the config.
 //
 // This package does not run the daemon, parse its config, or decide what the watchdog proves:
 // [Notifier.RunWatchdog] shows only that the process is alive and scheduled.
