@@ -35,9 +35,9 @@ test-unit:
 test-integration: testbed
 	$(GO) test -count=1 -timeout 30m ./integration/...
 
-## demo: start the testbed and roll out a Deployment on it (DEMO_FLAGS=-keep to leave it up)
-demo: testbed
-	$(GO) run ./integration/demo $(DEMO_FLAGS)
+## demo: a bundle's life on an edge node: CI build and sign, USB stick, ferry daemon, health, automatic rollback (DEMO_FLAGS=-keep to leave it up)
+demo: testbed build
+	$(GO) run ./integration/demo -ferry bin/ferry $(DEMO_FLAGS)
 
 ## lint: gofmt, go vet and staticcheck (staticcheck comes from the testbed cache)
 lint: testbed

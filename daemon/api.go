@@ -69,7 +69,8 @@ func (d *Daemon) apiHandler() http.Handler {
 			reply(w, nil, err)
 			return
 		}
-		rep, err := d.RollbackTo(r.Context(), r.PathValue("name"), req.Revision)
+		// A rollback, once started, finishes even if the client goes away.
+		rep, err := d.RollbackTo(context.WithoutCancel(r.Context()), r.PathValue("name"), req.Revision)
 		reply(w, rep, err)
 	})
 	for _, action := range []string{"suspend", "resume"} {
@@ -80,7 +81,7 @@ func (d *Daemon) apiHandler() http.Handler {
 				d.kick(name)
 			}
 			d.kickNotify()
-			reply(w, map[string]string{"bundle": name, "result": action + "d"}, err)
+			reply(w, map[string]string{"bundle": name, "result": map[string]string{"suspend": "suspended", "resume": "resumed"}[action]}, err)
 		})
 	}
 	mux.HandleFunc("POST /v1/bundles/{name}/reconcile", func(w http.ResponseWriter, r *http.Request) {

@@ -235,7 +235,7 @@ func (c *Config) validate() error {
 		n := 0
 		if r := s.Registry; r != nil {
 			n++
-			if r.Repository == "" || strings.Contains(r.Repository, "://") || strings.ContainsAny(r.Repository, "@ ") {
+			if r.Repository == "" || !strings.Contains(r.Repository, "/") || strings.Contains(r.Repository, "://") || strings.ContainsAny(r.Repository, "@ ") {
 				bad(f+".registry.repository", "%q: want host[:port]/path without scheme, tag or digest", r.Repository)
 			}
 			if r.Tag != "" && r.SemVer != "" {

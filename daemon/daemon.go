@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -50,7 +52,8 @@ type Daemon struct {
 	lastErr map[string]string        // bundle → last reconcile error, for `ferry status`
 	started context.Context          // the Run context, for loops started later
 	group   *errgroup.Group
-	handled map[string]bool // candidate keys already verified (or refused)
+	handled map[string]bool // candidate keys already verified (or refused for good)
+	refused map[string]bool // candidate keys a Refused event was written for
 }
 
 // New loads what the config names (trust policy, age key, kubeconfig) and opens the store.
@@ -88,7 +91,7 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, opts: opts, log: log, st: st, eng: eng, policy: policy, m: newMetrics(),
-		loops: map[string]chan struct{}{}, lastErr: map[string]string{}, handled: map[string]bool{}}
+		loops: map[string]chan struct{}{}, lastErr: map[string]string{}, handled: map[string]bool{}, refused: map[string]bool{}}
 	if cfg.Webhook != nil {
 		if d.notify, err = NewNotifier(st, *cfg.Webhook, log); err != nil {
 			st.Close()
@@ -96,6 +99,45 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 		}
 	}
 	return d, nil
+}
+
+// CheckConfig loads every file the config names (trust policy and its keys, age key,
+// kubeconfig, registry CA and credentials, S3 credentials) without opening the store, so it
+// can run beside a running daemon (ferry daemon --check-config).
+func CheckConfig(cfg *Config) error {
+	var errs []error
+	if _, err := verify.LoadPolicy(cfg.Trust); err != nil {
+		errs = append(errs, fmt.Errorf("trust: %w", err))
+	}
+	if cfg.AgeKeyFile != "" {
+		if _, err := decrypt.LoadKeys(cfg.AgeKeyFile); err != nil {
+			errs = append(errs, fmt.Errorf("ageKeyFile: %w", err))
+		}
+	}
+	if _, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig); err != nil {
+		errs = append(errs, fmt.Errorf("kubeconfig: %w", err))
+	}
+	readable := func(field, path string) {
+		if path == "" {
+			return
+		}
+		if f, err := os.Open(path); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", field, err))
+		} else {
+			f.Close()
+		}
+	}
+	for i, s := range cfg.Sources {
+		f := fmt.Sprintf("sources[%d]", i)
+		if r := s.Registry; r != nil {
+			readable(f+".registry.caFile", r.CAFile)
+			readable(f+".registry.dockerConfig", r.DockerConfig)
+		}
+		if s3 := s.S3; s3 != nil {
+			readable(f+".s3.credentialsFile", s3.CredentialsFile)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Close closes the store. Call it after Run returned.
@@ -193,8 +235,8 @@ func (d *Daemon) pollSource(ctx context.Context, name string, s source) {
 			if done {
 				continue
 			}
-			if _, err := d.ingest(ctx, name, c); err != nil && (ctx.Err() != nil || apply.Transient(err)) {
-				continue // try again at the next poll
+			if _, err := d.ingest(ctx, name, c); err != nil && (ctx.Err() != nil || retryable(err)) {
+				continue // a registry, bucket or disk problem: try again at the next poll
 			}
 			d.mu.Lock()
 			d.handled[c.key] = true
@@ -207,6 +249,18 @@ func (d *Daemon) pollSource(ctx context.Context, name string, s source) {
 		}
 	}
 }
+
+// retryable reports errors that reading the same copy again may not meet: the network, a
+// registry or S3 server failing, a full disk. Anything else (signatures, content, junk on a
+// stick, a replay) is final for that copy until it changes.
+func retryable(err error) bool {
+	var ne net.Error
+	msg := err.Error()
+	return errors.Is(err, store.ErrNoSpace) || errors.As(err, &ne) || apply.Transient(err) ||
+		strings.Contains(msg, "no such host") || serverError.MatchString(msg)
+}
+
+var serverError = regexp.MustCompile(`status code 5\d\d|\b5\d\d (Internal Server Error|Bad Gateway|Service Unavailable|Gateway Timeout)`)
 
 // ingest verifies and admits one candidate. A refusal is an event (and a metric), never a
 // change to what runs.
@@ -238,7 +292,11 @@ func (d *Daemon) ingest(ctx context.Context, sourceName string, c candidate) (*s
 	if errors.Is(err, verify.ErrUntrusted) {
 		d.m.verifyFailures.WithLabelValues(sourceName).Inc()
 	}
-	if ctx.Err() == nil {
+	d.mu.Lock()
+	first := !d.refused[c.key]
+	d.refused[c.key] = true
+	d.mu.Unlock()
+	if ctx.Err() == nil && first { // one event per copy, not one per poll
 		d.log.Warn("bundle refused", "source", sourceName, "from", c.addr.String(), "err", err)
 		_ = d.st.AddEvent(store.Event{Reason: "Refused", Message: fmt.Sprintf("%s: %s: %v", sourceName, c.addr, err)})
 		d.kickNotify()
@@ -319,7 +377,11 @@ func (d *Daemon) reconcile(ctx context.Context, name string) error {
 		return nil
 	}
 	if err := d.eng.Ping(ctx); err != nil {
-		return fmt.Errorf("waiting for the API server: %w", err)
+		err = fmt.Errorf("waiting for the API server: %w", err)
+		d.mu.Lock()
+		d.lastErr[name] = err.Error()
+		d.mu.Unlock()
+		return err
 	}
 	begin := time.Now()
 	var (
@@ -350,6 +412,12 @@ func (d *Daemon) reconcile(ctx context.Context, name string) error {
 	d.refreshInfo(name)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if op != "sync" {
+		// Retention runs after a rollout moved the pointers, not only at start.
+		if _, gerr := d.st.GC(); gerr != nil {
+			d.log.Warn("store GC", "err", gerr)
+		}
+	}
 	switch {
 	case err == nil:
 		delete(d.lastErr, name)

@@ -45,6 +45,13 @@ Logs are JSON on stdout, for journald. It runs as the systemd service "ferry".`,
 			if err != nil {
 				return err
 			}
+			if check {
+				if err := daemon.CheckConfig(cfg); err != nil {
+					return fmt.Errorf("%s: %w", config, err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d sources)\n", config, len(cfg.Sources))
+				return nil
+			}
 			log := slog.New(slog.NewJSONHandler(cmd.OutOrStdout(), nil))
 			var sd systemd.Notifier // a no-op outside systemd
 			ready := func() {
@@ -57,10 +64,6 @@ Logs are JSON on stdout, for journald. It runs as the systemd service "ferry".`,
 				return err
 			}
 			defer d.Close()
-			if check {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d sources)\n", config, len(cfg.Sources))
-				return nil
-			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			go sd.RunWatchdog(ctx)
@@ -70,7 +73,7 @@ Logs are JSON on stdout, for journald. It runs as the systemd service "ferry".`,
 		},
 	}
 	cmd.Flags().StringVar(&config, "config", daemon.DefaultConfigPath, "config file")
-	cmd.Flags().BoolVar(&check, "check-config", false, "validate the config (and the files it names) and exit")
+	cmd.Flags().BoolVar(&check, "check-config", false, "validate the config and load the files it names, then exit (safe beside a running daemon)")
 	return cmd
 }
 
@@ -106,7 +109,7 @@ func newStatusCommand() *cobra.Command {
 				return err
 			}
 			return n.p.print(cmd.OutOrStdout(), st, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "BUNDLE\tREVISION\tVERSION\tSTATE\tLAST GOOD\tLAST CHANGE\tLAST ERROR")
+				fmt.Fprintln(w, "BUNDLE\tREVISION\tVERSION\tSTATE\tLAST GOOD\tNEWEST\tLAST CHANGE\tLAST ERROR")
 				for _, s := range st {
 					state := string(s.State)
 					if s.Suspended {
@@ -115,7 +118,7 @@ func newStatusCommand() *cobra.Command {
 					if s.Applying != 0 && s.Applying != s.Revision {
 						state += fmt.Sprintf(" (applying %d)", s.Applying)
 					}
-					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%s\t%s\n", s.Bundle, s.Revision, s.Version, state, s.LastGood, ago(s.LastChange), short(s.LastError))
+					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\n", s.Bundle, s.Revision, s.Version, state, s.LastGood, s.Newest, ago(s.LastChange), short(s.LastError))
 				}
 			})
 		},

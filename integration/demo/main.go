@@ -1,25 +1,29 @@
-// Command demo is what `make demo` runs: the path of one bundle, end to end, on the testbed.
+// Command demo is what `make demo` runs: one bundle's life on an edge node, with the real
+// ferry binary, on the testbed.
 //
-//	CI side:   build bundles/examples/edge-site, sign it, push it to the registry, export it
-//	           to a tar (the USB stick)
-//	edge side: verify the stick's copy against the node's trust policy, admit it into the
-//	           node's store, refuse a tampered copy and a replay, render each component from
-//	           the store (kustomize, ${VAR} substitution), apply with server-side apply, wait
-//	           for the rollout, record the revision healthy
+//	CI side:   generate a signing key, build bundles/examples/edge-site, sign it, export it to
+//	           a tar on a directory that stands for a USB stick
+//	edge side: start `ferry daemon` with the stick's mount point as a source; it verifies the
+//	           signature, keeps the revision, applies it and waits for it to be healthy;
+//	           a tampered copy on the stick is refused and changes nothing; then a v2 whose
+//	           Deployment never becomes Ready arrives, and the daemon rolls back to v1 by
+//	           itself; `ferry status` and `ferry history` tell the story
 //
-// The control plane is real (etcd, kube-apiserver, controller manager, scheduler, kwok nodes);
-// so are the registry and every check. Until the daemon lands, this program plays its part
-// with the same packages; kubectl does the apply.
+// The control plane is real (etcd, kube-apiserver, controller manager, scheduler, a kwok
+// node: kwok's testbed Stage keeps pods labelled testbed.ferry.dev/fail unready).
 //
-// With -keep the testbed stays up until Ctrl-C and the KUBECONFIG to use is printed.
+//	go run ./integration/demo -ferry bin/ferry [-keep]
 package main
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -30,21 +34,16 @@ import (
 	"syscall"
 	"time"
 
-	"oras.land/oras-go/v2/content/memory"
-
-	"github.com/ferrygitops/ferry/apply/render"
-	"github.com/ferrygitops/ferry/bundler"
-	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/daemon"
 	"github.com/ferrygitops/ferry/integration/testbed"
 	"github.com/ferrygitops/ferry/store"
-	"github.com/ferrygitops/ferry/verify"
 )
 
 func main() {
-	keep := flag.Bool("keep", false, "leave the testbed running until Ctrl-C")
+	keep := flag.Bool("keep", false, "leave the testbed and the daemon running until Ctrl-C")
+	bin := flag.String("ferry", "bin/ferry", "the ferry binary to run")
 	flag.Parse()
-	if err := run(*keep); err != nil {
+	if err := run(*bin, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -52,15 +51,50 @@ func main() {
 
 func step(format string, a ...any) { fmt.Printf("\n==> "+format+"\n", a...) }
 
-func run(keep bool) error {
+type demo struct {
+	ctx    context.Context
+	ferry  string
+	work   string
+	socket string
+	env    []string
+}
+
+// sh runs the ferry binary, prints the command and its output, and returns the output.
+func (d *demo) sh(args ...string) (string, error) {
+	fmt.Printf("$ ferry %s\n", strings.Join(args, " "))
+	cmd := exec.CommandContext(d.ctx, d.ferry, args...)
+	cmd.Dir, cmd.Env = d.work, append(os.Environ(), d.env...)
+	out, err := cmd.CombinedOutput()
+	fmt.Print(indent(string(out)))
+	if err != nil {
+		return string(out), fmt.Errorf("ferry %s: %w", args[0], err)
+	}
+	return string(out), nil
+}
+
+func indent(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "  " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n  ") + "\n"
+}
+
+func run(bin string, keep bool) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	ferry, err := filepath.Abs(bin)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(ferry); err != nil {
+		return fmt.Errorf("%s: build it first (make build)", bin)
+	}
 	_, self, _, _ := runtime.Caller(0)
 	example := filepath.Join(filepath.Dir(self), "..", "..", "bundles", "examples", "edge-site")
 
-	step("Starting the testbed: etcd, kube-apiserver, controller manager, scheduler, a kwok node, a registry")
+	step("Starting the testbed: etcd, kube-apiserver, controller manager, scheduler, a kwok node")
 	begin := time.Now()
-	tb, err := testbed.Start(ctx, testbed.Options{Services: testbed.Kube | testbed.Registry,
+	tb, err := testbed.Start(ctx, testbed.Options{Services: testbed.Kube,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		return err
@@ -73,191 +107,293 @@ func run(keep bool) error {
 	}()
 	fmt.Printf("up in %s\n", time.Since(begin).Round(time.Millisecond))
 	work := filepath.Join(tb.Dir, "demo")
-	os.MkdirAll(work, 0o700)
+	stick := filepath.Join(work, "media", "usb0")
+	if err := os.MkdirAll(stick, 0o755); err != nil {
+		return err
+	}
+	d := &demo{ctx: ctx, ferry: ferry, work: work, socket: filepath.Join(work, "run", "ferry.sock"),
+		env: []string{"COSIGN_PASSWORD=demo", "CI=1"}}
 
 	// ---- CI side ----
-	step("CI: generating a signing key (cosign format)")
-	privPEM, pubPEM, err := bundler.GenerateKeyPair([]byte("demo"))
-	if err != nil {
+	step("CI: a signing key (cosign's format), the bundle, its signature, a tar on the USB stick")
+	if _, err := d.sh("keys", "generate", "--prefix", "ci"); err != nil {
 		return err
 	}
-	keyFile, pubFile := filepath.Join(work, "ci.key"), filepath.Join(work, "ci.pub")
-	os.WriteFile(keyFile, privPEM, 0o600)
-	os.WriteFile(pubFile, pubPEM, 0o644)
-
-	step("CI: building %s", "bundles/examples/edge-site")
-	built := memory.New()
-	res, err := bundler.Build(ctx, built, bundler.Options{Dir: example, AllowDirty: true, Revision: 1,
-		Created: time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)})
-	if err != nil {
+	if _, err := d.sh("bundle", "build", example, "--allow-dirty", "--revision", "1", "--to", "dist/v1"); err != nil {
 		return err
 	}
-	m := res.Metadata
-	fmt.Printf("%s %s revision %d, %d components, digest %s\n", m.Name, m.Version, m.Revision, len(m.Components), res.Descriptor.Digest)
-
-	step("CI: signing, pushing to the registry, exporting to a USB stick")
-	signer, err := bundler.LoadPrivateKey(keyFile, []byte("demo"))
-	if err != nil {
+	if _, err := d.sh("bundle", "sign", "dist/v1", "--key", "ci.key"); err != nil {
 		return err
 	}
-	if _, err := bundler.Sign(ctx, built, res.Descriptor, signer, m.Name); err != nil {
+	if _, err := d.sh("bundle", "export", "dist/v1", filepath.Join(stick, "edge-site-1.0.0.tar")); err != nil {
 		return err
-	}
-	src := memSource{built}
-	for _, to := range []string{"oci://" + tb.Registry + "/site/" + m.Name + ":" + m.Version, filepath.Join(work, "usb", m.Name+".tar")} {
-		os.MkdirAll(filepath.Join(work, "usb"), 0o700)
-		dst, err := bundles.ParseAddress(to)
-		if err != nil {
-			return err
-		}
-		where, err := bundles.Copy(ctx, src, res.Descriptor, dst, bundles.Options{})
-		if err != nil {
-			return err
-		}
-		fmt.Println("  ->", where)
 	}
 
 	// ---- Edge side ----
-	stick := filepath.Join(work, "usb", m.Name+".tar")
-	policyFile := filepath.Join(work, "trust-policy.yaml")
-	os.WriteFile(policyFile, []byte("apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeys:\n  - name: ci\n    path: ci.pub\n"), 0o644)
-	policy, err := verify.LoadPolicy(policyFile)
-	if err != nil {
-		return err
-	}
-	st, err := store.Open(filepath.Join(work, "state"), store.Options{})
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-
-	step("Edge: a tampered copy of the stick is refused, and leaves nothing behind")
-	tampered := filepath.Join(work, "usb", "tampered.tar")
-	if err := tamper(stick, tampered); err != nil {
-		return err
-	}
-	if _, err := ingest(ctx, st, tampered, policy); err == nil {
-		return errors.New("a tampered bundle was admitted")
-	} else {
-		fmt.Println("  refused:", shorten(err.Error()))
-	}
-
-	step("Edge: verifying and admitting the stick's bundle")
-	rev, err := ingest(ctx, st, stick, policy)
-	if err != nil {
-		return err
-	}
-	fmt.Printf("  admitted %s revision %d (%s), signed by key %s\n", rev.Name, rev.Revision, rev.Manifest.Digest, policy.Keys[0].ID[:19]+"…")
-
-	step("Edge: the same stick again is a replay, not an update")
-	if _, err := ingest(ctx, st, stick, policy); errors.Is(err, store.ErrDowngrade) {
-		fmt.Println("  refused:", shorten(err.Error()))
-	} else {
-		return fmt.Errorf("replay: %v", err)
-	}
-
-	step("Edge: rendering from the node's store and applying with server-side apply, component by component")
-	if err := st.SetState(rev.Name, rev.Revision, store.StateApplying, "demo apply"); err != nil {
-		return err
-	}
-	b, err := bundles.Open(ctx, st, rev.Manifest)
-	if err != nil {
-		return err
-	}
-	nodeVars := map[string]string{"SITE_ID": "north-7"}
-	for i, c := range b.Metadata.Components {
-		objs, err := render.FromBundle(ctx, st, b, i)
-		if err != nil {
-			return err
-		}
-		vars := map[string]string{}
-		for k, v := range nodeVars {
-			vars[k] = v
-		}
-		if c.Kustomize != nil && c.Kustomize.PostBuild != nil {
-			for k, v := range c.Kustomize.PostBuild.Substitute {
-				vars[k] = v
-			}
-		}
-		if err := render.Substitute(objs, vars, true); err != nil {
-			return fmt.Errorf("component %s: %w", c.Name, err)
-		}
-		y, err := objs.AsYaml()
-		if err != nil {
-			return err
-		}
-		fmt.Printf("  component %s: %d objects\n", c.Name, objs.Size())
-		if err := kubectl(ctx, tb, bytes.NewReader(y), "apply", "--server-side", "--field-manager=ferry", "-f", "-"); err != nil {
+	step("Edge: the node's trust policy and config; the stick's mount point is a source")
+	trust := "apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeys:\n  - name: ci\n    path: " + filepath.Join(work, "ci.pub") + "\n"
+	config := fmt.Sprintf(`stateDir: %s/state
+kubeconfig: %s
+trust: %s/trust.yaml
+socket: %s
+metricsAddress: "off"
+variables: {SITE_ID: north-7}
+sources:
+  - name: usb
+    usb: {paths: [%s/media], interval: 500ms}
+`, work, tb.Kubeconfig, work, d.socket, work)
+	for name, body := range map[string]string{"trust.yaml": trust, "config.yaml": config} {
+		if err := os.WriteFile(filepath.Join(work, name), []byte(body), 0o600); err != nil {
 			return err
 		}
 	}
-	step("Edge: waiting for health")
-	if err := kubectl(ctx, tb, nil, "-n", "web", "rollout", "status", "deployment/web", "--timeout=120s"); err != nil {
+	fmt.Print(indent(config))
+	if _, err := d.sh("daemon", "--check-config", "--config", "config.yaml"); err != nil {
 		return err
 	}
-	if err := st.SetState(rev.Name, rev.Revision, store.StateHealthy, "rollout complete"); err != nil {
+
+	step("Edge: starting ferry daemon (its JSON log goes to %s)", filepath.Join(work, "daemon.log"))
+	logf, err := os.Create(filepath.Join(work, "daemon.log"))
+	if err != nil {
 		return err
 	}
-	if err := kubectl(ctx, tb, nil, "-n", "web", "get", "deployments,pods,configmaps", "-o", "wide"); err != nil {
+	defer logf.Close()
+	dcmd := exec.Command(ferry, "daemon", "--config", filepath.Join(work, "config.yaml"))
+	dcmd.Stdout, dcmd.Stderr = logf, logf
+	if err := dcmd.Start(); err != nil {
 		return err
 	}
-	step("Edge: the node's record")
-	events, _ := st.Events(0, 20)
-	for _, e := range events {
-		fmt.Printf("  %s  %s r%d  %-9s %s\n", e.Time.Format("15:04:05"), e.Bundle, e.Revision, e.Reason, e.Message)
+	defer func() {
+		dcmd.Process.Signal(syscall.SIGTERM)
+		dcmd.Wait()
+	}()
+
+	step("Edge: the daemon finds the stick, verifies the signature, applies v1 and waits for health")
+	begin = time.Now()
+	if _, err := d.waitFor("edge-site revision 1 healthy", 3*time.Minute, func(s daemon.BundleStatus) bool {
+		return s.Revision == 1 && s.State == store.StateHealthy
+	}); err != nil {
+		return err
 	}
+	fmt.Printf("healthy %s after the stick was mounted\n", time.Since(begin).Round(100*time.Millisecond))
+	if _, err := d.sh("status", "--socket", d.socket); err != nil {
+		return err
+	}
+	kubectl := func(args ...string) {
+		out, _ := exec.CommandContext(ctx, tb.Bin("kubectl"), append([]string{"--kubeconfig", tb.Kubeconfig}, args...)...).CombinedOutput()
+		fmt.Printf("$ kubectl %s\n%s", strings.Join(args, " "), indent(string(out)))
+	}
+	kubectl("-n", "web", "get", "deployment,service,configmap", "-l", "ferry.dev/bundle=edge-site")
+
+	step("CI: v2 of the bundle, whose Deployment will never become Ready")
+	v2 := filepath.Join(work, "edge-site-v2")
+	if err := copyTree(example, v2); err != nil {
+		return err
+	}
+	if err := edit(filepath.Join(v2, "ferry.yaml"), "version: 1.0.0", "version: 1.1.0", "timeout: 5m", "timeout: 30s"); err != nil {
+		return err
+	}
+	if err := edit(filepath.Join(v2, "apps", "web", "deployment.yaml"), "labels: {app: web}\n    spec:", "labels: {app: web, "+testbed.FailLabel+": \"true\"}\n    spec:"); err != nil {
+		return err
+	}
+	d.env = append(d.env, "SOURCE_DATE_EPOCH=1764057600")
+	for _, args := range [][]string{
+		{"bundle", "build", v2, "--allow-dirty", "--revision", "2", "--to", "dist/v2"},
+		{"bundle", "sign", "dist/v2", "--key", "ci.key"},
+		{"bundle", "export", "dist/v2", "edge-site-1.1.0.tar"},
+	} {
+		if _, err := d.sh(args...); err != nil {
+			return err
+		}
+	}
+
+	step("Edge: a copy of v2 damaged on the way is refused; the running revision is untouched")
+	if err := tamper(filepath.Join(work, "edge-site-1.1.0.tar"), filepath.Join(stick, "edge-site-1.1.0-damaged.tar")); err != nil {
+		return err
+	}
+	if err := d.waitEvent("Refused", 30*time.Second); err != nil {
+		log, _ := os.ReadFile(filepath.Join(work, "daemon.log"))
+		return fmt.Errorf("%w\ndaemon log:\n%s", err, log)
+	}
+	if _, err := d.sh("events", "--socket", d.socket); err != nil {
+		return err
+	}
+	if _, err := d.sh("status", "--socket", d.socket); err != nil {
+		return err
+	}
+	os.Remove(filepath.Join(stick, "edge-site-1.1.0-damaged.tar"))
+	fmt.Println("\nthe good copy of v2 goes on the stick")
+	if err := copyFile(filepath.Join(work, "edge-site-1.1.0.tar"), filepath.Join(stick, "edge-site-1.1.0.tar")); err != nil {
+		return err
+	}
+
+	step("Edge: the daemon applies v2, its health check times out (30s), it rolls back to v1 by itself")
+	begin = time.Now()
+	if _, err := d.waitFor("revision 2 applying", time.Minute, func(s daemon.BundleStatus) bool { return s.Applying == 2 }); err != nil {
+		return err
+	}
+	fmt.Println("applying revision 2…")
+	if _, err := d.waitFor("rolled back to revision 1", 3*time.Minute, func(s daemon.BundleStatus) bool {
+		return s.Newest == 2 && s.Revision == 1 && s.Applying == 0 && s.State == store.StateHealthy
+	}); err != nil {
+		d.sh("events", "--socket", d.socket)
+		dcmd.Process.Signal(syscall.SIGTERM)
+		dcmd.Wait()
+		if st, err := store.Open(filepath.Join(work, "state"), store.Options{}); err == nil {
+			b, _ := st.GetBundle("edge-site")
+			fmt.Printf("bundle record: %+v txn %+v\n", b, b.Txn)
+			st.Close()
+		}
+		log, _ := os.ReadFile(filepath.Join(work, "daemon.log"))
+		return fmt.Errorf("%w\ndaemon log:\n%s", err, log)
+	}
+	fmt.Printf("back on revision 1 %s after v2 was applied\n", time.Since(begin).Round(100*time.Millisecond))
+	if _, err := d.sh("status", "--socket", d.socket); err != nil {
+		return err
+	}
+	if _, err := d.sh("history", "edge-site", "--socket", d.socket); err != nil {
+		return err
+	}
+	kubectl("-n", "web", "get", "deployment", "web", "-o", "jsonpath={.spec.template.metadata.labels}{\"\\n\"}")
+
 	if keep {
-		step("Testbed left running; press Ctrl-C to stop it")
-		fmt.Printf("export KUBECONFIG=%s\nexport PATH=%s:$PATH\n", tb.Kubeconfig, filepath.Dir(tb.Bin("kubectl")))
+		step("Leaving everything up. KUBECONFIG=%s; ferry status --socket %s. Ctrl-C to stop.", tb.Kubeconfig, d.socket)
 		<-ctx.Done()
 	}
+	fmt.Println("\nDemo complete.")
 	return nil
 }
 
-type memSource struct{ *memory.Store }
-
-func (memSource) Close() error { return nil }
-
-func ingest(ctx context.Context, st *store.Store, path string, policy verify.Policy) (*store.Revision, error) {
-	addr, err := bundles.ParseAddress(path)
-	if err != nil {
-		return nil, err
+// waitFor polls the daemon's status until cond holds for edge-site.
+func (d *demo) waitFor(what string, timeout time.Duration, cond func(daemon.BundleStatus) bool) (daemon.BundleStatus, error) {
+	c := daemon.NewClient(d.socket)
+	deadline := time.Now().Add(timeout)
+	var last []daemon.BundleStatus
+	for time.Now().Before(deadline) {
+		last = nil // Unmarshal into old elements would keep fields the new reply omits
+		if err := c.Do(d.ctx, "GET", "/v1/status", nil, &last); err == nil {
+			for _, s := range last {
+				if s.Bundle == "edge-site" && cond(s) {
+					return s, nil
+				}
+			}
+		}
+		select {
+		case <-d.ctx.Done():
+			return daemon.BundleStatus{}, d.ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
-	src, desc, err := bundles.OpenSource(ctx, addr, bundles.Options{})
-	if err != nil {
-		return nil, err
-	}
-	defer src.Close()
-	return daemon.Ingest(ctx, st, src, desc, policy, path)
+	b, _ := json.Marshal(last)
+	return daemon.BundleStatus{}, fmt.Errorf("%s: not within %s (status %s)", what, timeout, b)
 }
 
-// tamper copies a bundle archive with one byte of its first gzip blob (a component) changed.
+func (d *demo) waitEvent(reason string, timeout time.Duration) error {
+	c := daemon.NewClient(d.socket)
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		var evs []store.Event
+		if err := c.Do(d.ctx, "GET", "/v1/events?limit=1000", nil, &evs); err == nil {
+			for _, e := range evs {
+				if e.Reason == reason {
+					return nil
+				}
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return fmt.Errorf("no %s event within %s", reason, timeout)
+}
+
+// tamper rewrites a bundle tar with one byte flipped inside each component layer (gzip
+// blobs), the way a bad USB stick damages a file; names and sizes stay the same. (Every
+// layer: one the node already holds from v1 is not read again, content addressing makes
+// the node's copy the one that counts.)
 func tamper(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	var out bytes.Buffer
+	tr, tw := tar.NewReader(in), tar.NewWriter(&out)
+	flipped := false
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			return err
+		}
+		if strings.Contains(h.Name, "blobs/sha256/") && len(b) > 200 && bytes.HasPrefix(b, []byte{0x1f, 0x8b}) {
+			b[len(b)/2] ^= 0xff
+			flipped = true
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if _, err := tw.Write(b); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	if !flipped {
+		return errors.New("no component layer found to damage")
+	}
+	if err := os.WriteFile(to+".part", out.Bytes(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(to+".part", to)
+}
+
+func copyTree(from, to string) error {
+	return filepath.WalkDir(from, func(p string, e os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(from, p)
+		if e.IsDir() {
+			return os.MkdirAll(filepath.Join(to, rel), 0o755)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(to, rel), b, 0o644)
+	})
+}
+
+// copyFile copies a file the way a careful technician does: to a temporary name, then renamed.
+func copyFile(from, to string) error {
 	b, err := os.ReadFile(from)
 	if err != nil {
 		return err
 	}
-	i := bytes.Index(b, []byte{0x1f, 0x8b, 0x08})
-	if i < 0 {
-		return errors.New("no component layer found to tamper with")
+	if err := os.WriteFile(to+".part", b, 0o644); err != nil {
+		return err
 	}
-	b[i+100] ^= 0xff
-	return os.WriteFile(to, b, 0o600)
+	return os.Rename(to+".part", to)
 }
 
-func kubectl(ctx context.Context, tb *testbed.Testbed, stdin *bytes.Reader, args ...string) error {
-	fmt.Printf("  $ kubectl %s\n", strings.Join(args, " "))
-	cmd := exec.CommandContext(ctx, tb.Bin("kubectl"), append([]string{"--kubeconfig", tb.Kubeconfig}, args...)...)
-	if stdin != nil {
-		cmd.Stdin = stdin
+// edit replaces each old string (which must occur) with its new one, in pairs.
+func edit(path string, pairs ...string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
 	}
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	return cmd.Run()
-}
-
-func shorten(s string) string {
-	if len(s) > 160 {
-		return s[:157] + "..."
+	s := string(b)
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if !strings.Contains(s, pairs[i]) {
+			return fmt.Errorf("%s: %q not found", path, pairs[i])
+		}
+		s = strings.Replace(s, pairs[i], pairs[i+1], 1)
 	}
-	return s
+	return os.WriteFile(path, []byte(s), 0o644)
 }
