@@ -218,7 +218,14 @@ func isImmutable(err error) bool {
 	return strings.Contains(msg, "immutable") || strings.Contains(msg, "may not change") || strings.Contains(msg, "cannot change")
 }
 
+// waitBound bounds the waits that hold the engine's lock without a component timeout of
+// their own (a CRD becoming Established, an object being deleted to be recreated): a stuck
+// finalizer must not stop every other bundle.
+const waitBound = 2 * time.Minute
+
 func (c *cluster) deleteAndWait(ctx context.Context, ri dynamic.ResourceInterface, ref ObjectRef) error {
+	ctx, cancel := context.WithTimeout(ctx, waitBound)
+	defer cancel()
 	bg := metav1.DeletePropagationBackground
 	if err := ri.Delete(ctx, ref.Name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete %s to recreate it: %w", ref, err)
@@ -239,6 +246,8 @@ func (c *cluster) deleteAndWait(ctx context.Context, ri dynamic.ResourceInterfac
 // waitEstablished waits until each CRD among refs reports Established, so the custom
 // resources of the next stage can be mapped and applied.
 func (c *cluster) waitEstablished(ctx context.Context, refs []ObjectRef) error {
+	ctx, cancel := context.WithTimeout(ctx, waitBound)
+	defer cancel()
 	for _, r := range refs {
 		if r.Group != "apiextensions.k8s.io" || r.Kind != "CustomResourceDefinition" {
 			continue

@@ -251,7 +251,7 @@ func (e *Engine) rollout(ctx context.Context, name string, rev uint64, retry boo
 	if err != nil {
 		return rep, err
 	}
-	err = e.applyRevision(ctx, name, rev, comps, prev, old, &rep)
+	err = e.applyRevision(ctx, name, rev, comps, prev, old, false, &rep)
 	if err == nil {
 		rep.State = store.StateHealthy
 		note := fmt.Sprintf("applied %d, unchanged %d, pruned %d", rep.Applied, rep.Unchanged, rep.Pruned)
@@ -293,16 +293,12 @@ func (e *Engine) rollback(ctx context.Context, rep Report, lastGood uint64, caus
 	if err != nil {
 		return rep, err
 	}
-	for k, inv := range failed {
-		inv.Prune = true
-		failed[k] = inv
-	}
 	prev, err := e.records(name, lastGood, rev)
 	if err != nil {
 		return rep, err
 	}
 	var back Report
-	if err := e.applyRevision(ctx, name, lastGood, comps, prev, failed, &back); err != nil {
+	if err := e.applyRevision(ctx, name, lastGood, comps, prev, failed, true, &back); err != nil {
 		return rep, fmt.Errorf("roll back to %d: %w (after: %v)", lastGood, err, cause)
 	}
 	rep.RolledBackTo, rep.State, rep.Pruned = lastGood, store.StateRolledBack, back.Pruned
@@ -393,7 +389,11 @@ func (e *Engine) sync(ctx context.Context, name string, rev uint64) (Report, err
 // substituteFrom sees what its dependencies created), waits for its health, and at the end
 // prunes what the previous inventories (old) held that rev no longer has. prev is the
 // newest record of every object Ferry sent (see records).
-func (e *Engine) applyRevision(ctx context.Context, name string, rev uint64, comps []component, prev map[string]Entry, old map[string]Inventory, rep *Report) error {
+//
+// Whether a component's old objects are pruned follows its spec in rev (prune), like Flux;
+// a component rev no longer has follows the flag recorded with it. pruneAll prunes every
+// object old holds that rev does not (a rollback: the failed revision was never good).
+func (e *Engine) applyRevision(ctx context.Context, name string, rev uint64, comps []component, prev map[string]Entry, old map[string]Inventory, pruneAll bool, rep *Report) error {
 	keep := map[string]bool{}
 	var done []*object
 	for i := range comps {
@@ -439,7 +439,13 @@ func (e *Engine) applyRevision(ctx context.Context, name string, rev uint64, com
 	// Prune last, across components: an object that moved from one component to another is
 	// kept, and nothing is deleted before everything new is in place.
 	for cname, inv := range old {
-		if !inv.Prune {
+		prune := inv.Prune
+		for _, c := range comps {
+			if c.spec.Name == cname {
+				prune = c.prune
+			}
+		}
+		if !prune && !pruneAll {
 			continue
 		}
 		if err := e.pruneGone(ctx, name, inv, keep, rep); err != nil {
@@ -559,7 +565,11 @@ func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, err
 				if err != nil {
 					return nil, fmt.Errorf("component %s: healthChecks: %w", spec.Name, err)
 				}
-				c.checks = append(c.checks, ObjectRef{Group: gv.Group, Version: gv.Version, Kind: h.Kind, Namespace: h.Namespace, Name: h.Name})
+				ns := h.Namespace
+				if ns == "" {
+					ns = c.ns // ignored for a cluster-scoped kind
+				}
+				c.checks = append(c.checks, ObjectRef{Group: gv.Group, Version: gv.Version, Kind: h.Kind, Namespace: ns, Name: h.Name})
 			}
 		} else if h := spec.Helm; h != nil {
 			// Until Helm releases land (the Helm issue), a Helm component is applied as its
@@ -614,8 +624,10 @@ func (e *Engine) prepare(ctx context.Context, c *component, before []*object) er
 	return nil
 }
 
-// inventories returns the inventories of the given revisions of name, merged by component
-// (a later revision's entry for the same component wins); revision 0 and repeats are skipped.
+// inventories returns the inventories of the given revisions of name, merged by component:
+// the union of their objects (everything those revisions may have left in the cluster, for
+// pruning) and prune if any recorded it; revision 0 and repeats are skipped. For the newest
+// record of each object, see records.
 func (e *Engine) inventories(name string, revs ...uint64) (map[string]Inventory, error) {
 	out := map[string]Inventory{}
 	seen := map[uint64]bool{0: true}

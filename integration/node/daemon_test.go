@@ -2,10 +2,20 @@ package node
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -40,7 +50,9 @@ func TestUSBStick(t *testing.T) {
 	media := filepath.Join(s.dir, "media")
 	stick := filepath.Join(media, "usb0")
 	os.MkdirAll(stick, 0o755)
-	s.writeConfig(t, fmt.Sprintf("  - name: usb\n    usb: {paths: [%s], interval: 300ms}\n", media))
+	// The site's link is down at first: the webhook receiver answers 503 until the end.
+	hook := newReceiver(t)
+	s.writeConfig(t, fmt.Sprintf("  - name: usb\n    usb: {paths: [%s], interval: 300ms}\nwebhook: {url: %q, secret: %q}\n", media, hook.srv.URL, hookSecret))
 	c := s.start(t)
 
 	s.ship(t, 1, false, filepath.Join(stick, "usb-site-1.tar"))
@@ -106,6 +118,19 @@ func TestUSBStick(t *testing.T) {
 	if len(hist) != 2 || hist[1].Revision != 3 || hist[1].State != store.StateRolledBack {
 		t.Fatalf("history %+v", hist)
 	}
+	// The link comes back: every event the node recorded reaches the receiver, once.
+	var all []store.Event
+	if err := c.Do(t.Context(), "GET", "/v1/events?limit=1000", nil, &all); err != nil {
+		t.Fatal(err)
+	}
+	hook.up.Store(true)
+	got := hook.waitFor(t, all[len(all)-1].Seq, 2*time.Minute) // the notifier backs off up to 64 s by then
+	for i, e := range all {
+		if i >= len(got) || got[i] != e.Seq {
+			t.Fatalf("webhook got %v, the node recorded %d events", got, len(all))
+		}
+	}
+
 	// Nothing was written to the stick.
 	entries, _ := os.ReadDir(stick)
 	for _, e := range entries {
@@ -222,5 +247,66 @@ func TestSIGKILLMidApplyConverges(t *testing.T) {
 	})
 	if d := configMapData(t, s.ns); d["revision"] != "2" {
 		t.Fatalf("cluster holds %v", d)
+	}
+}
+
+const hookSecret = "a-webhook-secret-of-some-length"
+
+// receiver is a webhook receiver on loopback that refuses deliveries until up, checks
+// signatures, and records each event sequence number once.
+type receiver struct {
+	srv  *httptest.Server
+	up   atomic.Bool
+	mu   sync.Mutex
+	seqs map[uint64]bool
+}
+
+func newReceiver(t *testing.T) *receiver {
+	r := &receiver{seqs: map[uint64]bool{}}
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if !r.up.Load() {
+			http.Error(w, "link down", http.StatusServiceUnavailable)
+			return
+		}
+		body, _ := io.ReadAll(req.Body)
+		mac := hmac.New(sha256.New, []byte(hookSecret))
+		mac.Write(body)
+		if req.Header.Get("X-Ferry-Signature") != "sha256="+hex.EncodeToString(mac.Sum(nil)) {
+			http.Error(w, "bad signature", http.StatusUnauthorized)
+			return
+		}
+		var batch struct {
+			Events []store.Event `json:"events"`
+		}
+		if err := json.Unmarshal(body, &batch); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		r.mu.Lock()
+		for _, e := range batch.Events {
+			r.seqs[e.Seq] = true
+		}
+		r.mu.Unlock()
+	}))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+// waitFor waits until every sequence up to last arrived and returns them, sorted.
+func (r *receiver) waitFor(t *testing.T, last uint64, timeout time.Duration) []uint64 {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		r.mu.Lock()
+		var got []uint64
+		for s := range r.seqs {
+			got = append(got, s)
+		}
+		r.mu.Unlock()
+		slices.Sort(got)
+		if len(got) > 0 && got[len(got)-1] >= last || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
