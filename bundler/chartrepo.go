@@ -218,4 +218,3 @@ func fetchOCIChart(ctx context.Context, o bundles.Options, repository, name, ver
 	}
 	return "", fmt.Errorf("%s:%s: no Helm chart layer (%s)", addr, bestTag, helmChartLayerType)
 }
-

@@ -23,7 +23,6 @@ import (
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/daemon"
 	"github.com/ferrygitops/ferry/integration/testbed"
-	"github.com/ferrygitops/ferry/store"
 )
 
 // site is one edge node: a config directory with a trust policy and a signing key on the
@@ -208,20 +207,6 @@ func runChild() int {
 		return 1
 	}
 	return 0
-}
-
-func revisionState(t *testing.T, stateDir, bundle string, rev uint64) store.State {
-	t.Helper()
-	st, err := store.Open(stateDir, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	r, err := st.GetRevision(bundle, rev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r.State
 }
 
 // dump logs the site namespace's Deployments, ReplicaSets and Pods (a failed wait).
