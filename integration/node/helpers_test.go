@@ -33,6 +33,8 @@ type site struct {
 	// gate makes the next builds wait (health check) for a ConfigMap named "gate" that
 	// the test creates when it wants the rollout to finish.
 	gate bool
+	// metrics is the metrics address ("off" when empty).
+	metrics string
 }
 
 func newSite(t *testing.T, bundle string) *site {
@@ -52,15 +54,19 @@ func newSite(t *testing.T, bundle string) *site {
 // writeConfig writes the node's config with the given sources section.
 func (s *site) writeConfig(t *testing.T, sources string) {
 	t.Helper()
+	metrics := s.metrics
+	if metrics == "" {
+		metrics = "off"
+	}
 	cfg := fmt.Sprintf(`stateDir: %s/state
 kubeconfig: %s
 trust: %s/trust.yaml
 socket: %s/run/ferry.sock
-metricsAddress: "off"
+metricsAddress: %q
 driftInterval: 2s
 variables: {SITE_ID: north-7}
 sources:
-%s`, s.dir, tb.Kubeconfig, s.dir, s.dir, sources)
+%s`, s.dir, tb.Kubeconfig, s.dir, s.dir, metrics, sources)
 	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
