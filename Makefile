@@ -58,5 +58,10 @@ fuzz:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(UNIT_PKGS)
 
+## bench-daemon: the edge daemon's binary size, memory, CPU and stick-to-healthy time (testbed; ~6 min)
+.PHONY: bench-daemon
+bench-daemon: testbed
+	$(GO) run ./bench/daemon
+
 clean:
 	rm -rf bin/
