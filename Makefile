@@ -3,6 +3,11 @@ SHELL := /bin/bash
 GO ?= go
 # Never download a toolchain: some tool modules name a newer Go than the one installed.
 export GOTOOLCHAIN := local
+# kustomize's Go plugin loader links package plugin, which with cgo puts the linker in
+# dynamic mode: every symbol exported, 30 MB more binary and ~36 MiB more RSS on the node
+# (docs/BENCHMARKS.md, "The edge daemon"). Ferry never loads plugins; build, test and
+# benchmark what ships.
+export GOFLAGS := -tags=kustomize_disable_go_plugin_support
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
@@ -12,7 +17,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 TESTBED_BIN = $(shell integration/testbed/tools/build.sh)/bin
 
-.PHONY: all build test test-unit test-integration testbed demo lint fuzz bench clean
+.PHONY: all build test test-unit test-integration testbed demo lint fuzz bench bench-apply bench-daemon clean
 
 all: build
 
@@ -60,6 +65,10 @@ bench:
 
 ## bench-daemon: the edge daemon's binary size, memory, CPU and stick-to-healthy time (testbed; ~6 min)
 .PHONY: bench-daemon
+## bench-apply: the apply engine against kubectl, fluxcd/pkg/ssa and a raw loop (about 12 min)
+bench-apply: testbed
+	$(GO) run ./bench/apply -runs 3
+
 bench-daemon: testbed
 	$(GO) run ./bench/daemon
 

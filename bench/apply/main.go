@@ -8,7 +8,7 @@
 // peak RSS and request counts are their own. Ferry's cold time includes rendering the bundle
 // from its node store. Then a failed-health rollback is timed on a testbed with controllers.
 //
-//	go run ./bench/apply [-runs 3]
+//	go run -tags kustomize_disable_go_plugin_support ./bench/apply [-runs 3]   (make bench-apply)
 package main
 
 import (
@@ -27,7 +27,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/fluxcd/cli-utils/pkg/kstatus/polling"
@@ -259,10 +258,23 @@ func runChild(ctx context.Context, tb *testbed.Testbed, client, ns string) (resu
 	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
 		return res, fmt.Errorf("child output %q: %w", stdout.String(), err)
 	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		res.RSSKiB = ru.Maxrss // KiB on Linux
-	}
 	return res, nil
+}
+
+// peakRSS returns VmHWM from /proc/self/status, in KiB (0 if unreadable).
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kib int64
+			fmt.Sscanf(strings.TrimSpace(rest), "%d", &kib)
+			return kib
+		}
+	}
+	return 0
 }
 
 // counter counts requests; reads are GET.
@@ -337,6 +349,9 @@ func child() error {
 		pprof.StopCPUProfile()
 		res.Reads[p], res.Writes[p] = cnt.take()
 	}
+	// The child's own peak: getrusage's maxrss of a child starts from its parent's at fork,
+	// so it would report the bench's memory, not the client's.
+	res.RSSKiB = peakRSS()
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
