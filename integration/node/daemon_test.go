@@ -229,13 +229,17 @@ func TestSIGKILLMidApplyConverges(t *testing.T) {
 	s.gate = true
 	s.ship(t, 2, false, filepath.Join(stick, "kill-site-2.tar"))
 	s.waitStatus(t, c, "revision 2 applying", 60*time.Second, func(b daemon.BundleStatus) bool { return b.Applying == 2 })
+	// Kill it once revision 2's objects are in the cluster and it waits for their health.
+	for deadline := time.Now().Add(30 * time.Second); configMapData(t, s.ns)["revision"] != "2"; {
+		if time.Now().After(deadline) {
+			t.Fatal("revision 2's objects never reached the cluster")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err := first.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	first.Wait()
-	if d := configMapData(t, s.ns); d["revision"] != "2" {
-		t.Fatalf("revision 2 was not being applied when the daemon died: %v", d)
-	}
 	cs, _ := kubernetes.NewForConfig(tb.REST)
 	gate := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "gate", Namespace: s.ns}}
 	if _, err := cs.CoreV1().ConfigMaps(s.ns).Create(t.Context(), gate, metav1.CreateOptions{}); err != nil {
