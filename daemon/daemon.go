@@ -405,6 +405,9 @@ func (d *Daemon) reconcile(ctx context.Context, name string) error {
 	}
 	d.m.reconcileDuration.WithLabelValues(name, op).Observe(time.Since(begin).Seconds())
 	d.m.drift.WithLabelValues(name).Add(float64(len(rep.Drift)))
+	if len(rep.Drift) > 0 {
+		d.driftEvent(name, rep)
+	}
 	if rep.RolledBackTo != 0 {
 		d.m.rollbacks.WithLabelValues(name).Inc()
 	}
@@ -428,6 +431,28 @@ func (d *Daemon) reconcile(ctx context.Context, name string) error {
 	default:
 		d.lastErr[name] = err.Error()
 		return err
+	}
+}
+
+// driftEvent records drift in the event log (and so on the webhook): how many objects, how
+// many corrected, the first few by name.
+func (d *Daemon) driftEvent(name string, rep apply.Report) {
+	corrected := 0
+	var names []string
+	for _, dr := range rep.Drift {
+		if dr.Corrected {
+			corrected++
+		}
+		if len(names) < 3 {
+			names = append(names, dr.Object.String()+" "+dr.Path)
+		}
+	}
+	msg := fmt.Sprintf("%d objects drifted, %d corrected: %s", len(rep.Drift), corrected, strings.Join(names, ", "))
+	if len(rep.Drift) > len(names) {
+		msg += ", …"
+	}
+	if err := d.st.AddEvent(store.Event{Bundle: name, Revision: rep.Revision, Reason: "Drift", Message: msg}); err != nil {
+		d.log.Warn("event", "err", err)
 	}
 }
 

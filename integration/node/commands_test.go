@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/daemon"
 	"github.com/ferrygitops/ferry/store"
@@ -86,6 +90,31 @@ func TestTechnicianCommands(t *testing.T) {
 	s.waitStatus(t, c, "imported revision 4", time.Minute, healthy(4))
 	if err := c.Do(t.Context(), "POST", "/v1/import", map[string]string{"ref": elsewhere}, &rev); err == nil {
 		t.Fatal("importing the same revision again was accepted")
+	}
+
+	// A hand edit is drift: corrected at the next drift check (2s here) and recorded as an event.
+	cs, err := kubernetes.NewForConfig(tb.REST)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch := []byte(`{"data":{"revision":"edited by hand"}}`)
+	if _, err := cs.CoreV1().ConfigMaps(s.ns).Patch(t.Context(), "site", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		var evs []store.Event
+		c.Do(t.Context(), "GET", "/v1/events?limit=1000", nil, &evs)
+		found := false
+		for _, e := range evs {
+			found = found || (e.Reason == "Drift" && strings.Contains(e.Message, "1 corrected") && strings.Contains(e.Message, "/data/revision"))
+		}
+		if found && configMapData(t, s.ns)["revision"] == "4" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no corrected drift event; cluster holds %v", configMapData(t, s.ns))
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 
 	// Metrics and probes.
