@@ -135,21 +135,32 @@ type CommonMetadata struct {
 	Annotations map[string]string `yaml:"annotations" json:"annotations,omitempty"`
 }
 
-// LoadSpec reads and validates dir/ferry.yaml. Every problem is reported, each as a
-// *FieldError naming the file, the line and the field.
-func LoadSpec(dir string) (*Spec, error) {
-	file := filepath.Join(dir, SpecFile)
-	f, err := os.Open(file)
+// ReadFileLimited reads a file of outside input, refusing one over limit bytes with an error
+// naming it. It reads at most limit+1 bytes, so a file that grows while it is read (or a
+// device) cannot make it read more. Ferry's config, spec, policy and key files go through it.
+func ReadFileLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, MaxSpecBytes+1))
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", file, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if len(b) > MaxSpecBytes {
-		return nil, fmt.Errorf("%s: over the %d-byte limit", file, MaxSpecBytes)
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s: over the %d-byte limit", path, limit)
+	}
+	return b, nil
+}
+
+// LoadSpec reads and validates dir/ferry.yaml. Every problem is reported, each as a
+// *FieldError naming the file, the line and the field.
+func LoadSpec(dir string) (*Spec, error) {
+	file := filepath.Join(dir, SpecFile)
+	b, err := ReadFileLimited(file, MaxSpecBytes)
+	if err != nil {
+		return nil, err
 	}
 	s, root, err := ParseSpec(file, b)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/Masterminds/semver/v3"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ferrygitops/ferry/bundles"
 )
 
 // Defaults of an edge node.
@@ -133,17 +134,9 @@ var sourceName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
 // LoadConfig reads and validates a config file; every problem is reported, each naming the
 // file and the field.
 func LoadConfig(path string) (*Config, error) {
-	f, err := os.Open(path)
+	b, err := bundles.ReadFileLimited(path, MaxConfigBytes)
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, MaxConfigBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if len(b) > MaxConfigBytes {
-		return nil, fmt.Errorf("%s: over the %d-byte limit", path, MaxConfigBytes)
 	}
 	return ParseConfig(path, b)
 }

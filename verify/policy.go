@@ -9,6 +9,8 @@ import (
 	"regexp"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ferrygitops/ferry/bundles"
 )
 
 // MaxPolicyBytes bounds a trust policy file.
@@ -64,7 +66,7 @@ type PolicyKey struct {
 // LoadPolicy reads and validates a trust policy file. Unknown fields are errors; every
 // problem is reported with its field.
 func LoadPolicy(path string) (Policy, error) {
-	b, err := readLimited(path, MaxPolicyBytes)
+	b, err := bundles.ReadFileLimited(path, MaxPolicyBytes)
 	if err != nil {
 		return Policy{}, err
 	}
@@ -158,7 +160,7 @@ func loadKeyless(path string, kl *PolicyKeyless, bad func(field, format string, 
 	if !filepath.IsAbs(rootPath) {
 		rootPath = filepath.Join(filepath.Dir(path), rootPath)
 	}
-	b, err := readLimited(rootPath, MaxTrustedRootBytes)
+	b, err := bundles.ReadFileLimited(rootPath, MaxTrustedRootBytes)
 	if err != nil {
 		bad("keyless.trustedRoot", "%v", err)
 		return nil, err

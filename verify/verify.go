@@ -14,7 +14,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 	"time"
@@ -77,22 +76,11 @@ func ParsePublicKey(source string, b []byte) (Key, error) {
 
 // LoadPublicKey reads a public key file.
 func LoadPublicKey(path string) (Key, error) {
-	b, err := readLimited(path, MaxKeyBytes)
+	b, err := bundles.ReadFileLimited(path, MaxKeyBytes)
 	if err != nil {
 		return Key{}, err
 	}
 	return ParsePublicKey(path, b)
-}
-
-func readLimited(path string, limit int64) ([]byte, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if fi.Size() > limit {
-		return nil, fmt.Errorf("%s: %d bytes, over the %d-byte limit", path, fi.Size(), limit)
-	}
-	return os.ReadFile(path)
 }
 
 // Policy is what a bundle must carry to be trusted.
