@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ferrygitops/ferry/apply"
@@ -63,21 +64,13 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	policy, err := verify.LoadPolicy(cfg.Trust)
+	f, err := loadFiles(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("trust: %w", err)
+		return nil, err
 	}
+	policy, restCfg := f.policy, f.rest
 	aopts := opts.Apply
-	aopts.Env.Vars, aopts.Env.Namespace, aopts.Log = cfg.Variables, cfg.Namespace, log
-	if cfg.AgeKeyFile != "" {
-		if aopts.Env.Keys, err = decrypt.LoadKeys(cfg.AgeKeyFile); err != nil {
-			return nil, fmt.Errorf("ageKeyFile: %w", err)
-		}
-	}
-	rest, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig: %w", err)
-	}
+	aopts.Env.Vars, aopts.Env.Namespace, aopts.Env.Keys, aopts.Log = cfg.Variables, cfg.Namespace, f.keys, log
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("stateDir: %w", err)
 	}
@@ -85,7 +78,7 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stateDir: %w", err)
 	}
-	eng, err := apply.New(rest, st, aopts)
+	eng, err := apply.New(restCfg, st, aopts)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -105,39 +98,56 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 // kubeconfig, registry CA and credentials, S3 credentials) without opening the store, so it
 // can run beside a running daemon (ferry daemon --check-config).
 func CheckConfig(cfg *Config) error {
-	var errs []error
-	if _, err := verify.LoadPolicy(cfg.Trust); err != nil {
+	_, err := loadFiles(cfg)
+	return err
+}
+
+// files are what a config names, loaded.
+type files struct {
+	policy verify.Policy
+	keys   *decrypt.Keys
+	rest   *rest.Config
+}
+
+// loadFiles loads and checks every file cfg names; all problems are reported together.
+func loadFiles(cfg *Config) (files, error) {
+	var (
+		f    files
+		err  error
+		errs []error
+	)
+	if f.policy, err = verify.LoadPolicy(cfg.Trust); err != nil {
 		errs = append(errs, fmt.Errorf("trust: %w", err))
 	}
 	if cfg.AgeKeyFile != "" {
-		if _, err := decrypt.LoadKeys(cfg.AgeKeyFile); err != nil {
+		if f.keys, err = decrypt.LoadKeys(cfg.AgeKeyFile); err != nil {
 			errs = append(errs, fmt.Errorf("ageKeyFile: %w", err))
 		}
 	}
-	if _, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig); err != nil {
+	if f.rest, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig); err != nil {
 		errs = append(errs, fmt.Errorf("kubeconfig: %w", err))
 	}
 	readable := func(field, path string) {
 		if path == "" {
 			return
 		}
-		if f, err := os.Open(path); err != nil {
+		if fh, err := os.Open(path); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", field, err))
 		} else {
-			f.Close()
+			fh.Close()
 		}
 	}
 	for i, s := range cfg.Sources {
-		f := fmt.Sprintf("sources[%d]", i)
+		field := fmt.Sprintf("sources[%d]", i)
 		if r := s.Registry; r != nil {
-			readable(f+".registry.caFile", r.CAFile)
-			readable(f+".registry.dockerConfig", r.DockerConfig)
+			readable(field+".registry.caFile", r.CAFile)
+			readable(field+".registry.dockerConfig", r.DockerConfig)
 		}
 		if s3 := s.S3; s3 != nil {
-			readable(f+".s3.credentialsFile", s3.CredentialsFile)
+			readable(field+".s3.credentialsFile", s3.CredentialsFile)
 		}
 	}
-	return errors.Join(errs...)
+	return f, errors.Join(errs...)
 }
 
 // Close closes the store. Call it after Run returned.
