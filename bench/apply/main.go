@@ -469,19 +469,24 @@ func ferryStep(ctx context.Context, cfg *rest.Config, ns string, render *float64
 }
 
 func admit(ctx context.Context, st *store.Store, work, ns string, gen int) error {
-	tree := filepath.Join(work, fmt.Sprintf("tree%d", gen))
-	if err := os.MkdirAll(filepath.Join(tree, "app"), 0o755); err != nil {
-		return err
-	}
-	spec := "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: bench}\nspec:\n  version: 1.0.0\n  components:\n    - name: app\n      kustomize: {path: ./app, prune: true}\n"
 	y, err := yamlOf(objects(ns, gen))
 	if err != nil {
 		return err
 	}
+	return admitTree(ctx, st, filepath.Join(work, fmt.Sprintf("tree%d", gen)), gen, "{path: ./app, prune: true}", y)
+}
+
+// admitTree writes a one-component bundle "bench" (the component's kustomize spec in flow
+// style, its objects in one file) under tree, builds revision gen and admits it into st.
+func admitTree(ctx context.Context, st *store.Store, tree string, gen int, kustomize string, objs []byte) error {
+	if err := os.MkdirAll(filepath.Join(tree, "app"), 0o755); err != nil {
+		return err
+	}
+	spec := "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: bench}\nspec:\n  version: 1.0.0\n  components:\n    - name: app\n      kustomize: " + kustomize + "\n"
 	if err := os.WriteFile(filepath.Join(tree, "ferry.yaml"), []byte(spec), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(tree, "app", "objects.yaml"), y, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(tree, "app", "objects.yaml"), objs, 0o644); err != nil {
 		return err
 	}
 	mem := memory.New()
@@ -517,24 +522,13 @@ func timeRollback(ctx context.Context, log *slog.Logger) (time.Duration, error) 
 	}
 	defer st.Close()
 	for gen := 1; gen <= 2; gen++ {
-		tree := filepath.Join(dir, fmt.Sprintf("tree%d", gen))
-		os.MkdirAll(filepath.Join(tree, "app"), 0o755)
 		labels := "app: web"
 		if gen == 2 {
 			labels += ", " + testbed.FailLabel + ": \"true\""
 		}
-		spec := "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: bench}\nspec:\n  version: 1.0.0\n  components:\n    - name: app\n      kustomize: {path: ./app, prune: true, wait: true, timeout: 10s}\n"
 		objs := "apiVersion: v1\nkind: Namespace\nmetadata: {name: rollback}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: rollback}\nspec:\n  replicas: 1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {" + labels + "}}\n    spec: {containers: [{name: web, image: registry.local/web:1}]}\n"
-		os.WriteFile(filepath.Join(tree, "ferry.yaml"), []byte(spec), 0o644)
-		os.WriteFile(filepath.Join(tree, "app", "objects.yaml"), []byte(objs), 0o644)
-		mem := memory.New()
-		res, err := bundler.Build(ctx, mem, bundler.Options{Dir: tree, AllowDirty: true, Revision: uint64(gen), Created: time.Unix(1764057600, 0).UTC()})
-		if err != nil {
-			return 0, err
-		}
-		b, _ := bundles.Open(ctx, mem, res.Descriptor)
-		if _, err := st.Admit(ctx, mem, store.Admission{Name: "bench", Revision: uint64(gen), Version: b.Metadata.Version,
-			Manifest: res.Descriptor, Blobs: append([]ocispec.Descriptor{b.Manifest.Config}, b.Manifest.Layers...)}); err != nil {
+		tree := filepath.Join(dir, fmt.Sprintf("tree%d", gen))
+		if err := admitTree(ctx, st, tree, gen, "{path: ./app, prune: true, wait: true, timeout: 10s}", []byte(objs)); err != nil {
 			return 0, err
 		}
 	}
