@@ -263,7 +263,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 			return false, fmt.Errorf("flux Kustomization %s: %w", k.Metadata.Name, err)
 		}
 		spec := k.Spec.KustomizeSpec
-		spec.Extra = nil // Flux-only fields (interval, suspend, serviceAccountName…) mean nothing in a bundle
+		spec.Extra = nil // Flux-only fields (interval, suspend, sourceRef…) mean nothing in a bundle
 		if spec.Path == "" {
 			spec.Path = "."
 		}

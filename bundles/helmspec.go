@@ -16,20 +16,22 @@ import (
 // range. The bundler vendors the chart into the component's layer (chart/), with the values
 // files (values/), and records the resolved version.
 type HelmSpec struct {
-	Chart           string            `yaml:"chart" json:"chart"`
-	Repository      string            `yaml:"repository" json:"repository,omitempty"`
-	Version         string            `yaml:"version" json:"version,omitempty"`
-	ReleaseName     string            `yaml:"releaseName" json:"releaseName,omitempty"`
-	TargetNamespace string            `yaml:"targetNamespace" json:"targetNamespace,omitempty"`
-	Values          map[string]any    `yaml:"values" json:"values,omitempty"`
-	ValuesFiles     []string          `yaml:"valuesFiles" json:"valuesFiles,omitempty"`
-	ValuesFrom      []ValuesReference `yaml:"valuesFrom" json:"valuesFrom,omitempty"`
-	DependsOn       []DependencyRef   `yaml:"dependsOn" json:"dependsOn,omitempty"`
-	Timeout         string            `yaml:"timeout" json:"timeout,omitempty"`
-	MaxHistory      *int              `yaml:"maxHistory" json:"maxHistory,omitempty"`
-	Install         *HelmInstall      `yaml:"install" json:"install,omitempty"`
-	Upgrade         *HelmUpgrade      `yaml:"upgrade" json:"upgrade,omitempty"`
-	DriftDetection  *DriftDetection   `yaml:"driftDetection" json:"driftDetection,omitempty"`
+	Chart           string `yaml:"chart" json:"chart"`
+	Repository      string `yaml:"repository" json:"repository,omitempty"`
+	Version         string `yaml:"version" json:"version,omitempty"`
+	ReleaseName     string `yaml:"releaseName" json:"releaseName,omitempty"`
+	TargetNamespace string `yaml:"targetNamespace" json:"targetNamespace,omitempty"`
+	// ServiceAccountName: as for kustomize components, Helm's actions included.
+	ServiceAccountName string            `yaml:"serviceAccountName" json:"serviceAccountName,omitempty"`
+	Values             map[string]any    `yaml:"values" json:"values,omitempty"`
+	ValuesFiles        []string          `yaml:"valuesFiles" json:"valuesFiles,omitempty"`
+	ValuesFrom         []ValuesReference `yaml:"valuesFrom" json:"valuesFrom,omitempty"`
+	DependsOn          []DependencyRef   `yaml:"dependsOn" json:"dependsOn,omitempty"`
+	Timeout            string            `yaml:"timeout" json:"timeout,omitempty"`
+	MaxHistory         *int              `yaml:"maxHistory" json:"maxHistory,omitempty"`
+	Install            *HelmInstall      `yaml:"install" json:"install,omitempty"`
+	Upgrade            *HelmUpgrade      `yaml:"upgrade" json:"upgrade,omitempty"`
+	DriftDetection     *DriftDetection   `yaml:"driftDetection" json:"driftDetection,omitempty"`
 }
 
 // ValuesReference names a ConfigMap or Secret in the cluster holding values (Flux: valuesFrom).
@@ -39,6 +41,8 @@ type ValuesReference struct {
 	ValuesKey  string `yaml:"valuesKey" json:"valuesKey,omitempty"`
 	TargetPath string `yaml:"targetPath" json:"targetPath,omitempty"`
 	Optional   bool   `yaml:"optional" json:"optional,omitempty"`
+	// Namespace is a Ferry addition, as on substituteFrom.
+	Namespace string `yaml:"namespace" json:"namespace,omitempty"`
 }
 
 // HelmInstall configures installs (Flux: install).
@@ -116,9 +120,8 @@ func validateHelm(h *HelmSpec, f string, bad func(field, format string, a ...any
 	if h.ReleaseName != "" && (!dnsLabel.MatchString(h.ReleaseName) || len(h.ReleaseName) > 53) {
 		bad(f+".releaseName", "%q is not a valid release name (DNS label, at most 53)", h.ReleaseName)
 	}
-	if h.TargetNamespace != "" && (!dnsLabel.MatchString(h.TargetNamespace) || len(h.TargetNamespace) > 63) {
-		bad(f+".targetNamespace", "%q is not a valid namespace name", h.TargetNamespace)
-	}
+	checkNamespace(f+".targetNamespace", h.TargetNamespace, bad)
+	checkServiceAccount(f+".serviceAccountName", h.ServiceAccountName, bad)
 	if h.Timeout != "" {
 		if d, err := time.ParseDuration(h.Timeout); err != nil || d <= 0 {
 			bad(f+".timeout", "%q is not a positive duration (like 5m)", h.Timeout)
@@ -136,6 +139,7 @@ func validateHelm(h *HelmSpec, f string, bad func(field, format string, a ...any
 		if r.Name == "" {
 			bad(vf+".name", "is required")
 		}
+		checkNamespace(vf+".namespace", r.Namespace, bad)
 	}
 	crds := func(field, v string) {
 		if v != "" && v != "Skip" && v != "Create" && v != "CreateReplace" {

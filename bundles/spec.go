@@ -61,18 +61,21 @@ type ComponentSpec struct {
 // KustomizeSpec has the fields of Flux's Kustomization that mean something inside a bundle,
 // with Flux's names and meanings.
 type KustomizeSpec struct {
-	Path            string          `yaml:"path" json:"path"`
-	Prune           bool            `yaml:"prune" json:"prune"`
-	Wait            bool            `yaml:"wait" json:"wait"`
-	Timeout         string          `yaml:"timeout" json:"timeout,omitempty"`
-	Force           bool            `yaml:"force" json:"force"`
-	TargetNamespace string          `yaml:"targetNamespace" json:"targetNamespace,omitempty"`
-	DependsOn       []DependencyRef `yaml:"dependsOn" json:"dependsOn,omitempty"`
-	HealthChecks    []ObjectRef     `yaml:"healthChecks" json:"healthChecks,omitempty"`
-	PostBuild       *PostBuild      `yaml:"postBuild" json:"postBuild,omitempty"`
-	Patches         []Patch         `yaml:"patches" json:"patches,omitempty"`
-	Decryption      *Decryption     `yaml:"decryption" json:"decryption,omitempty"`
-	CommonMetadata  *CommonMetadata `yaml:"commonMetadata" json:"commonMetadata,omitempty"`
+	Path            string `yaml:"path" json:"path"`
+	Prune           bool   `yaml:"prune" json:"prune"`
+	Wait            bool   `yaml:"wait" json:"wait"`
+	Timeout         string `yaml:"timeout" json:"timeout,omitempty"`
+	Force           bool   `yaml:"force" json:"force"`
+	TargetNamespace string `yaml:"targetNamespace" json:"targetNamespace,omitempty"`
+	// ServiceAccountName makes every request for the component impersonate that service
+	// account of the component's namespace (Flux's multi-tenancy), so RBAC decides.
+	ServiceAccountName string          `yaml:"serviceAccountName" json:"serviceAccountName,omitempty"`
+	DependsOn          []DependencyRef `yaml:"dependsOn" json:"dependsOn,omitempty"`
+	HealthChecks       []ObjectRef     `yaml:"healthChecks" json:"healthChecks,omitempty"`
+	PostBuild          *PostBuild      `yaml:"postBuild" json:"postBuild,omitempty"`
+	Patches            []Patch         `yaml:"patches" json:"patches,omitempty"`
+	Decryption         *Decryption     `yaml:"decryption" json:"decryption,omitempty"`
+	CommonMetadata     *CommonMetadata `yaml:"commonMetadata" json:"commonMetadata,omitempty"`
 	// DriftDetection is HelmRelease's field, on a kustomize component: what the node does
 	// when a live object no longer matches what was applied (default enabled: correct it,
 	// as kustomize-controller does at every interval).
@@ -101,9 +104,12 @@ type PostBuild struct {
 
 // SubstituteRef names a ConfigMap or Secret in the cluster holding variables.
 type SubstituteRef struct {
-	Kind     string `yaml:"kind" json:"kind"`
-	Name     string `yaml:"name" json:"name"`
-	Optional bool   `yaml:"optional" json:"optional,omitempty"`
+	Kind string `yaml:"kind" json:"kind"`
+	Name string `yaml:"name" json:"name"`
+	// Namespace is a Ferry addition: where the object is, default the component's namespace.
+	// A node that refuses cross-namespace references refuses any other.
+	Namespace string `yaml:"namespace" json:"namespace,omitempty"`
+	Optional  bool   `yaml:"optional" json:"optional,omitempty"`
 }
 
 // Patch is a strategic merge or JSON6902 patch with an optional target (Flux: patches).
@@ -258,9 +264,8 @@ func (s *Spec) validate(file string, root *yaml.Node) error {
 				bad(f+".timeout", "%q is not a positive duration (like 5m)", k.Timeout)
 			}
 		}
-		if k.TargetNamespace != "" && (!dnsLabel.MatchString(k.TargetNamespace) || len(k.TargetNamespace) > 63) {
-			bad(f+".targetNamespace", "%q is not a valid namespace name", k.TargetNamespace)
-		}
+		checkNamespace(f+".targetNamespace", k.TargetNamespace, bad)
+		checkServiceAccount(f+".serviceAccountName", k.ServiceAccountName, bad)
 		checkDeps(f, c.Name, k.DependsOn, names, bad)
 		for j, h := range k.HealthChecks {
 			if h.Kind == "" || h.Name == "" {
@@ -275,6 +280,7 @@ func (s *Spec) validate(file string, root *yaml.Node) error {
 				if r.Name == "" {
 					bad(fmt.Sprintf("%s.postBuild.substituteFrom[%d].name", f, j), "is required")
 				}
+				checkNamespace(fmt.Sprintf("%s.postBuild.substituteFrom[%d].namespace", f, j), r.Namespace, bad)
 			}
 		}
 		for j, p := range k.Patches {
@@ -291,6 +297,20 @@ func (s *Spec) validate(file string, root *yaml.Node) error {
 		bad("spec.components", "%v", err)
 	}
 	return errors.Join(errs...)
+}
+
+// checkNamespace reports ns unless it is empty or a valid namespace name.
+func checkNamespace(f, ns string, bad func(field, format string, a ...any)) {
+	if ns != "" && (!dnsLabel.MatchString(ns) || len(ns) > 63) {
+		bad(f, "%q is not a valid namespace name", ns)
+	}
+}
+
+// checkServiceAccount reports sa unless it is empty or a valid service account name.
+func checkServiceAccount(f, sa string, bad func(field, format string, a ...any)) {
+	if sa != "" && (!dnsSubdomain.MatchString(sa) || len(sa) > 253) {
+		bad(f, "%q is not a valid service account name", sa)
+	}
 }
 
 func checkDeps(f, self string, deps []DependencyRef, names map[string]bool, bad func(field, format string, a ...any)) {

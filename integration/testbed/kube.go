@@ -66,8 +66,8 @@ func (tb *Testbed) startKube(ctx context.Context, nodes int, controllers, fsync 
 		"--service-account-key-file=" + pk.SAPub,
 		"--service-account-signing-key-file=" + pk.SAKey,
 		"--service-cluster-ip-range=10.0.0.0/24",
-		// RBAC, so impersonation and service-account tests see real authorization.
-		"--authorization-mode=RBAC",
+		// Node,RBAC as k3s runs it, so impersonation and tenancy tests see real authorization.
+		"--authorization-mode=Node,RBAC",
 		// 127.0.0.1 is not a valid endpoint for the kubernetes Service; nothing in the
 		// testbed needs it.
 		"--endpoint-reconciler-type=none",
