@@ -16,12 +16,16 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 )
 
 // cluster is the engine's access to one API server: a dynamic client, a RESTMapper over
 // cached discovery, and a bound on requests in flight.
 type cluster struct {
+	cfg         *rest.Config                       // what dyn was built from (the Helm SDK builds its own clients)
+	helmDisco   discovery.CachedDiscoveryInterface // the Helm SDK's, made on first use
 	dyn         dynamic.Interface
 	mapper      meta.ResettableRESTMapper
 	concurrency int
@@ -188,8 +192,10 @@ func each[T any](c *cluster, items []T, f func(T)) {
 }
 
 // applyOne sends one server-side apply and returns the object the server holds. With
-// recreate, an object whose immutable fields changed is deleted and created again.
-func (c *cluster) applyOne(ctx context.Context, o *object, recreate bool) (*unstructured.Unstructured, error) {
+// recreate, an object whose immutable fields changed is deleted and created again. With
+// dry, the server checks the apply (authorization, admission, validation) and stores
+// nothing.
+func (c *cluster) applyOne(ctx context.Context, o *object, recreate, dry bool) (*unstructured.Unstructured, error) {
 	ri, err := c.resource(o.ref)
 	if err != nil {
 		return nil, err
@@ -200,8 +206,11 @@ func (c *cluster) applyOne(ctx context.Context, o *object, recreate bool) (*unst
 	}
 	force := true // Ferry owns what its bundle declares, as Flux's controllers do
 	opts := metav1.PatchOptions{FieldManager: FieldManager, Force: &force}
+	if dry {
+		opts.DryRun = []string{metav1.DryRunAll}
+	}
 	got, err := ri.Patch(ctx, o.ref.Name, types.ApplyPatchType, data, opts)
-	if err != nil && recreate && isImmutable(err) {
+	if err != nil && recreate && !dry && isImmutable(err) {
 		if err := c.deleteAndWait(ctx, ri, o.ref); err != nil {
 			return nil, err
 		}

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"helm.sh/helm/v3/pkg/release"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -40,6 +42,10 @@ type Options struct {
 	DefaultTimeout time.Duration
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
+	// DefaultServiceAccount is the service account (in each component's namespace) that
+	// components without serviceAccountName run as, like kustomize-controller's
+	// --default-service-account; "" runs them as Ferry itself.
+	DefaultServiceAccount string
 }
 
 // Engine applies revisions kept in a store to one cluster, one at a time.
@@ -57,6 +63,12 @@ type Engine struct {
 	built     map[digest.Digest][]component
 	builtFIFO []digest.Digest
 	disco     discovery.DiscoveryInterface
+	// clusters are the connections that impersonate components' service accounts, by
+	// user name; they share c's RESTMapper. Guarded by mu.
+	clusters map[string]*cluster
+	// lookupSet is true when Options.Lookup came from the caller; otherwise substituteFrom
+	// and valuesFrom are read as each component's identity.
+	lookupSet bool
 }
 
 // Ping asks the API server for its version: the daemon waits for it (k3s starting or
@@ -115,14 +127,15 @@ func New(cfg *rest.Config, st *store.Store, opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{st: st, opts: opts, log: opts.Log, disco: dc, c: &cluster{
+	e := &Engine{st: st, opts: opts, log: opts.Log, disco: dc, lookupSet: opts.Lookup != nil, c: &cluster{
+		cfg:         cfg,
 		dyn:         dyn,
 		mapper:      restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc)),
 		concurrency: opts.Concurrency,
 		poll:        opts.PollInterval,
 	}}
 	if e.opts.Lookup == nil {
-		e.opts.Lookup = e.lookup
+		e.opts.Lookup = e.c.lookup
 	}
 	return e, nil
 }
@@ -146,6 +159,12 @@ type Inventory struct {
 	Component string  `json:"component"`
 	Prune     bool    `json:"prune"`
 	Objects   []Entry `json:"objects"`
+	// Release is the Helm release of a Helm component, with the Helm revision this Ferry
+	// revision deployed.
+	Release *Release `json:"release,omitempty"`
+	// ServiceAccount is the identity the component ran as ("" for Ferry's own): pruning
+	// and uninstalling what it left run as the same identity.
+	ServiceAccount string `json:"serviceAccount,omitempty"`
 }
 
 // component is one built component; objs is set by prepare, just before it is applied.
@@ -161,6 +180,13 @@ type component struct {
 	checks []ObjectRef
 	drift  *bundles.DriftDetection
 	tmo    time.Duration
+	// sa is the user the component's requests impersonate
+	// (system:serviceaccount:<ns>:<name>), "" to run as Ferry.
+	sa string
+	// targetNS is set when the component names targetNamespace.
+	targetNS string
+	// helm is set for a Helm component: it becomes a Helm release, not applied objects.
+	helm *helmChart
 }
 
 // Rollout applies revision rev of bundle name and waits for it to be healthy. If it fails
@@ -361,12 +387,24 @@ func (e *Engine) sync(ctx context.Context, name string, rev uint64) (Report, err
 	var done []*object
 	for i := range comps {
 		c := &comps[i]
-		if err := e.prepare(ctx, c, done); err != nil {
+		prev := invs[c.spec.Name]
+		cc, err := e.clusterFor(c.sa)
+		if err != nil {
+			return rep, err
+		}
+		if c.helm != nil {
+			// A release changed by hand (helm upgrade, helm rollback) is upgraded back.
+			if err := e.applyHelm(ctx, name, rev, c, cc, entries(prev), nil, false, &rep); err != nil {
+				return rep, fmt.Errorf("component %s: %w", c.spec.Name, err)
+			}
+			done = append(done, c.objs...)
+			continue
+		}
+		if err := e.prepare(ctx, c, cc, done); err != nil {
 			return rep, err
 		}
 		done = append(done, c.objs...)
-		prev := invs[c.spec.Name]
-		res, err := e.c.sync(ctx, syncSet{bundle: name, objs: c.objs, prev: entries(prev), drift: c.drift, force: c.force})
+		res, err := cc.sync(ctx, syncSet{bundle: name, objs: c.objs, prev: entries(prev), drift: c.drift, force: c.force, dryRun: c.sa != ""})
 		rep.Applied += len(res.applied)
 		rep.Unchanged += len(c.objs) - len(res.applied)
 		rep.Drift = append(rep.Drift, res.drifted...)
@@ -374,7 +412,7 @@ func (e *Engine) sync(ctx context.Context, name string, rev uint64) (Report, err
 			return rep, fmt.Errorf("component %s: %w", c.spec.Name, err)
 		}
 		if changed(prev.Objects, res.entries) {
-			if err := e.putInventory(name, rev, Inventory{Component: c.spec.Name, Prune: c.prune, Objects: res.entries}); err != nil {
+			if err := e.putInventory(name, rev, Inventory{Component: c.spec.Name, Prune: c.prune, Objects: res.entries, ServiceAccount: c.sa}); err != nil {
 				return rep, err
 			}
 		}
@@ -395,11 +433,36 @@ func (e *Engine) sync(ctx context.Context, name string, rev uint64) (Report, err
 // object old holds that rev does not (a rollback: the failed revision was never good).
 func (e *Engine) applyRevision(ctx context.Context, name string, rev uint64, comps []component, prev map[string]Entry, old map[string]Inventory, pruneAll bool, rep *Report) error {
 	keep := map[string]bool{}
+	releases := map[string]bool{} // "namespace/name" of the releases rev has
+	// Rolling back, each Helm release returns to the Helm revision rev deployed.
+	var mine map[string]Inventory
+	if pruneAll {
+		var err error
+		if mine, err = e.inventories(name, rev); err != nil {
+			return err
+		}
+	}
 	var done []*object
 	for i := range comps {
 		c := &comps[i]
 		log := e.log.With("bundle", name, "revision", rev, "component", c.spec.Name)
-		if err := e.prepare(ctx, c, done); err != nil {
+		cc, err := e.clusterFor(c.sa)
+		if err != nil {
+			return err
+		}
+		if c.helm != nil {
+			releases[c.ns+"/"+c.helm.release] = true
+			if err := e.applyHelm(ctx, name, rev, c, cc, prev, mine[c.spec.Name].Release, true, rep); err != nil {
+				return fmt.Errorf("component %s: %w", c.spec.Name, err)
+			}
+			done = append(done, c.objs...)
+			for _, o := range c.objs {
+				keep[o.ref.key()] = true
+			}
+			log.Info("healthy", "release", c.helm.release)
+			continue
+		}
+		if err := e.prepare(ctx, c, cc, done); err != nil {
 			return err
 		}
 		done = append(done, c.objs...)
@@ -408,15 +471,15 @@ func (e *Engine) applyRevision(ctx context.Context, name string, rev uint64, com
 		}
 		// The component's inventory is written before its first object is sent: after a
 		// crash, what this revision may have created is known and can be pruned.
-		planned := Inventory{Component: c.spec.Name, Prune: c.prune, Objects: plan(c.objs, prev)}
+		planned := Inventory{Component: c.spec.Name, Prune: c.prune, Objects: plan(c.objs, prev), ServiceAccount: c.sa}
 		if err := e.putInventory(name, rev, planned); err != nil {
 			return err
 		}
-		res, err := e.c.sync(ctx, syncSet{bundle: name, objs: c.objs, prev: prev, drift: c.drift, force: c.force})
+		res, err := cc.sync(ctx, syncSet{bundle: name, objs: c.objs, prev: prev, drift: c.drift, force: c.force, dryRun: c.sa != ""})
 		rep.Applied += len(res.applied)
 		rep.Unchanged += len(c.objs) - len(res.applied)
 		rep.Drift = append(rep.Drift, res.drifted...)
-		if perr := e.putInventory(name, rev, Inventory{Component: c.spec.Name, Prune: c.prune, Objects: merge(c.objs, res.entries)}); perr != nil {
+		if perr := e.putInventory(name, rev, Inventory{Component: c.spec.Name, Prune: c.prune, Objects: merge(c.objs, res.entries), ServiceAccount: c.sa}); perr != nil {
 			return errors.Join(err, perr)
 		}
 		if err != nil {
@@ -430,7 +493,7 @@ func (e *Engine) applyRevision(ctx context.Context, name string, rev uint64, com
 					applied = append(applied, o.ref)
 				}
 			}
-			if err := e.c.waitHealthy(ctx, name, applied, c.checks, c.tmo, e.opts.FailureWindow); err != nil {
+			if err := cc.waitHealthy(ctx, name, applied, c.checks, c.tmo, e.opts.FailureWindow); err != nil {
 				return fmt.Errorf("component %s: %w", c.spec.Name, err)
 			}
 			log.Info("healthy")
@@ -439,6 +502,20 @@ func (e *Engine) applyRevision(ctx context.Context, name string, rev uint64, com
 	// Prune last, across components: an object that moved from one component to another is
 	// kept, and nothing is deleted before everything new is in place.
 	for cname, inv := range old {
+		cc, err := e.clusterFor(inv.ServiceAccount)
+		if err != nil {
+			return err
+		}
+		if r := inv.Release; r != nil {
+			// Helm removes what a chart no longer has; a release rev no longer has is
+			// uninstalled, as the identity that installed it.
+			if !releases[r.Namespace+"/"+r.Name] {
+				if err := e.uninstallRelease(cc, *r); err != nil {
+					return fmt.Errorf("component %s: %w", cname, err)
+				}
+			}
+			continue
+		}
 		prune := inv.Prune
 		for _, c := range comps {
 			if c.spec.Name == cname {
@@ -448,11 +525,93 @@ func (e *Engine) applyRevision(ctx context.Context, name string, rev uint64, com
 		if !prune && !pruneAll {
 			continue
 		}
-		if err := e.pruneGone(ctx, name, inv, keep, rep); err != nil {
+		if err := e.pruneGone(ctx, cc, name, inv, keep, rep); err != nil {
 			return fmt.Errorf("component %s: %w", cname, err)
 		}
 	}
 	return nil
+}
+
+// applyHelm installs, upgrades or rolls back a Helm component's release (see applyRelease),
+// then treats the objects of the release's manifest as the engine treats its own: drift
+// compared and corrected or reported, recorded in the inventory, and, when the release
+// changed or wait is set, health waited for with kstatus. back is the release the revision
+// being restored deployed (a rollback), else nil.
+func (e *Engine) applyHelm(ctx context.Context, name string, rev uint64, c *component, cc *cluster, prev map[string]Entry, back *Release, wait bool, rep *Report) error {
+	// Written before Helm runs: after a crash, this revision may have installed the release,
+	// and a rollback uninstalls it if the good revision has none.
+	planned := Inventory{Component: c.spec.Name, Prune: true, ServiceAccount: c.sa,
+		Release: &Release{Name: c.helm.release, Namespace: c.ns}}
+	if old, err := e.inventories(name, rev); err != nil {
+		return err
+	} else if inv, ok := old[c.spec.Name]; ok && inv.Release != nil {
+		planned = inv // an earlier attempt recorded more
+	} else if err := e.putInventory(name, rev, planned); err != nil {
+		return err
+	}
+	failed := ""
+	if !wait && planned.Release != nil {
+		failed = planned.Release.Failed // a sync does not try a failed upgrade again
+	}
+	out, err := e.applyRelease(ctx, c, cc, back, failed)
+	if err != nil {
+		if out.attempt != "" && planned.Release != nil && planned.Release.Failed != out.attempt {
+			planned.Release.Failed = out.attempt
+			if perr := e.putInventory(name, rev, planned); perr != nil {
+				return errors.Join(err, perr)
+			}
+		}
+		return err
+	}
+	us, err := manifestObjects(out.rel)
+	if err != nil {
+		return err
+	}
+	c.objs = nil
+	for _, u := range us {
+		o, err := newObject(u, e.opts.Keys.HashKey())
+		if err != nil {
+			return err
+		}
+		c.objs = append(c.objs, o)
+	}
+	if err := cc.place(c.objs, c.ns, crdScopes(c.objs)); err != nil {
+		return err
+	}
+	for _, o := range c.objs {
+		if err := o.rehash(); err != nil {
+			return err
+		}
+	}
+	res, err := cc.sync(ctx, syncSet{bundle: name, objs: c.objs, prev: prev, drift: c.drift, helm: true})
+	rep.Drift = append(rep.Drift, res.drifted...)
+	if out.changed {
+		rep.Applied += len(c.objs)
+	} else {
+		rep.Applied += len(res.applied)
+		rep.Unchanged += len(c.objs) - len(res.applied)
+	}
+	inv := Inventory{Component: c.spec.Name, Prune: true, Objects: merge(c.objs, res.entries), ServiceAccount: c.sa,
+		Release: &Release{Name: out.rel.Name, Namespace: out.rel.Namespace, Version: out.rel.Version}}
+	if !reflect.DeepEqual(inv.Release, planned.Release) || changed(planned.Objects, inv.Objects) {
+		if perr := e.putInventory(name, rev, inv); perr != nil {
+			return errors.Join(err, perr)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if out.rel.Info.Status != release.StatusDeployed {
+		return fmt.Errorf("release %s is %s", out.rel.Name, out.rel.Info.Status)
+	}
+	if !wait && !out.changed {
+		return nil
+	}
+	refs := make([]ObjectRef, len(c.objs))
+	for i, o := range c.objs {
+		refs[i] = o.ref
+	}
+	return cc.waitHealthy(ctx, name, refs, c.checks, c.tmo, e.opts.FailureWindow)
 }
 
 // plan is the inventory written before a component's objects are sent. An object whose
@@ -493,7 +652,7 @@ func (e *Engine) records(name string, revs ...uint64) (map[string]Entry, error) 
 	return out, nil
 }
 
-func (e *Engine) pruneGone(ctx context.Context, name string, inv Inventory, keep map[string]bool, rep *Report) error {
+func (e *Engine) pruneGone(ctx context.Context, cc *cluster, name string, inv Inventory, keep map[string]bool, rep *Report) error {
 	var gone []ObjectRef
 	for _, o := range inv.Objects {
 		if !keep[o.key()] {
@@ -503,7 +662,7 @@ func (e *Engine) pruneGone(ctx context.Context, name string, inv Inventory, keep
 	if len(gone) == 0 {
 		return nil
 	}
-	deleted, err := e.c.prune(ctx, name, gone)
+	deleted, err := cc.prune(ctx, name, gone)
 	rep.Pruned += len(deleted)
 	for _, d := range deleted {
 		e.log.Info("pruned", "bundle", name, "object", d.String())
@@ -548,40 +707,57 @@ func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, err
 	var comps []component
 	for _, i := range order {
 		spec := b.Metadata.Components[i]
-		rm, err := e.opts.build(ctx, e.st, b, i)
-		if err != nil {
-			return nil, err
-		}
-		c := component{spec: spec, bundle: b.Metadata.Name, rm: rm, ns: e.opts.namespaceOf(spec), tmo: e.opts.DefaultTimeout}
+		c := component{spec: spec, bundle: b.Metadata.Name, ns: e.opts.namespaceOf(spec), tmo: e.opts.DefaultTimeout}
+		var timeout, sa string
 		if k := spec.Kustomize; k != nil {
-			c.wait, c.prune, c.force, c.drift = k.Wait, k.Prune, k.Force, k.DriftDetection
-			if k.Timeout != "" {
-				if c.tmo, err = time.ParseDuration(k.Timeout); err != nil || c.tmo <= 0 {
-					return nil, fmt.Errorf("component %s: timeout %q is not a positive duration", spec.Name, k.Timeout)
-				}
+			if c.rm, err = e.opts.build(ctx, e.st, b, i); err != nil {
+				return nil, err
 			}
-			for _, h := range k.HealthChecks {
+			c.wait, c.prune, c.force, c.drift = k.Wait, k.Prune, k.Force, k.DriftDetection
+			timeout, sa, c.targetNS = k.Timeout, k.ServiceAccountName, k.TargetNamespace
+			for j, h := range k.HealthChecks {
 				gv, err := schema.ParseGroupVersion(h.APIVersion)
 				if err != nil {
 					return nil, fmt.Errorf("component %s: healthChecks: %w", spec.Name, err)
 				}
-				ns := h.Namespace
-				if ns == "" {
-					ns = c.ns // ignored for a cluster-scoped kind
+				ns, err := e.refNamespace(&c, h.Namespace, fmt.Sprintf("healthChecks[%d]", j))
+				if err != nil {
+					return nil, fmt.Errorf("component %s: %w", spec.Name, err)
 				}
 				c.checks = append(c.checks, ObjectRef{Group: gv.Group, Version: gv.Version, Kind: h.Kind, Namespace: ns, Name: h.Name})
 			}
 		} else if h := spec.Helm; h != nil {
-			// Until Helm releases land (the Helm issue), a Helm component is applied as its
-			// rendered manifests, waited for and pruned like a kustomize one.
+			if c.helm, err = e.opts.helmChart(ctx, e.st, b, i); err != nil {
+				return nil, err
+			}
 			c.wait, c.prune, c.drift = true, true, h.DriftDetection
-			if h.Timeout != "" {
-				if c.tmo, err = time.ParseDuration(h.Timeout); err != nil || c.tmo <= 0 {
-					return nil, fmt.Errorf("component %s: timeout %q is not a positive duration", spec.Name, h.Timeout)
+			timeout, sa, c.targetNS = h.Timeout, h.ServiceAccountName, h.TargetNamespace
+		}
+		if timeout != "" {
+			if c.tmo, err = time.ParseDuration(timeout); err != nil || c.tmo <= 0 {
+				return nil, fmt.Errorf("component %s: timeout %q is not a positive duration", spec.Name, timeout)
+			}
+		}
+		if sa == "" {
+			sa = e.opts.DefaultServiceAccount
+		}
+		if sa != "" {
+			c.sa = serviceAccountUser(c.ns, sa)
+		}
+		comps = append(comps, c)
+	}
+	if e.opts.NoCrossNamespaceRefs {
+		nsOf := map[string]string{}
+		for _, c := range comps {
+			nsOf[c.spec.Name] = c.ns
+		}
+		for _, c := range comps {
+			for _, d := range c.spec.DependsOn() {
+				if nsOf[d] != c.ns {
+					return nil, fmt.Errorf("component %s (namespace %s) depends on %s in namespace %s, but this node refuses references outside the component's namespace (noCrossNamespaceRefs)", c.spec.Name, c.ns, d, nsOf[d])
 				}
 			}
 		}
-		comps = append(comps, c)
 	}
 	return comps, nil
 }
@@ -589,8 +765,12 @@ func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, err
 // prepare substitutes the component's variables, labels its objects as the bundle's, hashes
 // them and places them in namespaces. before are the objects of the components already
 // prepared (their CRDs tell the scope of kinds not served yet).
-func (e *Engine) prepare(ctx context.Context, c *component, before []*object) error {
-	us, err := e.opts.finish(ctx, c.spec, c.rm)
+func (e *Engine) prepare(ctx context.Context, c *component, cc *cluster, before []*object) error {
+	env := e.opts.Env
+	if !e.lookupSet {
+		env.Lookup = cc.lookup // substituteFrom is read as the component's identity
+	}
+	us, err := env.finish(ctx, c.spec, c.rm)
 	if err != nil {
 		return err
 	}
@@ -609,7 +789,10 @@ func (e *Engine) prepare(ctx context.Context, c *component, before []*object) er
 		}
 		c.objs = append(c.objs, o)
 	}
-	if err := e.c.place(c.objs, c.ns, crdScopes(append(before, c.objs...))); err != nil {
+	if err := cc.place(c.objs, c.ns, crdScopes(append(before, c.objs...))); err != nil {
+		return fmt.Errorf("component %s: %w", c.spec.Name, err)
+	}
+	if err := confine(c); err != nil {
 		return fmt.Errorf("component %s: %w", c.spec.Name, err)
 	}
 	for _, o := range c.objs {
@@ -702,9 +885,9 @@ func changed(a, b []Entry) bool {
 	return false
 }
 
-// lookup reads a ConfigMap's or Secret's data for substituteFrom.
-func (e *Engine) lookup(ctx context.Context, kind, namespace, name string) (map[string]string, error) {
-	u, err := e.c.dyn.Resource(corev1Resource(kind).WithVersion("v1")).Namespace(namespace).Get(ctx, name, metav1.GetOptions{})
+// lookup reads a ConfigMap's or Secret's data for substituteFrom and valuesFrom.
+func (c *cluster) lookup(ctx context.Context, kind, namespace, name string) (map[string]string, error) {
+	u, err := c.dyn.Resource(corev1Resource(kind).WithVersion("v1")).Namespace(namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return nil, err
 	}

@@ -39,6 +39,9 @@ type Env struct {
 	// NoDecrypt renders SOPS files as they are, still encrypted (previews without the node's
 	// key; Secret values are masked in previews anyway).
 	NoDecrypt bool
+	// NoCrossNamespaceRefs refuses substituteFrom, valuesFrom, healthChecks and dependsOn
+	// that name another namespace than the component's (Flux's --no-cross-namespace-refs).
+	NoCrossNamespaceRefs bool
 }
 
 // Namespace returns the namespace a component works in: its targetNamespace, else env's.
@@ -94,6 +97,26 @@ func (env Env) build(ctx context.Context, src content.Fetcher, b *bundles.Bundle
 	return rm, nil
 }
 
+// helmChart reads a Helm component's layer and loads its chart: the engine installs it as a
+// Helm release rather than applying rendered objects.
+func (env Env) helmChart(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i int) (*helmChart, error) {
+	c := b.Metadata.Components[i]
+	files, err := b.Layer(ctx, src, i)
+	if err != nil {
+		return nil, fmt.Errorf("component %s: %w", c.Name, err)
+	}
+	for _, f := range files {
+		if decrypt.IsEncrypted(f.Name, f.Data) {
+			return nil, fmt.Errorf("component %s: %s is SOPS-encrypted; Helm components take secrets through valuesFrom", c.Name, f.Name)
+		}
+	}
+	ch, err := render.LoadChart(files)
+	if err != nil {
+		return nil, fmt.Errorf("component %s: %w", c.Name, err)
+	}
+	return &helmChart{release: render.ReleaseName(c.Name, *c.Helm), chart: ch, files: files, layer: b.Manifest.Layers[i].Digest, spec: *c.Helm}, nil
+}
+
 // finish substitutes variables (postBuild) into a copy of rm and returns its objects.
 func (env Env) finish(ctx context.Context, c bundles.Component, rm resmap.ResMap) ([]*unstructured.Unstructured, error) {
 	if c.Kustomize != nil && c.Kustomize.PostBuild != nil && !env.KeepVariables {
@@ -131,10 +154,13 @@ func (env Env) variables(ctx context.Context, c bundles.Component, pb bundles.Po
 	if vars == nil {
 		vars = map[string]string{}
 	}
-	ns := env.namespaceOf(c)
-	for _, ref := range pb.SubstituteFrom {
+	own := env.namespaceOf(c)
+	for i, ref := range pb.SubstituteFrom {
+		ns, err := env.refNamespace(own, ref.Namespace, fmt.Sprintf("postBuild.substituteFrom[%d]", i))
+		if err != nil {
+			return nil, err
+		}
 		var data map[string]string
-		var err error
 		if env.Lookup == nil {
 			err = apierrors.NewNotFound(corev1Resource(ref.Kind), ref.Name)
 		} else {

@@ -36,6 +36,12 @@ type syncSet struct {
 	prev   map[string]Entry // what was recorded at the last apply, by key
 	drift  *bundles.DriftDetection
 	force  bool // recreate objects whose immutable fields changed (spec.force)
+	// dryRun sends every apply as a server-side dry run first, so an object the component's
+	// service account may not write fails the component before anything of it is written.
+	dryRun bool
+	// helm marks a release's objects: Helm applied them, so an object Ferry has no record
+	// of is compared with the live one, not sent.
+	helm bool
 }
 
 type syncResult struct {
@@ -84,6 +90,11 @@ func (c *cluster) sync(ctx context.Context, s syncSet) (syncResult, error) {
 			}
 			res.entries = append(res.entries, e)
 		}
+		if s.dryRun && len(todo) > 0 {
+			if err := c.dryRunAll(ctx, todo); err != nil {
+				return res, err
+			}
+		}
 		entries, err := c.applyAll(ctx, todo, s.force)
 		res.entries = append(res.entries, entries...)
 		for _, e := range entries {
@@ -108,16 +119,17 @@ func (c *cluster) sync(ctx context.Context, s syncSet) (syncResult, error) {
 // drift: the live object changed since Ferry recorded it and no longer holds Ferry's fields.
 func (s syncSet) decide(o *object, live *unstructured.Unstructured) (bool, *Drift) {
 	prev, known := s.prev[o.ref.key()]
+	recorded := known && prev.Hash == o.hash && prev.ResourceVersion != ""
 	if live == nil {
-		if known && prev.Hash == o.hash && prev.ResourceVersion != "" {
+		if recorded || s.helm {
 			return s.driftAction(&Drift{Object: o.ref})
 		}
 		return true, nil
 	}
-	if !known || prev.Hash != o.hash || prev.ResourceVersion == "" {
+	if !recorded && !s.helm {
 		return true, nil // new to Ferry, changed in the bundle, or maybe sent before a crash
 	}
-	if prev.ResourceVersion == live.GetResourceVersion() {
+	if recorded && prev.ResourceVersion == live.GetResourceVersion() {
 		return false, nil
 	}
 	if s.mode() == DriftDisabled {
@@ -206,7 +218,7 @@ func (c *cluster) applyAll(ctx context.Context, objs []*object, recreate bool) (
 		errs    []error
 	)
 	each(c, objs, func(o *object) {
-		got, err := c.applyOne(ctx, o, recreate)
+		got, err := c.applyOne(ctx, o, recreate, false)
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
@@ -216,6 +228,24 @@ func (c *cluster) applyAll(ctx context.Context, objs []*object, recreate bool) (
 		entries = append(entries, Entry{ObjectRef: o.ref, Hash: o.hash, ResourceVersion: got.GetResourceVersion()})
 	})
 	return entries, errors.Join(errs...)
+}
+
+// dryRunAll sends every object as a server-side apply with dryRun=All: the API server runs
+// authorization, admission and validation and stores nothing.
+func (c *cluster) dryRunAll(ctx context.Context, objs []*object) error {
+	var (
+		mu   sync.Mutex
+		errs []error
+	)
+	each(c, objs, func(o *object) {
+		_, err := c.applyOne(ctx, o, false, true)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("apply %s: %w", o.ref, err))
+		}
+	})
+	return errors.Join(errs...)
 }
 
 // prune deletes the objects of refs that still carry the bundle's label, except those

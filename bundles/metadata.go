@@ -89,6 +89,22 @@ var (
 	commitRE = regexp.MustCompile(`^([0-9a-f]{40}|[0-9a-f]{64})$`)
 )
 
+// DependsOn returns the names of the components c depends on.
+func (c Component) DependsOn() []string {
+	var refs []DependencyRef
+	switch {
+	case c.Kustomize != nil:
+		refs = c.Kustomize.DependsOn
+	case c.Helm != nil:
+		refs = c.Helm.DependsOn
+	}
+	out := make([]string, len(refs))
+	for i, d := range refs {
+		out[i] = d.Name
+	}
+	return out
+}
+
 // Order returns the indexes of m's components in the order they are applied: each after the
 // components it depends on (dependsOn), otherwise as listed. A dependency on a component the
 // bundle does not have, or a cycle, is an error; the signed config is checked again here
@@ -101,18 +117,11 @@ func (m *Metadata) Order() ([]int, error) {
 	}
 	deps := map[string][]string{}
 	for _, c := range m.Components {
-		var refs []DependencyRef
-		switch {
-		case c.Kustomize != nil:
-			refs = c.Kustomize.DependsOn
-		case c.Helm != nil:
-			refs = c.Helm.DependsOn
-		}
-		for _, d := range refs {
-			if _, ok := index[d.Name]; !ok || d.Name == c.Name {
-				return nil, &FieldError{Field: "components." + c.Name + ".dependsOn", Msg: fmt.Sprintf("%q is not another component of this bundle", d.Name)}
+		for _, d := range c.DependsOn() {
+			if _, ok := index[d]; !ok || d == c.Name {
+				return nil, &FieldError{Field: "components." + c.Name + ".dependsOn", Msg: fmt.Sprintf("%q is not another component of this bundle", d)}
 			}
-			deps[c.Name] = append(deps[c.Name], d.Name)
+			deps[c.Name] = append(deps[c.Name], d)
 		}
 	}
 	order, err := dependencyOrder(names, deps)

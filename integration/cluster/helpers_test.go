@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"maps"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"oras.land/oras-go/v2/content/memory"
 
 	"github.com/ferrygitops/ferry/apply"
@@ -102,25 +105,85 @@ func newNode(t *testing.T, bundle string, opts apply.Options) *node {
 // components part of a Bundle) at revision rev and admits it into the node's store.
 func (n *node) admit(t *testing.T, rev uint64, components string, files map[string]string) {
 	t.Helper()
-	all := map[string]string{"ferry.yaml": "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata:\n  name: " + n.bundle +
+	if err := admitTree(t.Context(), n.st, t.TempDir(), n.bundle, rev, components, files); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// admitTree is admit for a caller without a testing.T (a child process): the tree is
+// written under dir.
+func admitTree(ctx context.Context, st *store.Store, dir, bundle string, rev uint64, components string, files map[string]string) error {
+	all := map[string]string{"ferry.yaml": "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata:\n  name: " + bundle +
 		"\nspec:\n  version: 1.0." + itoa(rev) + "\n  components:\n" + indent(components, "    ")}
-	for k, v := range files {
-		all[k] = v
+	maps.Copy(all, files)
+	for name, data := range all {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			return err
+		}
 	}
-	dir := bundlertest.WriteTree(t, all)
 	mem := memory.New()
-	res, err := bundler.Build(t.Context(), mem, bundler.Options{Dir: dir, AllowDirty: true, Revision: rev, Created: time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)})
+	res, err := bundler.Build(ctx, mem, bundler.Options{Dir: dir, AllowDirty: true, Revision: rev, Created: time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	b, err := bundles.Open(t.Context(), mem, res.Descriptor)
+	b, err := bundles.Open(ctx, mem, res.Descriptor)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	if _, err := n.st.Admit(t.Context(), mem, store.Admission{
-		Name: n.bundle, Revision: rev, Version: b.Metadata.Version, Manifest: res.Descriptor,
+	_, err = st.Admit(ctx, mem, store.Admission{
+		Name: bundle, Revision: rev, Version: b.Metadata.Version, Manifest: res.Descriptor,
 		Blobs: append([]ocispec.Descriptor{b.Manifest.Config}, b.Manifest.Layers...),
-	}); err != nil {
+	})
+	return err
+}
+
+// runHelmChild is the child process of a test: a store and engine of its own roll out one
+// revision of bundle hp to the cluster kubeconfig reaches.
+func runHelmChild(kubeconfig, components string, files map[string]string) error {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "ferry-child-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	st, err := store.Open(filepath.Join(dir, "state"), store.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := admitTree(ctx, st, filepath.Join(dir, "src"), "hp", 1, components, files); err != nil {
+		return err
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return err
+	}
+	eng, err := apply.New(cfg, st, apply.Options{})
+	if err != nil {
+		return err
+	}
+	_, err = eng.Rollout(ctx, "hp", 1)
+	return err
+}
+
+// createNamespace creates namespace ns for a test.
+func (n *node) createNamespace(t *testing.T, ns string) {
+	t.Helper()
+	n.createObject(t, namespaces, "", map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}})
+}
+
+// createObject creates an object the test needs that no bundle owns.
+func (n *node) createObject(t *testing.T, gvr schema.GroupVersionResource, ns string, obj map[string]any) {
+	t.Helper()
+	var ri dynamic.ResourceInterface = n.dyn.Resource(gvr)
+	if ns != "" {
+		ri = n.dyn.Resource(gvr).Namespace(ns)
+	}
+	if _, err := ri.Create(t.Context(), &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -139,6 +202,7 @@ var (
 	configMaps  = schema.GroupVersionResource{Version: "v1", Resource: "configmaps"}
 	secrets     = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
 	deployments = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"}
+	namespaces  = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
 )
 
 // get returns the live object or nil when it does not exist.

@@ -4,6 +4,7 @@
 package cluster
 
 import (
+	"fmt"
 	"os"
 	"testing"
 
@@ -13,5 +14,12 @@ import (
 var tb *testbed.Testbed
 
 func TestMain(m *testing.M) {
+	if kc := os.Getenv(helmChildEnv); kc != "" {
+		// The child process of TestHelmPendingUpgradeIsRecovered: it is killed mid-upgrade.
+		if err := helmChild(kc); err != nil {
+			fmt.Fprintln(os.Stderr, "helm child:", err)
+		}
+		os.Exit(3)
+	}
 	os.Exit(testbed.Main(m, testbed.Options{Services: testbed.Kube}, &tb))
 }

@@ -1,0 +1,344 @@
+package cluster
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/integration/testbed"
+	"github.com/ferrygitops/ferry/store"
+)
+
+// chart is a small chart: a ConfigMap of the values' settings and a Deployment that never
+// becomes Ready when the value fail is true.
+func chart(version string) map[string]string {
+	return map[string]string{
+		"charts/app/Chart.yaml":  "apiVersion: v2\nname: app\nversion: " + version + "\n",
+		"charts/app/values.yaml": "settings: {color: blue}\nfail: false\n",
+		"charts/app/templates/settings.yaml": `apiVersion: v1
+kind: ConfigMap
+metadata: {name: {{ .Release.Name }}-settings}
+data:
+{{ toYaml .Values.settings | indent 2 }}
+`,
+		"charts/app/templates/web.yaml": `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: {{ .Release.Name }}-web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: {{ .Release.Name }}}}
+  template:
+    metadata:
+      labels:
+        app: {{ .Release.Name }}
+{{- if .Values.fail }}
+        ` + testbed.FailLabel + `: "true"
+{{- end }}
+    spec:
+      containers:
+        - name: app
+          image: registry.local/app:1
+`,
+	}
+}
+
+// helmRevision is one line of `helm history -o json`.
+type helmRevision struct {
+	Revision    int    `json:"revision"`
+	Status      string `json:"status"`
+	Description string `json:"description"`
+}
+
+// helmHistory runs the real helm CLI against the testbed.
+func helmHistory(t *testing.T, ns, rel string) []helmRevision {
+	t.Helper()
+	out, err := exec.Command(tb.Bin("helm"), "history", rel, "-n", ns, "-o", "json", "--max", "100", "--kubeconfig", tb.Kubeconfig).CombinedOutput()
+	if err != nil {
+		t.Fatalf("helm history: %v: %s", err, out)
+	}
+	var h []helmRevision
+	if err := json.Unmarshal(out, &h); err != nil {
+		t.Fatalf("helm history: %v: %s", err, out)
+	}
+	return h
+}
+
+func statuses(h []helmRevision) string {
+	var s []string
+	for _, r := range h {
+		s = append(s, fmt.Sprintf("%d:%s", r.Revision, r.Status))
+	}
+	return strings.Join(s, " ")
+}
+
+func helmComponent(name, ns, extra string) string {
+	c := "- name: " + name + "\n  helm:\n    chart: ./charts/app\n    targetNamespace: " + ns + "\n    install: {createNamespace: true}\n"
+	if !strings.Contains(extra, "timeout:") {
+		c += "    timeout: 10s\n"
+	}
+	if extra != "" {
+		c += indent(extra, "    ")
+	}
+	return c
+}
+
+func settings(t *testing.T, n *node, ns, name string) map[string]any {
+	t.Helper()
+	u := n.get(t, configMaps, ns, name)
+	if u == nil {
+		t.Fatalf("configmap %s/%s is missing", ns, name)
+	}
+	d, _, _ := unstructured.NestedMap(u.Object, "data")
+	return d
+}
+
+// TestHelmInstallUpgradeRemediate: a Helm component becomes a real Helm release (the helm
+// CLI sees it); a reconcile with nothing changed creates no Helm revision and sends no
+// write; a value change upgrades it; an upgrade whose Deployment never becomes Ready is
+// remediated by Flux's rules (retries, then rollback) and the Ferry revision is rolled
+// back, with `helm history` telling the same story.
+func TestHelmInstallUpgradeRemediate(t *testing.T) {
+	n := newNode(t, "hr", apply.Options{})
+	ctx := ctxTimeout(t, 4*time.Minute)
+	const ns, rel = "hr", "hr-web"
+	n.admit(t, 1, helmComponent("web", ns, "values: {settings: {color: red}}"), chart("1.0.0"))
+	if _, err := n.eng.Rollout(ctx, "hr", 1); err != nil {
+		t.Fatal(err)
+	}
+	if h := helmHistory(t, ns, rel); statuses(h) != "1:deployed" {
+		t.Fatalf("after install, helm history: %s", statuses(h))
+	}
+	if got := settings(t, n, ns, rel+"-settings"); got["color"] != "red" {
+		t.Fatalf("values not merged: %v", got)
+	}
+	if d := n.get(t, deployments, ns, rel+"-web"); d.GetLabels()[apply.LabelBundle] != "hr" {
+		t.Fatalf("release objects are not labelled as the bundle's: %v", d.GetLabels())
+	}
+
+	// Nothing changed: no new Helm revision, no write.
+	n.reqs.reset()
+	if _, err := n.eng.Sync(ctx, "hr"); err != nil {
+		t.Fatal(err)
+	}
+	reads, writes, log := n.reqs.reset()
+	if writes != 0 {
+		t.Fatalf("a no-op sync sent %d writes: %v", writes, log)
+	}
+	t.Logf("no-op sync of a release: %d reads, 0 writes", reads)
+	if h := helmHistory(t, ns, rel); len(h) != 1 {
+		t.Fatalf("a no-op sync made a Helm revision: %s", statuses(h))
+	}
+
+	// A value changes: one upgrade.
+	n.admit(t, 2, helmComponent("web", ns, "values: {settings: {color: green}}"), chart("1.0.0"))
+	if _, err := n.eng.Rollout(ctx, "hr", 2); err != nil {
+		t.Fatal(err)
+	}
+	if h := helmHistory(t, ns, rel); statuses(h) != "1:superseded 2:deployed" {
+		t.Fatalf("after upgrade, helm history: %s", statuses(h))
+	}
+
+	// An upgrade that never becomes healthy: one retry with rollback in between, the last
+	// failure remediated too (Flux's default with retries), then Ferry's own rollback to
+	// revision 2, which finds the release already holding revision 2's chart and values.
+	n.admit(t, 3, helmComponent("web", ns, "values: {settings: {color: black}, fail: true}\nupgrade: {remediation: {retries: 1, strategy: rollback}}"), chart("1.0.0"))
+	_, err := n.eng.Rollout(ctx, "hr", 3)
+	if !errors.Is(err, apply.ErrRolledBack) {
+		t.Fatalf("want a rollback, got %v", err)
+	}
+	h := helmHistory(t, ns, rel)
+	if got := statuses(h); got != "1:superseded 2:superseded 3:failed 4:superseded 5:failed 6:deployed" {
+		t.Fatalf("after a failed upgrade, helm history: %s", got)
+	}
+	// Each remediation goes back to the deployed revision of the moment: 2, then 4 (the
+	// first rollback, which holds 2's chart and values).
+	if !strings.Contains(h[3].Description, "Rollback to 2") || !strings.Contains(h[5].Description, "Rollback to 4") {
+		t.Fatalf("the remediations are not rollbacks to 2 then 4: %+v", h)
+	}
+	if got := settings(t, n, ns, rel+"-settings"); got["color"] != "green" {
+		t.Fatalf("after the rollback the settings are %v", got)
+	}
+	if n.state(t, 3) != store.StateRolledBack || n.state(t, 2) != store.StateHealthy {
+		t.Fatalf("states: %s %s", n.state(t, 2), n.state(t, 3))
+	}
+	// maxHistory (default 10) bounds the release's Secrets: it never grows without end.
+	secrets, err := n.dyn.Resource(secrets).Namespace(ns).List(ctx, metav1.ListOptions{LabelSelector: "owner=helm,name=" + rel})
+	if err != nil || len(secrets.Items) != 6 {
+		t.Fatalf("release secrets: %v %v", len(secrets.Items), err)
+	}
+}
+
+// TestHelmWholeRevisionRollback: revision 2 upgrades a release and adds a second one, but
+// a kustomize component of revision 2 fails its health check. Ferry's rollback returns the
+// first release to the Helm revision revision 1 deployed (a `helm rollback`, not another
+// upgrade) and uninstalls the release that is new in revision 2.
+func TestHelmWholeRevisionRollback(t *testing.T) {
+	n := newNode(t, "hw", apply.Options{})
+	ctx := ctxTimeout(t, 4*time.Minute)
+	const ns = "hw"
+	gate := func(fail bool) string {
+		return deployment(ns, "gate", fail)
+	}
+	comps := func(color string, extra bool, fail bool) (string, map[string]string) {
+		c := helmComponent("web", ns, "values: {settings: {color: "+color+"}}")
+		if extra {
+			c += helmComponent("extra", ns, "")
+		}
+		c += "- name: gate\n  kustomize: {path: ./gate, wait: true, timeout: 10s, prune: true}\n  \n"
+		files := chart("1.0.0")
+		files["gate/d.yaml"] = gate(fail)
+		return c, files
+	}
+	c, f := comps("red", false, false)
+	n.admit(t, 1, c, f)
+	if _, err := n.eng.Rollout(ctx, "hw", 1); err != nil {
+		t.Fatal(err)
+	}
+	c, f = comps("green", true, true)
+	n.admit(t, 2, c, f)
+	if _, err := n.eng.Rollout(ctx, "hw", 2); !errors.Is(err, apply.ErrRolledBack) {
+		t.Fatalf("want a rollback, got %v", err)
+	}
+	h := helmHistory(t, ns, "hw-web")
+	if got := statuses(h); got != "1:superseded 2:superseded 3:deployed" || !strings.Contains(h[2].Description, "Rollback to 1") {
+		t.Fatalf("web's helm history: %s (%+v)", got, h)
+	}
+	if got := settings(t, n, ns, "hw-web-settings"); got["color"] != "red" {
+		t.Fatalf("web's settings after the rollback: %v", got)
+	}
+	out, err := exec.Command(tb.Bin("helm"), "status", "hw-extra", "-n", ns, "--kubeconfig", tb.Kubeconfig).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "not found") {
+		t.Fatalf("the release new in revision 2 is still installed: %v %s", err, out)
+	}
+	if n.get(t, configMaps, ns, "hw-extra-settings") != nil {
+		t.Fatal("the object of the uninstalled release survived")
+	}
+}
+
+// TestHelmValuesFromAndDrift: values merge in Flux's order (chart < valuesFiles <
+// valuesFrom in list order < values), an optional missing source is skipped, node variables
+// are substituted into values; a hand edit of a release's object is corrected with one
+// write and no new Helm revision.
+func TestHelmValuesFromAndDrift(t *testing.T) {
+	n := newNode(t, "hv", apply.Options{Env: apply.Env{Vars: map[string]string{"SITE": "north-7"}}})
+	ctx := ctxTimeout(t, 3*time.Minute)
+	const ns = "hv"
+	n.createNamespace(t, ns)
+	n.createObject(t, configMaps, ns, map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": "from-cm"},
+		"data": map[string]any{"values.yaml": "settings: {a: cm, b: cm, c: cm}\n"}})
+	n.createObject(t, secrets, ns, map[string]any{"apiVersion": "v1", "kind": "Secret", "metadata": map[string]any{"name": "from-secret"},
+		"stringData": map[string]any{"b": "secret"}})
+	files := chart("1.0.0")
+	files["charts/site.yaml"] = "settings: {a: file, z: file}\n"
+	n.admit(t, 1, helmComponent("web", ns, `valuesFiles: [./charts/site.yaml]
+valuesFrom:
+  - {kind: ConfigMap, name: from-cm}
+  - {kind: Secret, name: from-secret, valuesKey: b, targetPath: settings.b}
+  - {kind: ConfigMap, name: missing, optional: true}
+values: {settings: {c: inline, site: "${SITE}", other: "${NOT_A_NODE_VAR}"}}`), files)
+	if _, err := n.eng.Rollout(ctx, "hv", 1); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"color": "blue", "a": "cm", "b": "secret", "c": "inline", "z": "file", "site": "north-7", "other": "${NOT_A_NODE_VAR}"}
+	if got := settings(t, n, ns, "hv-web-settings"); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("merged values:\n got %v\nwant %v", got, want)
+	}
+
+	// A hand edit of the release's ConfigMap is drift: corrected, no new Helm revision.
+	cm := n.get(t, configMaps, ns, "hv-web-settings")
+	_ = unstructured.SetNestedField(cm.Object, "edited", "data", "c")
+	if _, err := n.dyn.Resource(configMaps).Namespace(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n.reqs.reset()
+	rep, err := n.eng.Sync(ctx, "hv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, writes, log := n.reqs.reset()
+	if len(rep.Drift) != 1 || !rep.Drift[0].Corrected || rep.Drift[0].Path != "/data/c" || writes != 1 {
+		t.Fatalf("drift %+v, writes %d %v", rep.Drift, writes, log)
+	}
+	if got := settings(t, n, ns, "hv-web-settings"); got["c"] != "inline" {
+		t.Fatalf("drift not corrected: %v", got)
+	}
+	if h := helmHistory(t, ns, "hv-web"); len(h) != 1 {
+		t.Fatalf("drift correction made a Helm revision: %s", statuses(h))
+	}
+	// A required source that is missing fails the revision before Helm runs.
+	n.admit(t, 2, helmComponent("web", ns, "valuesFrom: [{kind: ConfigMap, name: missing}]"), files)
+	if _, err := n.eng.Rollout(ctx, "hv", 2); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("a missing valuesFrom source: %v", err)
+	}
+	if h := helmHistory(t, ns, "hv-web"); len(h) != 1 {
+		t.Fatalf("a failed values lookup reached Helm: %s", statuses(h))
+	}
+}
+
+// TestHelmPendingUpgradeIsRecovered: a process killed in the middle of an upgrade leaves
+// the release pending-upgrade, which locks it for every Helm action; the next rollout
+// recovers it (marks it failed, rolls back to the deployed revision, whose objects the
+// interrupted upgrade had changed) and upgrades.
+func TestHelmPendingUpgradeIsRecovered(t *testing.T) {
+	n := newNode(t, "hp", apply.Options{})
+	ctx := ctxTimeout(t, 3*time.Minute)
+	const ns, rel = "hp", "hp-web"
+	n.admit(t, 1, helmComponent("web", ns, ""), chart("1.0.0"))
+	if _, err := n.eng.Rollout(ctx, "hp", 1); err != nil {
+		t.Fatal(err)
+	}
+	// The child upgrades the same release to a chart that never becomes Ready and waits; it
+	// is killed while Helm waits, with the release pending-upgrade.
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), helmChildEnv+"="+tb.Kubeconfig)
+	child.Stdout, child.Stderr = os.Stderr, os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer child.Process.Kill()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		h := helmHistory(t, ns, rel)
+		if len(h) == 2 && h[1].Status == "pending-upgrade" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the child never left the release pending-upgrade: %s", statuses(h))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := child.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = child.Wait()
+	n.admit(t, 2, helmComponent("web", ns, "values: {settings: {color: green}}"), chart("1.0.0"))
+	if _, err := n.eng.Rollout(ctx, "hp", 2); err != nil {
+		t.Fatal(err)
+	}
+	h := helmHistory(t, ns, rel)
+	if got := statuses(h); got != "1:superseded 2:failed 3:superseded 4:deployed" {
+		t.Fatalf("helm history after recovery: %s", got)
+	}
+	if !strings.Contains(h[1].Description, "interrupted") {
+		t.Fatalf("the recovered revision does not say why it failed: %+v", h[1])
+	}
+}
+
+// helmChildEnv names the kubeconfig the child process of TestHelmPendingUpgradeIsRecovered
+// upgrades with.
+const helmChildEnv = "FERRY_TEST_HELM_CHILD"
+
+// helmChild runs in the child process: an engine with a store of its own upgrades release
+// hp-web to a revision whose Deployment never becomes Ready, and waits to be killed.
+func helmChild(kubeconfig string) error {
+	return runHelmChild(kubeconfig, helmComponent("web", "hp", "values: {fail: true}\ntimeout: 5m"), chart("1.0.0"))
+}
