@@ -42,6 +42,13 @@ type Config struct {
 	// Namespace is where components without targetNamespace read substituteFrom and put
 	// namespaced objects that name none (default "default").
 	Namespace string `yaml:"namespace"`
+	// DefaultServiceAccount is the service account (in each component's namespace) that
+	// components without serviceAccountName impersonate, like kustomize-controller's
+	// --default-service-account; empty runs them with Ferry's own credentials.
+	DefaultServiceAccount string `yaml:"defaultServiceAccount"`
+	// NoCrossNamespaceRefs refuses substituteFrom, valuesFrom, healthChecks and dependsOn
+	// that name a namespace other than the component's (--no-cross-namespace-refs).
+	NoCrossNamespaceRefs bool `yaml:"noCrossNamespaceRefs"`
 	// Socket is the local API's unix socket (default /run/ferry/ferry.sock, mode 0600).
 	Socket string `yaml:"socket"`
 	// MetricsAddress serves /metrics, /healthz and /readyz; loopback only (default
@@ -129,7 +136,11 @@ func (d Duration) or(def time.Duration) time.Duration {
 	return d.Duration
 }
 
-var sourceName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+var (
+	sourceName         = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	namespaceName      = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	serviceAccountName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+)
 
 // LoadConfig reads and validates a config file; every problem is reported, each naming the
 // file and the field.
@@ -207,6 +218,12 @@ func (c *Config) validate() error {
 	}
 	if c.Retention < 1 {
 		bad("retention", "must be at least 1")
+	}
+	if !namespaceName.MatchString(c.Namespace) {
+		bad("namespace", "%q is not a valid namespace name", c.Namespace)
+	}
+	if sa := c.DefaultServiceAccount; sa != "" && (len(sa) > 253 || !serviceAccountName.MatchString(sa)) {
+		bad("defaultServiceAccount", "%q is not a valid service account name", sa)
 	}
 	for k := range c.Variables {
 		if !regexp.MustCompile(`^[_[:alpha:]][_[:alpha:][:digit:]]*$`).MatchString(k) {

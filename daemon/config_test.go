@@ -26,6 +26,8 @@ func TestConfigRefusals(t *testing.T) {
 		"bad variable":      {base + "variables: {1X: a}\nsources: [{name: a, usb: {}}]\n", "variables.1X"},
 		"webhook scheme":    {base + "sources: [{name: a, usb: {}}]\nwebhook: {url: \"ftp://x\"}\n", "webhook"},
 		"empty":             {"", "empty config"},
+		"bad namespace":     {base + "namespace: Team_A\nsources: [{name: a, usb: {}}]\n", "namespace"},
+		"bad default sa":    {base + "defaultServiceAccount: \"a b\"\nsources: [{name: a, usb: {}}]\n", "defaultServiceAccount"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

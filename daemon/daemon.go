@@ -71,6 +71,7 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 	policy, restCfg := f.policy, f.rest
 	aopts := opts.Apply
 	aopts.Env.Vars, aopts.Env.Namespace, aopts.Env.Keys, aopts.Log = cfg.Variables, cfg.Namespace, f.keys, log
+	aopts.DefaultServiceAccount, aopts.Env.NoCrossNamespaceRefs = cfg.DefaultServiceAccount, cfg.NoCrossNamespaceRefs
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("stateDir: %w", err)
 	}

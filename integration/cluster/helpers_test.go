@@ -41,11 +41,12 @@ type node struct {
 	bundle string
 }
 
-// counter counts requests by verb class.
+// counter counts requests by verb class, and the users writes impersonated.
 type counter struct {
 	mu            sync.Mutex
 	reads, writes int
 	log           []string
+	writers       map[string]int // Impersonate-User of each write ("" for none)
 }
 
 func (c *counter) RoundTrip(rt http.RoundTripper) http.RoundTripper {
@@ -56,6 +57,10 @@ func (c *counter) RoundTrip(rt http.RoundTripper) http.RoundTripper {
 		} else {
 			c.writes++
 			c.log = append(c.log, r.Method+" "+r.URL.Path)
+			if c.writers == nil {
+				c.writers = map[string]int{}
+			}
+			c.writers[r.Header.Get("Impersonate-User")]++
 		}
 		c.mu.Unlock()
 		return rt.RoundTrip(r)
@@ -66,8 +71,15 @@ func (c *counter) reset() (reads, writes int, log []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	reads, writes, log = c.reads, c.writes, c.log
-	c.reads, c.writes, c.log = 0, 0, nil
+	c.reads, c.writes, c.log, c.writers = 0, 0, nil, nil
 	return
+}
+
+// writersSince returns the users the writes since the last reset impersonated.
+func (c *counter) writersSince() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.writers)
 }
 
 type roundTripper func(*http.Request) (*http.Response, error)

@@ -1,0 +1,189 @@
+package cluster
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/store"
+)
+
+var (
+	serviceAccounts = schema.GroupVersionResource{Version: "v1", Resource: "serviceaccounts"}
+	roleBindings    = schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "rolebindings"}
+	clusterRoles    = schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"}
+)
+
+const tenant = "system:serviceaccount:team-a:deployer"
+
+// tenants sets up what a platform team gives an application team: namespace team-a with a
+// service account deployer bound to the built-in admin role there, and namespace team-b
+// (another team's) with an object of its own.
+func tenants(t *testing.T, n *node) {
+	t.Helper()
+	if n.get(t, namespaces, "", "team-a") != nil {
+		return
+	}
+	n.createNamespace(t, "team-a")
+	n.createNamespace(t, "team-b")
+	n.createObject(t, serviceAccounts, "team-a", map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": map[string]any{"name": "deployer"}})
+	n.createObject(t, roleBindings, "team-a", map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+		"metadata": map[string]any{"name": "deployer-admin"},
+		"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+		"subjects": []any{map[string]any{"kind": "ServiceAccount", "name": "deployer", "namespace": "team-a"}}})
+	// team-b lets team-a read (view), not write: the API server answers reads, and refuses
+	// the tenant's apply itself.
+	n.createObject(t, roleBindings, "team-b", map[string]any{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+		"metadata": map[string]any{"name": "team-a-views"},
+		"roleRef":  map[string]any{"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+		"subjects": []any{map[string]any{"kind": "ServiceAccount", "name": "deployer", "namespace": "team-a"}}})
+	n.createObject(t, configMaps, "team-b", map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": "theirs"},
+		"data": map[string]any{"value": "team-b's"}})
+}
+
+const crb = `apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: team-a-takes-over}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
+subjects: [{kind: ServiceAccount, name: deployer, namespace: team-a}]
+`
+
+// TestTenantForbiddenByTheAPIServer: a component that runs as a tenant's service account
+// (named on the component, or the node's default) and holds an object in another team's
+// namespace, or a ClusterRoleBinding, fails with the API server's Forbidden: the server's
+// RBAC (Node,RBAC, as k3s runs it) decides, and nothing of the component is written — the
+// tenant's own ConfigMap is not created, the other team's object is untouched. Where the
+// tenant may read but not write (team-b), it is the server-side dry run of the apply that
+// is refused, before the first real write.
+func TestTenantForbiddenByTheAPIServer(t *testing.T) {
+	for _, tc := range []struct {
+		name, comp, other, verb string
+		opts                    apply.Options
+	}{
+		{"other namespace", "- name: app\n  kustomize: {path: ./app, serviceAccountName: deployer}\n", cm("team-b", "theirs", "team-a's now"), "cannot patch", apply.Options{}},
+		{"cluster binding", "- name: app\n  kustomize: {path: ./app, serviceAccountName: deployer}\n", crb, "cannot list", apply.Options{}},
+		{"default service account", "- name: app\n  kustomize: {path: ./app}\n", crb, "cannot list", apply.Options{DefaultServiceAccount: "deployer"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.opts.Namespace = "team-a" // the component's namespace, without targetNamespace
+			n := newNode(t, "tenant-"+strings.ReplaceAll(tc.name, " ", "-"), tc.opts)
+			tenants(t, n)
+			ctx := ctxTimeout(t, time.Minute)
+			n.admit(t, 1, tc.comp, map[string]string{"app/mine.yaml": cm("team-a", "mine-"+n.bundle, "v1"), "app/other.yaml": tc.other})
+			_, err := n.eng.Rollout(ctx, n.bundle, 1)
+			if err == nil || !strings.Contains(err.Error(), "forbidden") || !strings.Contains(err.Error(), tenant) || !strings.Contains(err.Error(), tc.verb) {
+				t.Fatalf("want the API server's Forbidden for %s, got %v", tenant, err)
+			}
+			t.Logf("refused: %v", err)
+			if n.get(t, configMaps, "team-a", "mine-"+n.bundle) != nil {
+				t.Fatal("the tenant's own object was written although the component was refused")
+			}
+			if got := settings(t, n, "team-b", "theirs"); got["value"] != "team-b's" {
+				t.Fatalf("the other team's object changed: %v", got)
+			}
+			if n.get(t, schema.GroupVersionResource{Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"}, "", "team-a-takes-over") != nil {
+				t.Fatal("the tenant created a ClusterRoleBinding")
+			}
+			if n.state(t, 1) != store.StateFailed {
+				t.Fatalf("revision state %s", n.state(t, 1))
+			}
+		})
+	}
+}
+
+// TestTenantTargetNamespaceConfines: with targetNamespace set, a tenant component's
+// cluster-scoped objects are refused by Ferry before anything is sent, each named; the
+// platform's component (no service account) in the same bundle may create them.
+func TestTenantTargetNamespaceConfines(t *testing.T) {
+	n := newNode(t, "confine", apply.Options{})
+	tenants(t, n)
+	ctx := ctxTimeout(t, time.Minute)
+	n.admit(t, 1, "- name: app\n  kustomize: {path: ./app, targetNamespace: team-a, serviceAccountName: deployer}\n",
+		map[string]string{"app/kustomization.yaml": "resources: [mine.yaml, crb.yaml]\n", "app/mine.yaml": cm("x", "confined", "v1"), "app/crb.yaml": crb})
+	n.reqs.reset()
+	_, err := n.eng.Rollout(ctx, "confine", 1)
+	if err == nil || !strings.Contains(err.Error(), "ClusterRoleBinding.rbac.authorization.k8s.io team-a-takes-over") || !strings.Contains(err.Error(), "outside") {
+		t.Fatalf("want Ferry's refusal naming the ClusterRoleBinding, got %v", err)
+	}
+	if _, writes, log := n.reqs.reset(); writes != 0 {
+		t.Fatalf("%d writes before the refusal: %v", writes, log)
+	}
+	// The platform's component runs as Ferry and creates cluster-scoped objects.
+	n.admit(t, 2, "- name: platform\n  kustomize: {path: ./platform}\n- name: app\n  kustomize: {path: ./app, targetNamespace: team-a, serviceAccountName: deployer}\n",
+		map[string]string{"platform/role.yaml": "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: platform-reader}\nrules: []\n",
+			"app/mine.yaml": cm("x", "confined", "v1")})
+	if _, err := n.eng.Rollout(ctx, "confine", 2); err != nil {
+		t.Fatal(err)
+	}
+	if n.get(t, clusterRoles, "", "platform-reader") == nil || n.get(t, configMaps, "team-a", "confined") == nil {
+		t.Fatal("the platform's ClusterRole or the tenant's ConfigMap is missing")
+	}
+	if w := n.reqs.writersSince(); w[tenant] == 0 {
+		t.Fatalf("no write impersonated the tenant: %v", w)
+	}
+}
+
+// TestTenantRollbackRunsAsTenant: a tenant's revision that fails its health check is rolled
+// back, and every write of the rollout and of the rollback — apply, prune — impersonates
+// the tenant; a tenant's Helm release is installed as the tenant too (its storage Secrets
+// in the tenant's namespace).
+func TestTenantRollbackRunsAsTenant(t *testing.T) {
+	n := newNode(t, "tenant-rb", apply.Options{})
+	tenants(t, n)
+	ctx := ctxTimeout(t, 3*time.Minute)
+	comp := "- name: app\n  kustomize: {path: ./app, targetNamespace: team-a, serviceAccountName: deployer, prune: true, wait: true, timeout: 10s}\n" +
+		"- name: web\n  helm: {chart: ./charts/app, targetNamespace: team-a, serviceAccountName: deployer, timeout: 30s}\n"
+	files := chart("1.0.0")
+	files["app/d.yaml"] = deployment("team-a", "tenant-web", false)
+	n.reqs.reset()
+	n.admit(t, 1, comp, files)
+	if _, err := n.eng.Rollout(ctx, "tenant-rb", 1); err != nil {
+		t.Fatal(err)
+	}
+	if h := helmHistory(t, "team-a", "team-a-web"); statuses(h) != "1:deployed" {
+		t.Fatalf("tenant release: %s", statuses(h))
+	}
+	files["app/d.yaml"] = deployment("team-a", "tenant-web", true)
+	files["app/added.yaml"] = cm("team-a", "added", "v2")
+	n.admit(t, 2, comp, files)
+	if _, err := n.eng.Rollout(ctx, "tenant-rb", 2); !errors.Is(err, apply.ErrRolledBack) {
+		t.Fatalf("want a rollback, got %v", err)
+	}
+	if n.get(t, configMaps, "team-a", "added") != nil {
+		t.Fatal("the object the failed revision added survived the rollback")
+	}
+	w := n.reqs.writersSince()
+	if len(w) != 1 || w[tenant] == 0 {
+		t.Fatalf("writes not all as the tenant: %v", w)
+	}
+	t.Logf("writes by identity: %v", w)
+}
+
+// TestNoCrossNamespaceRefs: with the node's noCrossNamespaceRefs, substituteFrom and
+// valuesFrom naming another namespace are refused before anything is sent; without it, they
+// are read (as the component's identity).
+func TestNoCrossNamespaceRefs(t *testing.T) {
+	n := newNode(t, "xns", apply.Options{Env: apply.Env{NoCrossNamespaceRefs: true}})
+	tenants(t, n)
+	ctx := ctxTimeout(t, time.Minute)
+	for i, comp := range []string{
+		"- name: app\n  kustomize: {path: ./app, targetNamespace: team-a, postBuild: {substituteFrom: [{kind: ConfigMap, name: theirs, namespace: team-b}]}}\n",
+		"- name: web\n  helm: {chart: ./charts/app, targetNamespace: team-a, valuesFrom: [{kind: ConfigMap, name: theirs, namespace: team-b, valuesKey: value, targetPath: settings.stolen}]}\n",
+	} {
+		files := chart("1.0.0")
+		files["app/mine.yaml"] = cm("team-a", "xns", "${value}")
+		n.reqs.reset()
+		n.admit(t, uint64(i+1), comp, files)
+		_, err := n.eng.Rollout(ctx, "xns", uint64(i+1))
+		if err == nil || !strings.Contains(err.Error(), `names namespace "team-b"`) {
+			t.Fatalf("component %d: want a refusal of the cross-namespace reference, got %v", i, err)
+		}
+		if _, writes, log := n.reqs.reset(); writes != 0 {
+			t.Fatalf("%d writes before the refusal: %v", writes, log)
+		}
+	}
+}
