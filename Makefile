@@ -17,7 +17,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 TESTBED_BIN = $(shell integration/testbed/tools/build.sh)/bin
 
-.PHONY: all build test test-unit test-integration testbed demo lint fuzz bench bench-apply bench-daemon clean
+.PHONY: all build test test-unit test-integration testbed demo lint fuzz bench bench-apply bench-daemon bench-helm clean
 
 all: build
 
@@ -71,6 +71,10 @@ bench-apply: testbed
 
 bench-daemon: testbed
 	$(GO) run ./bench/daemon
+
+## bench-helm: Helm releases, the apply engine against the helm CLI (testbed; about 1 min)
+bench-helm: testbed
+	$(GO) run ./bench/helm -runs 3
 
 clean:
 	rm -rf bin/
