@@ -187,6 +187,8 @@ type component struct {
 	targetNS string
 	// helm is set for a Helm component: it becomes a Helm release, not applied objects.
 	helm *helmChart
+	// scopes are the scopes of the keys that signed the revision (see confine).
+	scopes []*bundles.Scope
 }
 
 // Rollout applies revision rev of bundle name and waits for it to be healthy. If it fails
@@ -704,6 +706,10 @@ func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, err
 	if err != nil {
 		return nil, err
 	}
+	scopes, err := signerScopes(r)
+	if err != nil {
+		return nil, err
+	}
 	var comps []component
 	for _, i := range order {
 		spec := b.Metadata.Components[i]
@@ -737,6 +743,9 @@ func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, err
 			if c.tmo, err = time.ParseDuration(timeout); err != nil || c.tmo <= 0 {
 				return nil, fmt.Errorf("component %s: timeout %q is not a positive duration", spec.Name, timeout)
 			}
+		}
+		if sa, err = scope(&c, scopes, sa); err != nil {
+			return nil, fmt.Errorf("component %s: %w", spec.Name, err)
 		}
 		if sa == "" {
 			sa = e.opts.DefaultServiceAccount
@@ -792,7 +801,7 @@ func (e *Engine) prepare(ctx context.Context, c *component, cc *cluster, before 
 	if err := cc.place(c.objs, c.ns, crdScopes(append(before, c.objs...))); err != nil {
 		return fmt.Errorf("component %s: %w", c.spec.Name, err)
 	}
-	if err := confine(c); err != nil {
+	if err := confine(c, c.objs); err != nil {
 		return fmt.Errorf("component %s: %w", c.spec.Name, err)
 	}
 	for _, o := range c.objs {

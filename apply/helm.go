@@ -357,6 +357,11 @@ func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, ba
 			return helmOutcome{rel: rel, changed: true}, err
 		}
 	}
+	if c.confined() {
+		if err := e.confineRelease(ctx, c, cc, vals, post); err != nil {
+			return helmOutcome{}, err
+		}
+	}
 	if crds := crdPolicy(h, last == nil); crds == "CreateReplace" || (crds == "Create" && last != nil) {
 		if err := e.applyCRDs(ctx, c, cc, vals, crds == "CreateReplace"); err != nil {
 			return helmOutcome{}, err
@@ -372,6 +377,43 @@ func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, ba
 		out.attempt = source + "/" + want
 	}
 	return out, err
+}
+
+// confineRelease renders the release offline, exactly as the install or upgrade will
+// (values, post-renderer, CRDs included), and refuses it, before Helm sends anything, if it
+// holds objects the component may not (see confine).
+func (e *Engine) confineRelease(ctx context.Context, c *component, cc *cluster, vals map[string]any, post labeler) error {
+	// ClientOnly replaces the configuration's client and storage: a configuration of its own.
+	dry := action.NewInstall(&action.Configuration{Log: func(string, ...any) {}})
+	dry.DryRun, dry.ClientOnly, dry.Replace, dry.IncludeCRDs = true, true, true, true
+	dry.ReleaseName, dry.Namespace, dry.PostRenderer = c.helm.release, c.ns, post
+	rel, err := dry.RunWithContext(ctx, c.helm.chart, vals)
+	if err != nil {
+		return fmt.Errorf("release %s: render: %w", c.helm.release, err)
+	}
+	us, err := manifestObjects(rel)
+	if err != nil {
+		return err
+	}
+	for _, h := range rel.Hooks { // hooks are applied too, outside the manifest
+		hs, err := manifestObjects(&release.Release{Name: rel.Name, Manifest: h.Manifest})
+		if err != nil {
+			return err
+		}
+		us = append(us, hs...)
+	}
+	objs := make([]*object, 0, len(us))
+	for _, u := range us {
+		o, err := newObject(u, nil)
+		if err != nil {
+			return err
+		}
+		objs = append(objs, o)
+	}
+	if err := cc.place(objs, c.ns, crdScopes(objs)); err != nil {
+		return err
+	}
+	return confine(c, objs)
 }
 
 // crdPolicy is Flux's crds field for the action; both default to Create (helm-controller's

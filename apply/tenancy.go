@@ -1,11 +1,15 @@
 package apply
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
+
+	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/store"
 )
 
 // serviceAccountUser is the user name the API server gives a service account's tokens, and
@@ -57,21 +61,106 @@ func (env Env) refNamespace(own, ns, field string) (string, error) {
 	return ns, nil
 }
 
-// confine refuses, before anything is sent, the objects of a tenant component (one that
-// runs as a service account and sets targetNamespace) that are cluster-scoped or in
-// another namespace, naming each.
-func confine(c *component) error {
-	if c.sa == "" || c.targetNS == "" {
-		return nil
-	}
+// confine refuses, before anything is sent, the objects a component may not hold, naming
+// each: for a tenant (a component that runs as a service account and sets
+// targetNamespace), objects outside that namespace; for a bundle whose signing keys are
+// scoped to namespaces, objects outside them. Cluster-scoped objects fail both.
+func confine(c *component, objs []*object) error {
 	var out []string
-	for _, o := range c.objs {
-		if o.ref.Namespace != c.targetNS {
+	for _, o := range objs {
+		if !c.allows(o.ref.Namespace) {
 			out = append(out, o.ref.String())
 		}
 	}
 	if len(out) == 0 {
 		return nil
 	}
-	return fmt.Errorf("runs as %s in namespace %s, but has objects outside it (cluster-scoped or in another namespace): %s", c.sa, c.targetNS, strings.Join(out, ", "))
+	var why []string
+	if c.sa != "" && c.targetNS != "" {
+		why = append(why, fmt.Sprintf("runs as %s in namespace %s", c.sa, c.targetNS))
+	}
+	for _, sc := range c.scopes {
+		if len(sc.Namespaces) > 0 {
+			why = append(why, "its bundle's signing key may only ship to namespaces "+strings.Join(sc.Namespaces, ","))
+		}
+	}
+	return fmt.Errorf("%s, but has objects outside (cluster-scoped or in another namespace): %s", strings.Join(why, "; "), strings.Join(out, ", "))
+}
+
+// allows reports whether the component may hold an object in namespace ns ("" for a
+// cluster-scoped one).
+func (c *component) allows(ns string) bool {
+	if c.sa != "" && c.targetNS != "" && ns != c.targetNS {
+		return false
+	}
+	for _, sc := range c.scopes {
+		if !sc.AllowsNamespace(ns) {
+			return false
+		}
+	}
+	return true
+}
+
+// confined reports whether confine can refuse anything of the component.
+func (c *component) confined() bool {
+	if c.sa != "" && c.targetNS != "" {
+		return true
+	}
+	for _, sc := range c.scopes {
+		if len(sc.Namespaces) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// signerScopes returns the scopes of the keys that signed a revision, as recorded at
+// admission (verify.Result); unscoped keys add none.
+func signerScopes(r *store.Revision) ([]*bundles.Scope, error) {
+	if len(r.Verification) == 0 {
+		return nil, nil
+	}
+	var v struct {
+		Signers []struct {
+			Scope *bundles.Scope `json:"scope"`
+		} `json:"signers"`
+	}
+	if err := json.Unmarshal(r.Verification, &v); err != nil {
+		return nil, fmt.Errorf("%s revision %d: verification record: %w", r.Name, r.Revision, err)
+	}
+	var out []*bundles.Scope
+	for _, s := range v.Signers {
+		if s.Scope != nil {
+			out = append(out, s.Scope)
+		}
+	}
+	return out, nil
+}
+
+// scope applies the signing keys' scopes to component c before anything is sent: its
+// namespace must be one they allow, and a key that names a service account makes the
+// component run as it (a component naming another is refused). sa is the component's own
+// serviceAccountName; the one to run as is returned.
+func scope(c *component, scopes []*bundles.Scope, sa string) (string, error) {
+	c.scopes = scopes
+	forced := ""
+	for _, sc := range scopes {
+		if !sc.AllowsNamespace(c.ns) {
+			return "", fmt.Errorf("works in namespace %s, but its bundle's signing key may only ship to namespaces %s", c.ns, strings.Join(sc.Namespaces, ","))
+		}
+		if sc.ServiceAccount == "" {
+			continue
+		}
+		if forced != "" && forced != sc.ServiceAccount {
+			return "", fmt.Errorf("its bundle's signing keys name different service accounts (%s, %s)", forced, sc.ServiceAccount)
+		}
+		forced = sc.ServiceAccount
+	}
+	switch {
+	case forced == "":
+		return sa, nil
+	case sa != "" && sa != forced:
+		return "", fmt.Errorf("serviceAccountName is %s, but its bundle's signing key may only ship as service account %s", sa, forced)
+	}
+	return forced, nil
 }

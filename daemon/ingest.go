@@ -26,6 +26,9 @@ func Ingest(ctx context.Context, st *store.Store, src bundles.Source, desc ocisp
 	if err != nil {
 		return nil, err
 	}
+	if err := res.Scoped(b.Metadata.Name); err != nil {
+		return nil, err
+	}
 	record, err := json.Marshal(res)
 	if err != nil {
 		return nil, err

@@ -361,3 +361,32 @@ func TestIngestKeepsOnlyVerifiedSignatureBlobs(t *testing.T) {
 		}
 	}
 }
+
+// TestIngestRefusesBundlesOutsideTheKeyScope: a key scoped to team-a's bundles signs a
+// bundle named platform: refused before anything is stored; its own bundle is admitted,
+// with the key's scope in the verification record for the engine to enforce.
+func TestIngestRefusesBundlesOutsideTheKeyScope(t *testing.T) {
+	k := newKey(t)
+	k.policy.Keys[0].Scope = &bundles.Scope{Bundles: []string{"team-a-*"}, Namespaces: []string{"team-a"}}
+	src := memory.New()
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+	other := makeBundle(t, src, "platform", 1, "x")
+	sign(t, src, other, k)
+	before := snapshot(t, st, "platform")
+	if err := ingestErr(t, st, src, other, k); !errors.Is(err, verify.ErrOutOfScope) || !errors.Is(err, verify.ErrUntrusted) {
+		t.Fatalf("want an out-of-scope refusal, got %v", err)
+	}
+	if after := snapshot(t, st, "platform"); after != before {
+		t.Fatalf("the store changed:\n%s\n%s", before, after)
+	}
+	own := makeBundle(t, src, "team-a-web", 1, "x")
+	sign(t, src, own, k)
+	rev, err := Ingest(t.Context(), st, memSource{src}, own, k.policy, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(rev.Verification), `"namespaces":["team-a"]`) {
+		t.Fatalf("the scope is not recorded: %s", rev.Verification)
+	}
+}

@@ -46,6 +46,7 @@ type Identity struct {
 	Issuer    string
 	Subject   string
 	SubjectRE *regexp.Regexp
+	Scope     *bundles.Scope
 }
 
 func (id Identity) matches(issuer string, sans []string) bool {

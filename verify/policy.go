@@ -51,9 +51,10 @@ type PolicyKeyless struct {
 
 // PolicyIdentity is an allowed keyless signer.
 type PolicyIdentity struct {
-	Issuer        string `yaml:"issuer"`
-	Subject       string `yaml:"subject"`
-	SubjectRegExp string `yaml:"subjectRegExp"`
+	Issuer        string         `yaml:"issuer"`
+	Subject       string         `yaml:"subject"`
+	SubjectRegExp string         `yaml:"subjectRegExp"`
+	Scope         *bundles.Scope `yaml:"scope"`
 }
 
 // PolicyKey is one trusted key, from a file or inline.
@@ -61,6 +62,8 @@ type PolicyKey struct {
 	Name      string `yaml:"name"`
 	Path      string `yaml:"path"`
 	PublicKey string `yaml:"publicKey"`
+	// Scope limits what the key may ship (bundles, namespaces, service account).
+	Scope *bundles.Scope `yaml:"scope"`
 }
 
 // LoadPolicy reads and validates a trust policy file. Unknown fields are errors; every
@@ -143,6 +146,10 @@ func ParsePolicy(path string, b []byte) (Policy, error) {
 		}
 		ids[key.ID] = true
 		key.Source = k.Name
+		if k.Scope != nil {
+			k.Scope.Validate(field+".scope", bad)
+			key.Scope = k.Scope
+		}
 		p.Keys = append(p.Keys, key)
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -182,7 +189,10 @@ func loadKeyless(path string, kl *PolicyKeyless, bad func(field, format string, 
 			bad(f, "needs exactly one of subject and subjectRegExp")
 			continue
 		}
-		ident := Identity{Issuer: id.Issuer, Subject: id.Subject}
+		ident := Identity{Issuer: id.Issuer, Subject: id.Subject, Scope: id.Scope}
+		if id.Scope != nil {
+			id.Scope.Validate(f+".scope", bad)
+		}
 		if id.SubjectRegExp != "" {
 			re, err := regexp.Compile(id.SubjectRegExp)
 			if err != nil {

@@ -37,6 +37,8 @@ type Key struct {
 	Public crypto.PublicKey
 	// Source says where the key came from (a file name), for messages.
 	Source string
+	// Scope limits what the key may ship; nil does not.
+	Scope *bundles.Scope
 }
 
 // ParsePublicKey reads a PEM public key (PKIX "PUBLIC KEY": ECDSA P-256, Ed25519, RSA
@@ -97,7 +99,11 @@ type Policy struct {
 func (p Policy) Fingerprint() string {
 	ids := make([]string, 0, len(p.Keys))
 	for _, k := range p.Keys {
-		ids = append(ids, k.ID)
+		if k.Scope != nil {
+			ids = append(ids, k.ID+"|scope:"+k.Scope.String())
+		} else {
+			ids = append(ids, k.ID)
+		}
 	}
 	if p.Keyless != nil {
 		for _, id := range p.Keyless.Identities {
@@ -105,7 +111,11 @@ func (p Policy) Fingerprint() string {
 			if id.SubjectRE != nil {
 				re = id.SubjectRE.String()
 			}
-			ids = append(ids, "keyless:"+id.Issuer+"|"+id.Subject+"|"+re)
+			id := "keyless:" + id.Issuer + "|" + id.Subject + "|" + re
+			if sc := p.Keyless.Identities[len(ids)-len(p.Keys)].Scope; sc != nil {
+				id += "|scope:" + sc.String()
+			}
+			ids = append(ids, id)
 		}
 	}
 	sort.Strings(ids)
@@ -119,6 +129,8 @@ type Signer struct {
 	KeySource string `json:"keySource,omitempty"`
 	// Payload is the digest of the signed payload blob.
 	Payload string `json:"payload"`
+	// Scope is the policy's scope of the key, recorded so the node enforces it at apply.
+	Scope *bundles.Scope `json:"scope,omitempty"`
 }
 
 // Result records a successful verification; it is stored with the revision.
@@ -197,7 +209,7 @@ func Bundle(ctx context.Context, src Source, d ocispec.Descriptor, p Policy) (*R
 			verified = append(verified, s.Descriptor)
 			if !signed[id] {
 				signed[id] = true
-				res.Signers = append(res.Signers, Signer{KeyID: id, KeySource: "keyless " + who, Payload: s.Descriptor.Digest.String()})
+				res.Signers = append(res.Signers, Signer{KeyID: id, KeySource: "keyless " + who, Payload: s.Descriptor.Digest.String(), Scope: p.Keyless.Identities[idx].Scope})
 			}
 			continue
 		}
@@ -208,7 +220,7 @@ func Bundle(ctx context.Context, src Source, d ocispec.Descriptor, p Policy) (*R
 			}
 			signed[k.ID], matched = true, true
 			verified = append(verified, s.Descriptor)
-			res.Signers = append(res.Signers, Signer{KeyID: k.ID, KeySource: k.Source, Payload: s.Descriptor.Digest.String()})
+			res.Signers = append(res.Signers, Signer{KeyID: k.ID, KeySource: k.Source, Payload: s.Descriptor.Digest.String(), Scope: k.Scope})
 			break
 		}
 		if !matched {
@@ -220,6 +232,31 @@ func Bundle(ctx context.Context, src Source, d ocispec.Descriptor, p Policy) (*R
 		return nil, fmt.Errorf("%w: %s: %d of %d required trusted signatures: %w", ErrUntrusted, d.Digest, len(signed), threshold, errors.Join(problems...))
 	}
 	return res, nil
+}
+
+// ErrOutOfScope is returned by Scoped when too few of the signers' keys may sign the bundle.
+var ErrOutOfScope = errors.New("signed outside the signing keys' scope")
+
+// Scoped keeps the signers whose scope lets them sign bundle name (read from the verified
+// manifest's config) and fails unless they still meet the threshold: a key scoped to team
+// a's bundles does not count towards team b's. The remaining signers' scopes are recorded
+// with the revision, and the engine enforces their namespaces and service account.
+func (r *Result) Scoped(name string) error {
+	var keep []Signer
+	var out []string
+	for _, s := range r.Signers {
+		if s.Scope.AllowsBundle(name) {
+			keep = append(keep, s)
+		} else {
+			out = append(out, fmt.Sprintf("%s (%s)", s.KeySource, s.Scope))
+		}
+	}
+	if len(keep) < r.Threshold {
+		return fmt.Errorf("%w: %w: bundle %q: %d of %d required signatures are from keys that may sign it; out of scope: %s",
+			ErrUntrusted, ErrOutOfScope, name, len(keep), r.Threshold, strings.Join(out, ", "))
+	}
+	r.Signers = keep
+	return nil
 }
 
 // verifySignature checks sig over payload the way cosign signs with each key type: SHA-256

@@ -155,6 +155,9 @@ but the bundle itself.`,
 			if err != nil {
 				return err
 			}
+			if err := res.Scoped(b.Metadata.Name); err != nil {
+				return err
+			}
 			for i := range b.Metadata.Components {
 				if _, err := b.Layer(cmd.Context(), src, i); err != nil {
 					return err
@@ -165,6 +168,9 @@ but the bundle itself.`,
 				fmt.Fprintf(w, "Digest:\t%s\n", res.Digest)
 				for _, s := range res.Signers {
 					fmt.Fprintf(w, "Signed by:\t%s (%s)\n", s.KeyID, filepath.Base(s.KeySource))
+					if s.Scope != nil {
+						fmt.Fprintf(w, "  scope:\t%s\n", s.Scope)
+					}
 				}
 			})
 		},

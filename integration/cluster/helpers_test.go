@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"maps"
 	"net/http"
 	"os"
@@ -29,6 +30,7 @@ import (
 	"github.com/ferrygitops/ferry/bundler/bundlertest"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/store"
+	"github.com/ferrygitops/ferry/verify"
 )
 
 // node is one edge node under test: a store and an engine over the testbed's cluster, with
@@ -117,14 +119,31 @@ func newNode(t *testing.T, bundle string, opts apply.Options) *node {
 // components part of a Bundle) at revision rev and admits it into the node's store.
 func (n *node) admit(t *testing.T, rev uint64, components string, files map[string]string) {
 	t.Helper()
-	if err := admitTree(t.Context(), n.st, t.TempDir(), n.bundle, rev, components, files); err != nil {
+	if err := admitTree(t.Context(), n.st, t.TempDir(), n.bundle, rev, components, files, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// admitSigned is admit for a bundle whose signers' keys have scopes: the verification
+// record is what daemon.Ingest stores after verify.Result.Scoped.
+func (n *node) admitSigned(t *testing.T, rev uint64, components string, files map[string]string, scopes ...bundles.Scope) {
+	t.Helper()
+	res := verify.Result{Threshold: len(scopes)}
+	for i := range scopes {
+		res.Signers = append(res.Signers, verify.Signer{KeyID: "sha256:test", KeySource: "team-key", Scope: &scopes[i]})
+	}
+	record, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := admitTree(t.Context(), n.st, t.TempDir(), n.bundle, rev, components, files, record); err != nil {
 		t.Fatal(err)
 	}
 }
 
 // admitTree is admit for a caller without a testing.T (a child process): the tree is
 // written under dir.
-func admitTree(ctx context.Context, st *store.Store, dir, bundle string, rev uint64, components string, files map[string]string) error {
+func admitTree(ctx context.Context, st *store.Store, dir, bundle string, rev uint64, components string, files map[string]string, verification json.RawMessage) error {
 	all := map[string]string{"ferry.yaml": "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata:\n  name: " + bundle +
 		"\nspec:\n  version: 1.0." + itoa(rev) + "\n  components:\n" + indent(components, "    ")}
 	maps.Copy(all, files)
@@ -148,7 +167,7 @@ func admitTree(ctx context.Context, st *store.Store, dir, bundle string, rev uin
 	}
 	_, err = st.Admit(ctx, mem, store.Admission{
 		Name: bundle, Revision: rev, Version: b.Metadata.Version, Manifest: res.Descriptor,
-		Blobs: append([]ocispec.Descriptor{b.Manifest.Config}, b.Manifest.Layers...),
+		Blobs: append([]ocispec.Descriptor{b.Manifest.Config}, b.Manifest.Layers...), Verification: verification,
 	})
 	return err
 }
@@ -167,7 +186,7 @@ func runHelmChild(kubeconfig, components string, files map[string]string) error 
 		return err
 	}
 	defer st.Close()
-	if err := admitTree(ctx, st, filepath.Join(dir, "src"), "hp", 1, components, files); err != nil {
+	if err := admitTree(ctx, st, filepath.Join(dir, "src"), "hp", 1, components, files, nil); err != nil {
 		return err
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)

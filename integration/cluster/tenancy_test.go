@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/store"
 )
 
@@ -185,5 +186,52 @@ func TestNoCrossNamespaceRefs(t *testing.T) {
 		if _, writes, log := n.reqs.reset(); writes != 0 {
 			t.Fatalf("%d writes before the refusal: %v", writes, log)
 		}
+	}
+}
+
+// TestSigningKeyScopes: a bundle signed by a key scoped to namespace team-a and service
+// account deployer runs as deployer without naming it; a component of it that works in
+// another namespace, names another service account, or holds a cluster-scoped object —
+// in a kustomize component or rendered by a Helm chart — is refused before anything is
+// sent.
+func TestSigningKeyScopes(t *testing.T) {
+	n := newNode(t, "scoped", apply.Options{})
+	tenants(t, n)
+	ctx := ctxTimeout(t, 2*time.Minute)
+	sc := bundles.Scope{Bundles: []string{"scoped"}, Namespaces: []string{"team-a"}, ServiceAccount: "deployer"}
+	n.reqs.reset()
+	n.admitSigned(t, 1, "- name: app\n  kustomize: {path: ./app, targetNamespace: team-a}\n", map[string]string{"app/mine.yaml": cm("x", "scoped", "v1")}, sc)
+	if _, err := n.eng.Rollout(ctx, "scoped", 1); err != nil {
+		t.Fatal(err)
+	}
+	if w := n.reqs.writersSince(); len(w) != 1 || w[tenant] == 0 {
+		t.Fatalf("the scoped bundle did not run as the key's service account: %v", w)
+	}
+	clusterRole := "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: scoped-escape}\nrules: []\n"
+	files := chart("1.0.0")
+	files["charts/app/templates/escape.yaml"] = clusterRole
+	files["app/mine.yaml"] = cm("x", "scoped", "v2")
+	for i, tc := range []struct{ comp, want string }{
+		{"- name: app\n  kustomize: {path: ./app, targetNamespace: team-b}\n", "may only ship to namespaces team-a"},
+		{"- name: app\n  kustomize: {path: ./app, targetNamespace: team-a, serviceAccountName: admin}\n", "may only ship as service account deployer"},
+		{"- name: web\n  helm: {chart: ./charts/app, targetNamespace: team-a}\n", "ClusterRole.rbac.authorization.k8s.io scoped-escape"},
+	} {
+		rev := uint64(i + 2)
+		n.reqs.reset()
+		n.admitSigned(t, rev, tc.comp, files, sc)
+		_, err := n.eng.Rollout(ctx, "scoped", rev)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("revision %d: want a refusal naming %q, got %v", rev, tc.want, err)
+		}
+		// The refused revision rolls back to revision 1, which changes nothing.
+		if _, writes, log := n.reqs.reset(); writes != 0 {
+			t.Fatalf("revision %d: %d writes: %v", rev, writes, log)
+		}
+	}
+	if n.get(t, clusterRoles, "", "scoped-escape") != nil {
+		t.Fatal("the chart's ClusterRole was created")
+	}
+	if got := settings(t, n, "team-a", "scoped"); got["value"] != "v1" {
+		t.Fatalf("revision 1's object changed: %v", got)
 	}
 }
