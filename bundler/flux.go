@@ -95,6 +95,20 @@ func decodeHelmRelease(n *yaml.Node) (fluxHelmRelease, error) {
 	return h, err
 }
 
+// fluxNamespace keeps Flux's meaning of a HelmRelease without targetNamespace: the release
+// goes to the HelmRelease's own namespace, named after it. A bundle has no HelmRelease object,
+// so that namespace becomes targetNamespace and the name is kept as releaseName (otherwise
+// [targetNamespace-]name would rename it).
+func fluxNamespace(spec *bundles.HelmSpec, h fluxHelmRelease) {
+	if spec.TargetNamespace != "" || h.Metadata.Namespace == "" {
+		return
+	}
+	spec.TargetNamespace = h.Metadata.Namespace
+	if spec.ReleaseName == "" {
+		spec.ReleaseName = h.Metadata.Name
+	}
+}
+
 func mapValue(n *yaml.Node, key string) *yaml.Node {
 	if n.Kind != yaml.MappingNode {
 		return nil
@@ -365,6 +379,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 				return fmt.Errorf("flux HelmRelease %s: OCIRepository %s ref.digest is not built yet; use tag or semver", h.Metadata.Name, k)
 			}
 			spec.Repository, spec.Chart = r.Spec.URL[:i], r.Spec.URL[i+1:]
+			fluxNamespace(&spec, h)
 			spec.Version = firstNonEmpty(r.Spec.Ref.SemVer, r.Spec.Ref.Tag)
 			if err := addName(h.Metadata.Name); err != nil {
 				return err
@@ -374,6 +389,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 			return nil
 		}
 		spec.Chart, spec.Version, spec.ValuesFiles = cs.Chart, cs.Version, cs.ValuesFiles
+		fluxNamespace(&spec, h)
 		for _, d := range extraDeps {
 			if !slices.Contains(spec.DependsOn, d) {
 				spec.DependsOn = append(spec.DependsOn, d)

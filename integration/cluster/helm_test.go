@@ -4,16 +4,24 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"oras.land/oras-go/v2/content/memory"
 
 	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/bundler"
+	"github.com/ferrygitops/ferry/bundler/bundlertest"
+	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/integration/testbed"
 	"github.com/ferrygitops/ferry/store"
 )
@@ -341,4 +349,108 @@ const helmChildEnv = "FERRY_TEST_HELM_CHILD"
 // hp-web to a revision whose Deployment never becomes Ready, and waits to be killed.
 func helmChild(kubeconfig string) error {
 	return runHelmChild(kubeconfig, helmComponent("web", "hp", "values: {fail: true}\ntimeout: 5m"), chart("1.0.0"))
+}
+
+// TestFluxGuideHelmRelease: a HelmRelease of the Flux guide's shape (a chart from a
+// HelmRepository, install and upgrade remediation, drift detection), imported with
+// `ferry bundle build --from-flux`, behaves as helm-controller would: installed into the
+// HelmRelease's namespace under its name, a hand edit corrected, a failed upgrade rolled
+// back by its remediation.
+func TestFluxGuideHelmRelease(t *testing.T) {
+	n := newNode(t, "guide", apply.Options{})
+	ctx := ctxTimeout(t, 3*time.Minute)
+	// A real chart repository: the chart packaged and indexed by the helm CLI.
+	work := t.TempDir()
+	for name, data := range chart("6.5.0") {
+		p := filepath.Join(work, "src", strings.TrimPrefix(name, "charts/"))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(strings.ReplaceAll(data, "name: app", "name: podinfo")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repo := filepath.Join(work, "repo")
+	helm := func(args ...string) {
+		cmd := exec.Command(tb.Bin("helm"), args...)
+		cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(work, "cache"), "HELM_CONFIG_HOME="+filepath.Join(work, "config"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("helm %v: %v\n%s", args, err, out)
+		}
+	}
+	helm("package", filepath.Join(work, "src", "app"), "-d", repo)
+	srv := httptest.NewServer(http.FileServer(http.Dir(repo)))
+	defer srv.Close()
+	helm("repo", "index", repo, "--url", srv.URL)
+
+	release := func(values string) map[string]string {
+		return map[string]string{"clusters/edge/podinfo.yaml": `apiVersion: source.toolkit.fluxcd.io/v1
+kind: HelmRepository
+metadata: {name: podinfo, namespace: podinfo}
+spec: {interval: 1h, url: "` + srv.URL + `"}
+---
+apiVersion: helm.toolkit.fluxcd.io/v2
+kind: HelmRelease
+metadata: {name: podinfo, namespace: podinfo}
+spec:
+  interval: 10m
+  timeout: 10s
+  chart:
+    spec:
+      chart: podinfo
+      version: ">=6.0.0"
+      sourceRef: {kind: HelmRepository, name: podinfo}
+  install:
+    createNamespace: true
+    remediation: {retries: 3}
+  upgrade:
+    remediation: {retries: 0, remediateLastFailure: true, strategy: rollback}
+  driftDetection: {mode: enabled}
+  values: ` + values + `
+`}
+	}
+	for rev, values := range map[uint64]string{1: "{settings: {color: red}}", 2: "{settings: {color: red}, fail: true}"} {
+		dir, _ := bundlertest.GitTree(t, release(values), time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC))
+		mem := memory.New()
+		res, err := bundler.Build(ctx, mem, bundler.Options{Dir: dir, FromFlux: filepath.Join(dir, "clusters", "edge"), Name: "guide", Version: "1.0." + itoa(rev), Revision: rev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := bundles.Open(ctx, mem, res.Descriptor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n.st.Admit(ctx, mem, store.Admission{Name: "guide", Revision: rev, Version: b.Metadata.Version, Manifest: res.Descriptor,
+			Blobs: append([]ocispec.Descriptor{b.Manifest.Config}, b.Manifest.Layers...)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := n.eng.Rollout(ctx, "guide", 1); err != nil {
+		t.Fatal(err)
+	}
+	// helm-controller's names: release podinfo in namespace podinfo.
+	if h := helmHistory(t, "podinfo", "podinfo"); statuses(h) != "1:deployed" {
+		t.Fatalf("helm history: %s", statuses(h))
+	}
+	d := n.get(t, deployments, "podinfo", "podinfo-web")
+	_ = unstructured.SetNestedField(d.Object, int64(3), "spec", "replicas")
+	if _, err := n.dyn.Resource(deployments).Namespace("podinfo").Update(ctx, d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := n.eng.Sync(ctx, "guide")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Drift) != 1 || rep.Drift[0].Path != "/spec/replicas" || !rep.Drift[0].Corrected {
+		t.Fatalf("drift %+v", rep.Drift)
+	}
+	if r, _, _ := unstructured.NestedInt64(n.get(t, deployments, "podinfo", "podinfo-web").Object, "spec", "replicas"); r != 1 {
+		t.Fatalf("replicas %d after the drift correction", r)
+	}
+	if _, err := n.eng.Rollout(ctx, "guide", 2); !errors.Is(err, apply.ErrRolledBack) {
+		t.Fatalf("want a rollback, got %v", err)
+	}
+	if got := statuses(helmHistory(t, "podinfo", "podinfo")); got != "1:superseded 2:failed 3:deployed" {
+		t.Fatalf("after the failed upgrade: %s", got)
+	}
 }
