@@ -245,6 +245,11 @@ spec:
 	if h := byName["ingress-nginx"].Helm; h == nil || h.Version != "1.0.0" {
 		t.Fatalf("no helm component for the nested HelmRelease: %+v", res.Metadata.Components)
 	}
+	// helm-controller installs a HelmRelease without targetNamespace into its own namespace,
+	// under its own name.
+	if h := byName["ingress-nginx"].Helm; h.TargetNamespace != "ingress-nginx" || h.ReleaseName != "ingress-nginx" {
+		t.Fatalf("release %q in %q", h.ReleaseName, h.TargetNamespace)
+	}
 	infra := byName["infra-controllers"].Kustomize
 	var deps []string
 	for _, d := range infra.DependsOn {
