@@ -118,6 +118,33 @@
 // removes JSON pointers (RFC 6901) from the comparison, for the objects its target selects
 // or for all.
 //
+// # Helm releases
+//
+// A Helm component becomes a Helm release (helm.go): the chart vendored in its layer is
+// installed or upgraded with the Helm SDK, built from the component's own rest.Config
+// (never a kubeconfig from the environment), storage in Secrets, Wait always with the
+// component's timeout, maxHistory default 10. Values merge as Flux's (valuesFrom read as
+// the component's identity). The release label [LabelSource] plus the release's stored
+// values and chart version say whether an upgrade would change anything; if not, nothing
+// is sent. Failures are remediated as Flux's HelmRelease says (retries, rollback or
+// uninstall). A release left pending-* is marked failed and rolled back to its deployed
+// revision (or uninstalled) before the action. The component's inventory records the Helm
+// revision ([Release]) each Ferry revision deployed: a whole-revision rollback returns the
+// release to exactly that one, and uninstalls releases the failed revision added. Once the
+// action is done the manifest's objects are handled like the engine's own: drift compared
+// (an object Ferry has no record of is compared with the live one, not sent), recorded,
+// health awaited with kstatus.
+//
+// # Tenancy
+//
+// A component with serviceAccountName (or [Options.DefaultServiceAccount]) sends every
+// request through a client impersonating system:serviceaccount:<ns>:<name> (tenancy.go);
+// its applies go first as server-side dry runs. With targetNamespace, or when the keys
+// that signed the revision are scoped to namespaces (bundles.Scope, recorded at admission),
+// objects outside are refused before anything is sent; a key scope's serviceAccount is the
+// one the component runs as. [Env.NoCrossNamespaceRefs] refuses references to other
+// namespaces. Inventories record the identity, so prune and uninstall run as it.
+//
 // # Invariants
 //
 //   - One apply at a time per engine: Rollout, Retry and Sync hold one mutex, whatever the
@@ -133,18 +160,17 @@
 //     Secrets included. (Failure reasons stored with a revision are the messages of
 //     kustomize and the API server, which package decrypt's no-plaintext rule does not
 //     cover.)
-//   - Builds (kustomize and Helm output, before substitution) are cached by manifest digest
+//   - Builds (kustomize output before substitution, loaded Helm charts) are cached by manifest digest
 //     for the last two revisions built: a bundle's layers never change, and building is the
 //     costly part of a sync with nothing to do.
 //
 // # What it does not do
 //
-// Helm components are applied as their rendered manifests, like kustomize ones, until Helm
-// releases land (issue #12): no release Secret, no hooks lifecycle (hook and test templates
-// are applied as ordinary objects), and wait and prune are always on; valuesFrom, install,
-// upgrade and maxHistory are not used on the node yet. Components are applied with the
-// engine's own credentials (no service account per component). The package does not verify
-// or admit bundles (packages verify and store, the daemon's ingest), decide when to roll out
-// or sync, or honour a suspended bundle (the daemon), and it never retries a failed revision
-// on its own.
+// Helm's own guarantees stop at the release: a Helm component's objects are applied by the
+// Helm SDK (three-way merge patches, one at a time), not by the engine's parallel server-side
+// apply, and Helm hooks run outside the inventory (an object a hook leaves behind is Helm's,
+// not pruned by Ferry). The package does not verify or admit bundles (packages verify and
+// store, the daemon's ingest; it enforces the signing keys' scopes recorded there), decide
+// when to roll out or sync, or honour a suspended bundle (the daemon), and it never retries a
+// failed revision on its own.
 package apply
