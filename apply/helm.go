@@ -307,7 +307,8 @@ func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, ba
 	if err != nil && !errors.Is(err, helmdriver.ErrReleaseNotFound) {
 		return helmOutcome{}, fmt.Errorf("release %s: %w", c.helm.release, err)
 	}
-	if last != nil && last.Info.Status.IsPending() {
+	pending := last != nil && last.Info.Status.IsPending()
+	if pending {
 		// A crash in the middle of a Helm action leaves the release locked; every later
 		// action would refuse it. Mark it failed and go on, as helm-controller does.
 		log.Warn("release left pending by an interrupted action; marking it failed", "status", last.Info.Status, "version", last.Version)
@@ -315,26 +316,6 @@ func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, ba
 		last.Info.Status = release.StatusFailed
 		if err := cfg.Releases.Update(last); err != nil {
 			return helmOutcome{}, fmt.Errorf("release %s: recover from pending: %w", c.helm.release, err)
-		}
-		// What the interrupted action had applied is unknown; Helm's next upgrade would patch
-		// from the last deployed manifest and leave it in place. Go back to the deployed
-		// revision first (a rollback patches from the interrupted one), or, if there is none
-		// (an interrupted install), uninstall and install again, as Flux remediates installs.
-		if d, err := cfg.Releases.Deployed(c.helm.release); err == nil {
-			log.Info("rolling the release back to its deployed revision before going on", "to", d.Version)
-			if err := rollback(cfg, c.helm.release, d.Version, c.tmo, maxHistory); err != nil {
-				return helmOutcome{}, fmt.Errorf("release %s: recover from pending: %w", c.helm.release, err)
-			}
-		} else {
-			if err := uninstall(cfg, c.helm.release, c.tmo); err != nil {
-				return helmOutcome{}, fmt.Errorf("release %s: recover from pending: %w", c.helm.release, err)
-			}
-			last = nil
-		}
-		if last != nil {
-			if last, err = cfg.Releases.Last(c.helm.release); err != nil {
-				return helmOutcome{}, err
-			}
 		}
 	}
 	if last != nil && last.Info.Status == release.StatusDeployed && installedFrom(last, source, c.helm.chart, want) {
@@ -355,6 +336,27 @@ func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, ba
 			}
 			rel, err := cfg.Releases.Last(c.helm.release)
 			return helmOutcome{rel: rel, changed: true}, err
+		}
+	}
+	if last != nil && last.Info.Status == release.StatusFailed {
+		// A failed or interrupted action left objects half changed, and Helm's upgrade would
+		// patch from the deployed revision's manifest and keep those changes (a three-way
+		// merge sees them as someone else's). Go back to the deployed revision first (a
+		// rollback patches from the failed one); an interrupted install with nothing
+		// deployed is uninstalled and installed again, as Flux remediates installs.
+		if d, err := cfg.Releases.Deployed(c.helm.release); err == nil {
+			log.Info("returning the release to its deployed revision before going on", "to", d.Version, "failed", last.Version)
+			if err := rollback(cfg, c.helm.release, d.Version, c.tmo, maxHistory); err != nil {
+				return helmOutcome{}, fmt.Errorf("release %s: recover from failed revision %d: %w", c.helm.release, last.Version, err)
+			}
+			if last, err = cfg.Releases.Last(c.helm.release); err != nil {
+				return helmOutcome{}, err
+			}
+		} else if pending {
+			if err := uninstall(cfg, c.helm.release, c.tmo); err != nil {
+				return helmOutcome{}, fmt.Errorf("release %s: recover from pending: %w", c.helm.release, err)
+			}
+			last = nil
 		}
 	}
 	if c.confined() {

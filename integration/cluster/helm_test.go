@@ -454,3 +454,47 @@ spec:
 		t.Fatalf("after the failed upgrade: %s", got)
 	}
 }
+
+// TestHelmSyncDoesNotRetryAFailedUpgrade: a valuesFrom source changes under a healthy
+// revision, so a sync upgrades the release; the upgrade never becomes healthy. The next
+// syncs report it and do not upgrade again (no Helm revision per interval) until the
+// values change; then the release is returned to its deployed revision and upgraded.
+func TestHelmSyncDoesNotRetryAFailedUpgrade(t *testing.T) {
+	n := newNode(t, "hs", apply.Options{})
+	ctx := ctxTimeout(t, 2*time.Minute)
+	const ns, rel = "hs", "hs-web"
+	n.createNamespace(t, ns)
+	source := func(values string) {
+		u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
+			"metadata": map[string]any{"name": "site", "namespace": ns}, "data": map[string]any{"values.yaml": values}}}
+		if _, err := n.dyn.Resource(configMaps).Namespace(ns).Apply(ctx, "site", u, metav1.ApplyOptions{FieldManager: "test", Force: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	source("settings: {color: red}\n")
+	n.admit(t, 1, helmComponent("web", ns, "valuesFrom: [{kind: ConfigMap, name: site}]"), chart("1.0.0"))
+	if _, err := n.eng.Rollout(ctx, "hs", 1); err != nil {
+		t.Fatal(err)
+	}
+	source("fail: true\n")
+	if _, err := n.eng.Sync(ctx, "hs"); err == nil {
+		t.Fatal("the upgrade to values that never become healthy succeeded")
+	}
+	for range 2 {
+		_, err := n.eng.Sync(ctx, "hs")
+		if err == nil || !strings.Contains(err.Error(), "failed before") {
+			t.Fatalf("want the failed upgrade reported, not retried: %v", err)
+		}
+	}
+	if got := statuses(helmHistory(t, ns, rel)); got != "1:deployed 2:failed" {
+		t.Fatalf("helm history: %s", got)
+	}
+	source("settings: {color: green}\n")
+	if _, err := n.eng.Sync(ctx, "hs"); err != nil {
+		t.Fatal(err)
+	}
+	// The failed upgrade's changes are undone first (a rollback to 1), then the upgrade.
+	if got := statuses(helmHistory(t, ns, rel)); got != "1:superseded 2:failed 3:superseded 4:deployed" {
+		t.Fatalf("helm history after the values changed: %s", got)
+	}
+}
