@@ -512,7 +512,7 @@ func (e *Engine) applyRevision(ctx context.Context, name string, rev uint64, com
 			// Helm removes what a chart no longer has; a release rev no longer has is
 			// uninstalled, as the identity that installed it.
 			if !releases[r.Namespace+"/"+r.Name] {
-				if err := e.uninstallRelease(cc, *r); err != nil {
+				if err := e.uninstallRelease(cc, name, *r); err != nil {
 					return fmt.Errorf("component %s: %w", cname, err)
 				}
 			}

@@ -307,6 +307,13 @@ func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, ba
 	if err != nil && !errors.Is(err, helmdriver.ErrReleaseNotFound) {
 		return helmOutcome{}, fmt.Errorf("release %s: %w", c.helm.release, err)
 	}
+	if last != nil {
+		if owner := last.Labels[LabelBundle]; owner != "" && owner != c.bundle {
+			// Another bundle's release (a release made by hand, with no owner, is taken over
+			// as helm-controller does).
+			return helmOutcome{}, fmt.Errorf("release %s in namespace %s belongs to bundle %s", c.helm.release, c.ns, owner)
+		}
+	}
 	pending := last != nil && last.Info.Status.IsPending()
 	if pending {
 		// A crash in the middle of a Helm action leaves the release locked; every later
@@ -617,11 +624,24 @@ func uninstall(cfg *action.Configuration, name string, timeout time.Duration) er
 }
 
 // uninstallRelease removes a release a revision no longer has (or a failed revision added),
-// as the identity of the component that installed it.
-func (e *Engine) uninstallRelease(cc *cluster, rec Release) error {
+// as the identity of the component that installed it — only if the bundle installed it: a
+// revision that failed before Helm ran still names the release, which may be someone
+// else's.
+func (e *Engine) uninstallRelease(cc *cluster, bundle string, rec Release) error {
 	cfg, err := e.helmConfig(cc, rec.Namespace, defaultMaxHistory)
 	if err != nil {
 		return err
+	}
+	last, err := cfg.Releases.Last(rec.Name)
+	if errors.Is(err, helmdriver.ErrReleaseNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("release %s/%s: %w", rec.Namespace, rec.Name, err)
+	}
+	if owner := last.Labels[LabelBundle]; owner != bundle {
+		e.log.Warn("not uninstalling a release this bundle did not install", "release", rec.Name, "namespace", rec.Namespace, "owner", owner)
+		return nil
 	}
 	if err := uninstall(cfg, rec.Name, waitBound); err != nil {
 		return fmt.Errorf("uninstall release %s/%s: %w", rec.Namespace, rec.Name, err)

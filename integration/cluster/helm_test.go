@@ -498,3 +498,32 @@ func TestHelmSyncDoesNotRetryAFailedUpgrade(t *testing.T) {
 		t.Fatalf("helm history after the values changed: %s", got)
 	}
 }
+
+// TestHelmReleaseOfAnotherBundle: a bundle whose component names a release another bundle
+// installed fails without touching it, and its rollback does not uninstall it either.
+func TestHelmReleaseOfAnotherBundle(t *testing.T) {
+	owner, other := newNode(t, "owner", apply.Options{}), newNode(t, "other", apply.Options{})
+	ctx := ctxTimeout(t, 2*time.Minute)
+	const ns = "shared"
+	owner.admit(t, 1, helmComponent("web", ns, "releaseName: shared"), chart("1.0.0"))
+	if _, err := owner.eng.Rollout(ctx, "owner", 1); err != nil {
+		t.Fatal(err)
+	}
+	other.admit(t, 1, "- name: app\n  kustomize: {path: ./app}\n", map[string]string{"app/cm.yaml": cm(ns, "other", "v1")})
+	if _, err := other.eng.Rollout(ctx, "other", 1); err != nil {
+		t.Fatal(err)
+	}
+	files := chart("1.0.0")
+	files["app/cm.yaml"] = cm(ns, "other", "v2")
+	other.admit(t, 2, "- name: app\n  kustomize: {path: ./app}\n"+helmComponent("web", ns, "releaseName: shared\nvalues: {settings: {color: stolen}}"), files)
+	_, err := other.eng.Rollout(ctx, "other", 2)
+	if !errors.Is(err, apply.ErrRolledBack) || !strings.Contains(err.Error(), "belongs to bundle owner") {
+		t.Fatalf("want a refusal and a rollback, got %v", err)
+	}
+	if got := statuses(helmHistory(t, ns, "shared")); got != "1:deployed" {
+		t.Fatalf("the owner's release was touched: %s", got)
+	}
+	if got := settings(t, owner, ns, "shared-settings"); got["color"] != "blue" {
+		t.Fatalf("the owner's values changed: %v", got)
+	}
+}

@@ -214,7 +214,7 @@ func TestSigningKeyScopes(t *testing.T) {
 	for i, tc := range []struct{ comp, want string }{
 		{"- name: app\n  kustomize: {path: ./app, targetNamespace: team-b}\n", "may only ship to namespaces team-a"},
 		{"- name: app\n  kustomize: {path: ./app, targetNamespace: team-a, serviceAccountName: admin}\n", "may only ship as service account deployer"},
-		{"- name: web\n  helm: {chart: ./charts/app, targetNamespace: team-a}\n", "ClusterRole.rbac.authorization.k8s.io scoped-escape"},
+		{"- name: scoped-web\n  helm: {chart: ./charts/app, targetNamespace: team-a}\n", "ClusterRole.rbac.authorization.k8s.io scoped-escape"},
 	} {
 		rev := uint64(i + 2)
 		n.reqs.reset()
