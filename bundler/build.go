@@ -312,7 +312,17 @@ func packComponent(ctx context.Context, remote bundles.Options, dir string, c bu
 		if err != nil {
 			return nil, bundles.Component{}, err
 		}
-		if err := copyTree(chartRoot, filepath.Join(stage, bundles.HelmChartDir)); err != nil {
+		if fi, err := os.Stat(chartRoot); err == nil && fi.Mode().IsRegular() {
+			// A packaged chart (helm package's .tgz) in the tree: its files, checked as a
+			// repository's would be.
+			archive, err := bundles.ReadFileLimited(chartRoot, maxChartBytes)
+			if err != nil {
+				return nil, bundles.Component{}, err
+			}
+			if err := writeChartArchive(archive, filepath.Join(stage, bundles.HelmChartDir), c.Helm.Chart); err != nil {
+				return nil, bundles.Component{}, err
+			}
+		} else if err := copyTree(chartRoot, filepath.Join(stage, bundles.HelmChartDir)); err != nil {
 			return nil, bundles.Component{}, err
 		}
 	}

@@ -421,7 +421,8 @@ func (s *Spec) checkPaths(file string, root *yaml.Node, dir string) error {
 			continue
 		}
 		if c.Helm.Repository == "" {
-			check(f+".helm.chart", c.Helm.Chart, true)
+			// A chart directory, or a packaged chart (helm package's .tgz).
+			check(f+".helm.chart", c.Helm.Chart, !strings.HasSuffix(c.Helm.Chart, ".tgz"))
 		}
 		for j, v := range c.Helm.ValuesFiles {
 			check(fmt.Sprintf("%s.helm.valuesFiles[%d]", f, j), v, false)
