@@ -246,7 +246,7 @@ func (d *Daemon) pollSource(ctx context.Context, name string, s source) {
 			if done {
 				continue
 			}
-			if _, err := d.ingest(ctx, name, c); err != nil && (ctx.Err() != nil || retryable(err)) {
+			if _, err := d.ingest(ctx, name, c); err != nil && (ctx.Err() != nil || retryable(err) || unsignedYet(c, err)) {
 				continue // a registry, bucket or disk problem: try again at the next poll
 			}
 			d.mu.Lock()
@@ -269,6 +269,13 @@ func retryable(err error) bool {
 	msg := err.Error()
 	return errors.Is(err, store.ErrNoSpace) || errors.As(err, &ne) || apply.Transient(err) ||
 		strings.Contains(msg, "no such host") || serverError.MatchString(msg)
+}
+
+// unsignedYet reports a registry bundle with no signature at all: CI pushes the bundle,
+// then signs it, and a poll between the two must not give up on that digest (the tag does
+// not move when the signature arrives). It is read again at each poll, with one event.
+func unsignedYet(c candidate, err error) bool {
+	return c.addr.Kind == bundles.KindRegistry && errors.Is(err, bundles.ErrNoSignatures)
 }
 
 var serverError = regexp.MustCompile(`status code 5\d\d|\b5\d\d (Internal Server Error|Bad Gateway|Service Unavailable|Gateway Timeout)`)

@@ -25,7 +25,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"oras.land/oras-go/v2"
+	"oras.land/oras-go/v2/registry/remote"
 
+	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/daemon"
 	"github.com/ferrygitops/ferry/store"
 )
@@ -165,11 +168,51 @@ func TestRegistryAndS3Sources(t *testing.T) {
 			return b.Revision == 1 && b.State == store.StateHealthy
 		})
 	}
-	// A newer tag in range is rolled out; the poll that finds nothing new reads nothing.
-	reg.ship(t, 2, false, "oci://"+repo+":1.0.2")
+	// A newer tag in range, pushed before its signature (CI pushes, then signs): refused while
+	// unsigned, and rolled out once the signature arrives, though the tag did not move.
+	mem, desc := reg.build(t, 2, false)
+	dst, err := remote.NewRepository(repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst.PlainHTTP = true
+	if err := oras.CopyGraph(t.Context(), mem, dst, desc, oras.DefaultCopyGraphOptions); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Tag(t.Context(), desc, "1.0.2"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var events []store.Event
+		if err := c.Do(t.Context(), "GET", "/v1/events?limit=1000", nil, &events); err != nil {
+			t.Fatal(err)
+		}
+		if slices.ContainsFunc(events, func(e store.Event) bool {
+			return e.Reason == "Refused" && strings.Contains(e.Message, desc.Digest.String()) && strings.Contains(e.Message, "not signed")
+		}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the unsigned tag was not refused: %+v", events)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := bundles.Copy(t.Context(), memSource{mem}, desc, mustAddress(t, "oci://"+repo+":1.0.2"), bundles.Options{}); err != nil {
+		t.Fatal(err)
+	}
 	reg.waitStatus(t, c, "registry revision 2", 90*time.Second, func(b daemon.BundleStatus) bool {
 		return b.Revision == 2 && b.State == store.StateHealthy
 	})
+}
+
+func mustAddress(t *testing.T, s string) bundles.Address {
+	t.Helper()
+	a, err := bundles.ParseAddress(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
 // TestSocketIsOwnerOnly: the API socket is mode 0600 in a 0700 directory.
