@@ -454,6 +454,11 @@ func (e *Engine) applyRevision(ctx context.Context, name string, rev uint64, com
 		}
 		if c.helm != nil {
 			releases[c.ns+"/"+c.helm.release] = true
+			if inv, ok := old[c.spec.Name]; ok && inv.Release == nil && len(inv.Objects) > 0 {
+				h := *c.helm // the cached build is shared: flag a copy
+				h.takeOver = true
+				c.helm = &h
+			}
 			if err := e.applyHelm(ctx, name, rev, c, cc, prev, mine[c.spec.Name].Release, true, rep); err != nil {
 				return fmt.Errorf("component %s: %w", c.spec.Name, err)
 			}
@@ -512,7 +517,7 @@ func (e *Engine) applyRevision(ctx context.Context, name string, rev uint64, com
 			// Helm removes what a chart no longer has; a release rev no longer has is
 			// uninstalled, as the identity that installed it.
 			if !releases[r.Namespace+"/"+r.Name] {
-				if err := e.uninstallRelease(cc, name, *r); err != nil {
+				if err := e.removeRelease(ctx, cc, name, *r, keep, pruneAll); err != nil {
 					return fmt.Errorf("component %s: %w", cname, err)
 				}
 			}
@@ -548,8 +553,14 @@ func (e *Engine) applyHelm(ctx context.Context, name string, rev uint64, c *comp
 		return err
 	} else if inv, ok := old[c.spec.Name]; ok && inv.Release != nil {
 		planned = inv // an earlier attempt recorded more
-	} else if err := e.putInventory(name, rev, planned); err != nil {
-		return err
+	} else {
+		if planned.Release.Before, err = e.adopting(cc, c); err != nil {
+			return err
+		}
+		planned.Release.Adopted = planned.Release.Before > 0
+		if err := e.putInventory(name, rev, planned); err != nil {
+			return err
+		}
 	}
 	failed := ""
 	if !wait && planned.Release != nil {
@@ -580,6 +591,11 @@ func (e *Engine) applyHelm(ctx context.Context, name string, rev uint64, c *comp
 	if err := cc.place(c.objs, c.ns, crdScopes(c.objs)); err != nil {
 		return err
 	}
+	// The manifest comes from Helm's storage (Secrets in the namespace): what drift
+	// correction would send is confined like everything else.
+	if err := confine(c, c.objs); err != nil {
+		return err
+	}
 	for _, o := range c.objs {
 		if err := o.rehash(); err != nil {
 			return err
@@ -594,7 +610,8 @@ func (e *Engine) applyHelm(ctx context.Context, name string, rev uint64, c *comp
 		rep.Unchanged += len(c.objs) - len(res.applied)
 	}
 	inv := Inventory{Component: c.spec.Name, Prune: true, Objects: merge(c.objs, res.entries), ServiceAccount: c.sa,
-		Release: &Release{Name: out.rel.Name, Namespace: out.rel.Namespace, Version: out.rel.Version}}
+		Release: &Release{Name: out.rel.Name, Namespace: out.rel.Namespace, Version: out.rel.Version,
+			Adopted: planned.Release.Adopted, Before: planned.Release.Before}}
 	if !reflect.DeepEqual(inv.Release, planned.Release) || changed(planned.Objects, inv.Objects) {
 		if perr := e.putInventory(name, rev, inv); perr != nil {
 			return errors.Join(err, perr)
@@ -721,17 +738,6 @@ func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, err
 			}
 			c.wait, c.prune, c.force, c.drift = k.Wait, k.Prune, k.Force, k.DriftDetection
 			timeout, sa, c.targetNS = k.Timeout, k.ServiceAccountName, k.TargetNamespace
-			for j, h := range k.HealthChecks {
-				gv, err := schema.ParseGroupVersion(h.APIVersion)
-				if err != nil {
-					return nil, fmt.Errorf("component %s: healthChecks: %w", spec.Name, err)
-				}
-				ns, err := e.refNamespace(&c, h.Namespace, fmt.Sprintf("healthChecks[%d]", j))
-				if err != nil {
-					return nil, fmt.Errorf("component %s: %w", spec.Name, err)
-				}
-				c.checks = append(c.checks, ObjectRef{Group: gv.Group, Version: gv.Version, Kind: h.Kind, Namespace: ns, Name: h.Name})
-			}
 		} else if h := spec.Helm; h != nil {
 			if c.helm, err = e.opts.helmChart(ctx, e.st, b, i); err != nil {
 				return nil, err
@@ -752,6 +758,25 @@ func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, err
 		}
 		if sa != "" {
 			c.sa = serviceAccountUser(c.ns, sa)
+		}
+		if c.helm != nil && c.sa == "" && c.confined() {
+			// Ferry's own credentials would render it: a chart's lookup could read any
+			// namespace, and no dry run would show it.
+			return nil, fmt.Errorf("component %s: its bundle's signing key is scoped to namespaces but names no serviceAccount; a Helm component needs one (set serviceAccount in the key's scope, or serviceAccountName)", spec.Name)
+		}
+		if k := spec.Kustomize; k != nil {
+			// After scope: health checks read as the component, within its keys' namespaces.
+			for j, h := range k.HealthChecks {
+				gv, err := schema.ParseGroupVersion(h.APIVersion)
+				if err != nil {
+					return nil, fmt.Errorf("component %s: healthChecks: %w", spec.Name, err)
+				}
+				ns, err := e.refNamespace(&c, h.Namespace, fmt.Sprintf("healthChecks[%d]", j))
+				if err != nil {
+					return nil, fmt.Errorf("component %s: %w", spec.Name, err)
+				}
+				c.checks = append(c.checks, ObjectRef{Group: gv.Group, Version: gv.Version, Kind: h.Kind, Namespace: ns, Name: h.Name})
+			}
 		}
 		comps = append(comps, c)
 	}
@@ -776,6 +801,7 @@ func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, err
 // prepared (their CRDs tell the scope of kinds not served yet).
 func (e *Engine) prepare(ctx context.Context, c *component, cc *cluster, before []*object) error {
 	env := e.opts.Env
+	env.scopes = c.scopes
 	if !e.lookupSet {
 		env.Lookup = cc.lookup // substituteFrom is read as the component's identity
 	}

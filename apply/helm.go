@@ -49,11 +49,14 @@ const defaultMaxHistory = 10
 // helmChart is what a Helm component needs to become a Helm release: the chart vendored in
 // its layer, the values files beside it, and the layer's digest (chart and values files).
 type helmChart struct {
-	release string
-	chart   *chart.Chart
-	files   bundles.Files
-	layer   digest.Digest
-	spec    bundles.HelmSpec
+	// takeOver is set when the component's objects were applied without Helm before (see
+	// install).
+	takeOver bool
+	release  string
+	chart    *chart.Chart
+	files    bundles.Files
+	layer    digest.Digest
+	spec     bundles.HelmSpec
 }
 
 // Release is what a component's inventory records of its Helm release: the Helm revision
@@ -62,6 +65,10 @@ type Release struct {
 	Name      string `json:"name"`
 	Namespace string `json:"namespace"`
 	Version   int    `json:"version"`
+	// Adopted is set when the release existed, not installed by this bundle, before this
+	// revision upgraded it: a rollback returns it to Before instead of uninstalling it.
+	Adopted bool `json:"adopted,omitempty"`
+	Before  int  `json:"before,omitempty"`
 	// Failed is the source and values digest of the last install or upgrade that failed, so
 	// a sync does not try it again at every interval (a rollout of a new revision does).
 	Failed string `json:"failed,omitempty"`
@@ -337,6 +344,9 @@ func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, ba
 	post := labeler{bundle: c.bundle, component: c.spec.Name}
 	if back != nil && last != nil {
 		if target, err := cfg.Releases.Get(c.helm.release, back.Version); err == nil && installedFrom(target, source, c.helm.chart, want) {
+			if err := confineStored(c, cc, target); err != nil {
+				return helmOutcome{}, err
+			}
 			log.Info("rolling the release back", "to", back.Version)
 			if err := rollback(cfg, c.helm.release, back.Version, c.tmo, maxHistory); err != nil {
 				return helmOutcome{}, fmt.Errorf("release %s: roll back to Helm revision %d: %w", c.helm.release, back.Version, err)
@@ -352,6 +362,9 @@ func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, ba
 		// rollback patches from the failed one); an interrupted install with nothing
 		// deployed is uninstalled and installed again, as Flux remediates installs.
 		if d, err := cfg.Releases.Deployed(c.helm.release); err == nil {
+			if err := confineStored(c, cc, d); err != nil {
+				return helmOutcome{}, err
+			}
 			log.Info("returning the release to its deployed revision before going on", "to", d.Version, "failed", last.Version)
 			if err := rollback(cfg, c.helm.release, d.Version, c.tmo, maxHistory); err != nil {
 				return helmOutcome{}, fmt.Errorf("release %s: recover from failed revision %d: %w", c.helm.release, last.Version, err)
@@ -367,7 +380,7 @@ func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, ba
 		}
 	}
 	if c.confined() {
-		if err := e.confineRelease(ctx, c, cc, vals, post); err != nil {
+		if err := e.confineRelease(ctx, c, cc, cfg, last, vals, post, maxHistory); err != nil {
 			return helmOutcome{}, err
 		}
 	}
@@ -380,25 +393,55 @@ func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, ba
 	if last == nil {
 		out, err = e.install(ctx, cfg, c, vals, labels, post, maxHistory, log)
 	} else {
-		out, err = e.upgrade(ctx, cfg, c, last, vals, labels, post, maxHistory, log)
+		out, err = e.upgrade(ctx, cfg, c, cc, last, vals, labels, post, maxHistory, log)
 	}
-	if err != nil {
-		out.attempt = source + "/" + want
+	if err != nil && ctx.Err() == nil && !isTransient(err) {
+		out.attempt = source + "/" + want // not for a shutdown or an API server away
 	}
 	return out, err
 }
 
-// confineRelease renders the release offline, exactly as the install or upgrade will
-// (values, post-renderer, CRDs included), and refuses it, before Helm sends anything, if it
-// holds objects the component may not (see confine).
-func (e *Engine) confineRelease(ctx context.Context, c *component, cc *cluster, vals map[string]any, post labeler) error {
-	// ClientOnly replaces the configuration's client and storage: a configuration of its own.
-	dry := action.NewInstall(&action.Configuration{Log: func(string, ...any) {}})
-	dry.DryRun, dry.ClientOnly, dry.Replace, dry.IncludeCRDs = true, true, true, true
-	dry.ReleaseName, dry.Namespace, dry.PostRenderer = c.helm.release, c.ns, post
-	rel, err := dry.RunWithContext(ctx, c.helm.chart, vals)
+// confineRelease runs the coming install or upgrade as a server-side dry run, as the
+// component's identity — the render Helm will apply, with .Release.IsUpgrade, lookups and
+// the cluster's capabilities — and refuses it, before Helm writes anything, if it holds
+// objects the component may not (see confine): manifest, hooks, and the chart's CRDs when
+// the crds policy would apply them.
+func (e *Engine) confineRelease(ctx context.Context, c *component, cc *cluster, cfg *action.Configuration, last *release.Release, vals map[string]any, post labeler, maxHistory int) error {
+	var rel *release.Release
+	var err error
+	if last == nil {
+		in := action.NewInstall(cfg)
+		in.DryRun, in.DryRunOption = true, "server"
+		in.ReleaseName, in.Namespace, in.PostRenderer = c.helm.release, c.ns, post
+		rel, err = in.RunWithContext(ctx, c.helm.chart, vals)
+	} else {
+		up := action.NewUpgrade(cfg)
+		up.DryRun, up.DryRunOption, up.MaxHistory = true, "server", maxHistory
+		up.Namespace, up.PostRenderer = c.ns, post
+		rel, err = up.RunWithContext(ctx, c.helm.release, c.helm.chart, vals)
+	}
 	if err != nil {
-		return fmt.Errorf("release %s: render: %w", c.helm.release, err)
+		return fmt.Errorf("release %s: dry run: %w", c.helm.release, err)
+	}
+	var crds []*unstructured.Unstructured
+	if crdPolicy(c.helm.spec, last == nil) != "Skip" {
+		for _, crd := range c.helm.chart.CRDObjects() {
+			us, err := manifestObjects(&release.Release{Name: rel.Name, Manifest: string(crd.File.Data)})
+			if err != nil {
+				return err
+			}
+			crds = append(crds, us...)
+		}
+	}
+	return confineStored(c, cc, rel, crds...)
+}
+
+// confineStored refuses a release (a dry run's, or one read back from Helm's storage, which
+// whoever may write Secrets in the namespace can change) holding objects the component may
+// not: its manifest, its hooks and extra.
+func confineStored(c *component, cc *cluster, rel *release.Release, extra ...*unstructured.Unstructured) error {
+	if !c.confined() {
+		return nil
 	}
 	us, err := manifestObjects(rel)
 	if err != nil {
@@ -411,6 +454,7 @@ func (e *Engine) confineRelease(ctx context.Context, c *component, cc *cluster, 
 		}
 		us = append(us, hs...)
 	}
+	us = append(us, extra...)
 	objs := make([]*object, 0, len(us))
 	for _, u := range us {
 		o, err := newObject(u, nil)
@@ -532,6 +576,9 @@ func (e *Engine) install(ctx context.Context, cfg *action.Configuration, c *comp
 		in.SkipCRDs = crdPolicy(h, true) != "Create"                                           // CreateReplace was applied before
 		in.Labels, in.PostRenderer = labels, post
 		in.Description = "Ferry install"
+		// Objects an older Ferry applied as plain manifests for this component carry no Helm
+		// ownership: the first install takes them over rather than failing on them.
+		in.TakeOwnership = c.helm.takeOver
 		var rel *release.Release
 		rel, err = in.RunWithContext(ctx, c.helm.chart, vals)
 		if err == nil {
@@ -553,7 +600,7 @@ func (e *Engine) install(ctx context.Context, cfg *action.Configuration, c *comp
 	return helmOutcome{}, fmt.Errorf("release %s: install: %w", c.helm.release, err)
 }
 
-func (e *Engine) upgrade(ctx context.Context, cfg *action.Configuration, c *component, last *release.Release, vals map[string]any, labels map[string]string, post labeler, maxHistory int, log interface{ Info(string, ...any) }) (helmOutcome, error) {
+func (e *Engine) upgrade(ctx context.Context, cfg *action.Configuration, c *component, cc *cluster, last *release.Release, vals map[string]any, labels map[string]string, post labeler, maxHistory int, log interface{ Info(string, ...any) }) (helmOutcome, error) {
 	h := c.helm.spec
 	retries, remediateLast, strategy := remediation(upgradeRemediation(h), true)
 	// The release to go back to is the one deployed before this upgrade was tried.
@@ -596,6 +643,11 @@ func (e *Engine) upgrade(ctx context.Context, cfg *action.Configuration, c *comp
 		case good == 0:
 			return helmOutcome{}, fmt.Errorf("release %s: upgrade: %w (no deployed revision to roll back to)", c.helm.release, err)
 		default:
+			if target, gerr := cfg.Releases.Get(c.helm.release, good); gerr != nil {
+				return helmOutcome{}, errors.Join(err, gerr)
+			} else if cerr := confineStored(c, cc, target); cerr != nil {
+				return helmOutcome{}, errors.Join(err, cerr)
+			}
 			log.Info("upgrade failed; rolling back to remediate", "attempt", attempt+1, "to", good, "err", err.Error())
 			if rerr := rollback(cfg, c.helm.release, good, c.tmo, maxHistory); rerr != nil {
 				return helmOutcome{}, errors.Join(err, rerr)
@@ -623,11 +675,35 @@ func uninstall(cfg *action.Configuration, name string, timeout time.Duration) er
 	return err
 }
 
-// uninstallRelease removes a release a revision no longer has (or a failed revision added),
-// as the identity of the component that installed it — only if the bundle installed it: a
-// revision that failed before Helm ran still names the release, which may be someone
-// else's.
-func (e *Engine) uninstallRelease(cc *cluster, bundle string, rec Release) error {
+// adopting returns the Helm revision of the component's release when one exists that this
+// bundle did not install (a release made by hand, taken over as helm-controller does), else
+// 0.
+func (e *Engine) adopting(cc *cluster, c *component) (int, error) {
+	cfg, err := e.helmConfig(cc, c.ns, defaultMaxHistory)
+	if err != nil {
+		return 0, err
+	}
+	last, err := cfg.Releases.Last(c.helm.release)
+	if errors.Is(err, helmdriver.ErrReleaseNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("release %s: %w", c.helm.release, err)
+	}
+	if last.Labels[LabelBundle] == c.bundle {
+		return 0, nil
+	}
+	return last.Version, nil
+}
+
+// removeRelease removes a release a revision no longer has (or a failed revision added),
+// as the identity of the component that installed it, and only if the bundle installed it:
+// a revision that failed before Helm ran still names the release, which may be someone
+// else's. Objects in keep (now applied by another component) are taken out of the release
+// first, so Helm's uninstall does not delete them. Rolling back (rollback), a release the
+// failed revision adopted (one that existed before it) is returned to the Helm revision it
+// had, not uninstalled.
+func (e *Engine) removeRelease(ctx context.Context, cc *cluster, bundle string, rec Release, keep map[string]bool, rollingBack bool) error {
 	cfg, err := e.helmConfig(cc, rec.Namespace, defaultMaxHistory)
 	if err != nil {
 		return err
@@ -643,11 +719,55 @@ func (e *Engine) uninstallRelease(cc *cluster, bundle string, rec Release) error
 		e.log.Warn("not uninstalling a release this bundle did not install", "release", rec.Name, "namespace", rec.Namespace, "owner", owner)
 		return nil
 	}
+	if rollingBack && rec.Adopted {
+		if rec.Before == 0 || rec.Before == last.Version {
+			return nil
+		}
+		e.log.Info("returning an adopted release to the revision it had", "release", rec.Name, "namespace", rec.Namespace, "to", rec.Before)
+		if err := rollback(cfg, rec.Name, rec.Before, waitBound, defaultMaxHistory); err != nil {
+			return fmt.Errorf("release %s/%s: roll back to Helm revision %d: %w", rec.Namespace, rec.Name, rec.Before, err)
+		}
+		return nil
+	}
+	if err := keepObjects(ctx, cfg, cc, last, keep); err != nil {
+		return fmt.Errorf("release %s/%s: %w", rec.Namespace, rec.Name, err)
+	}
 	if err := uninstall(cfg, rec.Name, waitBound); err != nil {
 		return fmt.Errorf("uninstall release %s/%s: %w", rec.Namespace, rec.Name, err)
 	}
 	e.log.Info("release uninstalled", "release", rec.Name, "namespace", rec.Namespace)
 	return nil
+}
+
+// keepObjects takes the objects in keep out of the stored manifest of rel, which Helm's
+// uninstall deletes by name.
+func keepObjects(_ context.Context, cfg *action.Configuration, cc *cluster, rel *release.Release, keep map[string]bool) error {
+	us, err := manifestObjects(rel)
+	if err != nil {
+		return err
+	}
+	var docs []string
+	kept := 0
+	for _, u := range us {
+		o, err := newObject(u, nil)
+		if err != nil {
+			return err
+		}
+		if err := cc.place([]*object{o}, rel.Namespace, nil); err == nil && keep[o.ref.key()] {
+			kept++
+			continue
+		}
+		b, err := sigsyaml.Marshal(u.Object)
+		if err != nil {
+			return err
+		}
+		docs = append(docs, string(b))
+	}
+	if kept == 0 {
+		return nil
+	}
+	rel.Manifest = "---\n" + strings.Join(docs, "---\n")
+	return cfg.Releases.Update(rel)
 }
 
 // manifestObjects returns the objects of a release's manifest (hooks are not part of it).

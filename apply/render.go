@@ -42,6 +42,9 @@ type Env struct {
 	// NoCrossNamespaceRefs refuses substituteFrom, valuesFrom, healthChecks and dependsOn
 	// that name another namespace than the component's (Flux's --no-cross-namespace-refs).
 	NoCrossNamespaceRefs bool
+
+	// scopes are the signing keys' scopes of the component being rendered (engine only).
+	scopes []*bundles.Scope
 }
 
 // Namespace returns the namespace a component works in: its targetNamespace, else env's.

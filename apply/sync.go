@@ -91,7 +91,7 @@ func (c *cluster) sync(ctx context.Context, s syncSet) (syncResult, error) {
 			res.entries = append(res.entries, e)
 		}
 		if s.dryRun && len(todo) > 0 {
-			if err := c.dryRunAll(ctx, todo); err != nil {
+			if err := c.dryRunAll(ctx, todo, s.force); err != nil {
 				return res, err
 			}
 		}
@@ -231,8 +231,8 @@ func (c *cluster) applyAll(ctx context.Context, objs []*object, recreate bool) (
 }
 
 // dryRunAll sends every object as a server-side apply with dryRun=All: the API server runs
-// authorization, admission and validation and stores nothing.
-func (c *cluster) dryRunAll(ctx context.Context, objs []*object) error {
+// authorization, admission and validation and stores nothing. recreate is spec.force.
+func (c *cluster) dryRunAll(ctx context.Context, objs []*object, recreate bool) error {
 	var (
 		mu   sync.Mutex
 		errs []error
@@ -241,7 +241,9 @@ func (c *cluster) dryRunAll(ctx context.Context, objs []*object) error {
 		_, err := c.applyOne(ctx, o, false, true)
 		mu.Lock()
 		defer mu.Unlock()
-		if err != nil {
+		// With force, an immutable field is changed by deleting and creating the object,
+		// which a dry run cannot show: the real apply decides.
+		if err != nil && (!recreate || !isImmutable(err)) {
 			errs = append(errs, fmt.Errorf("apply %s: %w", o.ref, err))
 		}
 	})

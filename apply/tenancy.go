@@ -48,15 +48,25 @@ func (e *Engine) clusterFor(user string) (*cluster, error) {
 // valuesFrom, healthChecks) names, ns or the component's own when ns is empty. A node that
 // refuses cross-namespace references refuses any other namespace.
 func (e *Engine) refNamespace(c *component, ns, field string) (string, error) {
-	return e.opts.refNamespace(c.ns, ns, field)
+	env := e.opts.Env
+	env.scopes = c.scopes
+	return env.refNamespace(c.ns, ns, field)
 }
 
+// refNamespace also holds references to the namespaces the signing keys' scopes allow: a
+// reference is read with the component's identity, which is Ferry's own when the scope names
+// no service account.
 func (env Env) refNamespace(own, ns, field string) (string, error) {
-	if ns == "" || ns == own {
-		return own, nil
+	if ns == "" {
+		ns = own
 	}
-	if env.NoCrossNamespaceRefs {
+	if ns != own && env.NoCrossNamespaceRefs {
 		return "", fmt.Errorf("%s names namespace %q, but this node refuses references outside the component's namespace %q (noCrossNamespaceRefs)", field, ns, own)
+	}
+	for _, sc := range env.scopes {
+		if !sc.AllowsNamespace(ns) {
+			return "", fmt.Errorf("%s names namespace %q, but its bundle's signing key may only reach namespaces %s", field, ns, strings.Join(sc.Namespaces, ","))
+		}
 	}
 	return ns, nil
 }

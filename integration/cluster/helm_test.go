@@ -80,6 +80,15 @@ func helmHistory(t *testing.T, ns, rel string) []helmRevision {
 	return h
 }
 
+// uninstalled fails unless the real helm CLI finds no release rel in ns.
+func uninstalled(t *testing.T, ns, rel string) {
+	t.Helper()
+	out, err := exec.Command(tb.Bin("helm"), "status", rel, "-n", ns, "--kubeconfig", tb.Kubeconfig).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "not found") {
+		t.Fatalf("release %s/%s is still installed: %v %s", ns, rel, err, out)
+	}
+}
+
 func statuses(h []helmRevision) string {
 	var s []string
 	for _, r := range h {
@@ -223,10 +232,7 @@ func TestHelmWholeRevisionRollback(t *testing.T) {
 	if got := settings(t, n, ns, "hw-web-settings"); got["color"] != "red" {
 		t.Fatalf("web's settings after the rollback: %v", got)
 	}
-	out, err := exec.Command(tb.Bin("helm"), "status", "hw-extra", "-n", ns, "--kubeconfig", tb.Kubeconfig).CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "not found") {
-		t.Fatalf("the release new in revision 2 is still installed: %v %s", err, out)
-	}
+	uninstalled(t, ns, "hw-extra")
 	if n.get(t, configMaps, ns, "hw-extra-settings") != nil {
 		t.Fatal("the object of the uninstalled release survived")
 	}
@@ -525,5 +531,67 @@ func TestHelmReleaseOfAnotherBundle(t *testing.T) {
 	}
 	if got := settings(t, owner, ns, "shared-settings"); got["color"] != "blue" {
 		t.Fatalf("the owner's values changed: %v", got)
+	}
+}
+
+// TestHelmAdoptedReleaseAndMoves: a release installed by hand with the helm CLI is taken
+// over by a revision that then fails: the rollback returns the release to its hand-made
+// revision instead of uninstalling it. A later revision moves the release's ConfigMap into
+// a kustomize component and drops the Helm component: the release is uninstalled, the
+// ConfigMap stays.
+func TestHelmAdoptedReleaseAndMoves(t *testing.T) {
+	n := newNode(t, "adopt", apply.Options{})
+	ctx := ctxTimeout(t, 3*time.Minute)
+	const ns = "adopt"
+	n.createNamespace(t, ns)
+	src := t.TempDir()
+	for name, data := range chart("1.0.0") {
+		p := filepath.Join(src, filepath.FromSlash(name))
+		_ = os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := exec.Command(tb.Bin("helm"), "install", "adopt-web", filepath.Join(src, "charts", "app"), "-n", ns, "--kubeconfig", tb.Kubeconfig).CombinedOutput(); err != nil {
+		t.Fatalf("helm install: %v\n%s", err, out)
+	}
+	gate := "- name: gate\n  kustomize: {path: ./gate, wait: true, timeout: 10s}\n"
+	files := chart("1.0.0")
+	files["gate/d.yaml"] = deployment(ns, "gate", false)
+	n.admit(t, 1, gate, files)
+	if _, err := n.eng.Rollout(ctx, "adopt", 1); err != nil {
+		t.Fatal(err)
+	}
+	files["gate/d.yaml"] = deployment(ns, "gate", true)
+	n.admit(t, 2, helmComponent("web", ns, "values: {settings: {color: taken}}")+gate, files)
+	if _, err := n.eng.Rollout(ctx, "adopt", 2); !errors.Is(err, apply.ErrRolledBack) {
+		t.Fatalf("want a rollback, got %v", err)
+	}
+	h := helmHistory(t, ns, "adopt-web")
+	if got := statuses(h); got != "1:superseded 2:superseded 3:deployed" || !strings.Contains(h[2].Description, "Rollback to 1") {
+		t.Fatalf("the adopted release was not returned to its own revision: %s %+v", got, h)
+	}
+	if got := settings(t, n, ns, "adopt-web-settings"); got["color"] != "blue" {
+		t.Fatalf("settings %v", got)
+	}
+
+	// Revision 3 takes the release over for good; revision 4 moves its ConfigMap into a
+	// kustomize component and drops the release.
+	files["gate/d.yaml"] = deployment(ns, "gate", false)
+	n.admit(t, 3, helmComponent("web", ns, "")+gate, files)
+	if _, err := n.eng.Rollout(ctx, "adopt", 3); err != nil {
+		t.Fatal(err)
+	}
+	files["gate/cm.yaml"] = cm(ns, "adopt-web-settings", "moved")
+	n.admit(t, 4, gate, files)
+	if _, err := n.eng.Rollout(ctx, "adopt", 4); err != nil {
+		t.Fatal(err)
+	}
+	uninstalled(t, ns, "adopt-web")
+	if got := settings(t, n, ns, "adopt-web-settings"); got["value"] != "moved" {
+		t.Fatalf("the moved ConfigMap: %v", got)
+	}
+	if n.get(t, deployments, ns, "adopt-web-web") != nil {
+		t.Fatal("the release's Deployment survived its uninstall")
 	}
 }

@@ -214,7 +214,10 @@ func TestSigningKeyScopes(t *testing.T) {
 	for i, tc := range []struct{ comp, want string }{
 		{"- name: app\n  kustomize: {path: ./app, targetNamespace: team-b}\n", "may only ship to namespaces team-a"},
 		{"- name: app\n  kustomize: {path: ./app, targetNamespace: team-a, serviceAccountName: admin}\n", "may only ship as service account deployer"},
-		{"- name: scoped-web\n  helm: {chart: ./charts/app, targetNamespace: team-a}\n", "ClusterRole.rbac.authorization.k8s.io scoped-escape"},
+		// The dry run of the install, as the key's service account, meets the API server's
+		// Forbidden on the ClusterRole (or Ferry's confinement names it).
+		{"- name: scoped-web\n  helm: {chart: ./charts/app, targetNamespace: team-a}\n", `"scoped-escape"`},
+		{"- name: app\n  kustomize: {path: ./app, targetNamespace: team-a, postBuild: {substituteFrom: [{kind: Secret, name: x, namespace: kube-system}]}}\n", "may only reach namespaces team-a"},
 	} {
 		rev := uint64(i + 2)
 		n.reqs.reset()
@@ -223,6 +226,7 @@ func TestSigningKeyScopes(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Fatalf("revision %d: want a refusal naming %q, got %v", rev, tc.want, err)
 		}
+		t.Logf("revision %d refused: %v", rev, err)
 		// The refused revision rolls back to revision 1, which changes nothing.
 		if _, writes, log := n.reqs.reset(); writes != 0 {
 			t.Fatalf("revision %d: %d writes: %v", rev, writes, log)
@@ -231,7 +235,53 @@ func TestSigningKeyScopes(t *testing.T) {
 	if n.get(t, clusterRoles, "", "scoped-escape") != nil {
 		t.Fatal("the chart's ClusterRole was created")
 	}
+	// A key scoped to namespaces without a service account cannot ship a Helm component:
+	// its templates would read the cluster (lookup) with Ferry's credentials.
+	noSA := bundles.Scope{Namespaces: []string{"team-a"}}
+	n.admitSigned(t, 10, "- name: scoped-web\n  helm: {chart: ./charts/app, targetNamespace: team-a}\n", chart("1.0.0"), noSA)
+	if _, err := n.eng.Rollout(ctx, "scoped", 10); err == nil || !strings.Contains(err.Error(), "needs one") {
+		t.Fatalf("a Helm component under a namespace-only scope: %v", err)
+	}
 	if got := settings(t, n, "team-a", "scoped"); got["value"] != "v1" {
 		t.Fatalf("revision 1's object changed: %v", got)
+	}
+
+	// A chart that holds a cluster-scoped object only on upgrade passes an install-time check;
+	// the dry run of the real upgrade, as the key's service account, refuses it.
+	upg := chart("1.0.0")
+	upg["charts/app/templates/later.yaml"] = "{{- if .Release.IsUpgrade }}\n" + clusterRole + "{{- end }}\n"
+	comp := "- name: later\n  helm: {chart: ./charts/app, targetNamespace: team-a, timeout: 30s}\n"
+	n.admitSigned(t, 11, comp, upg, sc)
+	if _, err := n.eng.Rollout(ctx, "scoped", 11); err != nil {
+		t.Fatal(err)
+	}
+	upg["charts/app/values.yaml"] = "settings: {color: green}\nfail: false\n"
+	n.admitSigned(t, 12, comp, upg, sc)
+	if _, err := n.eng.Rollout(ctx, "scoped", 12); err == nil || !strings.Contains(err.Error(), `"scoped-escape"`) {
+		t.Fatalf("an upgrade-only ClusterRole: %v", err)
+	}
+	if n.get(t, clusterRoles, "", "scoped-escape") != nil {
+		t.Fatal("the upgrade's ClusterRole was created")
+	}
+}
+
+// TestTenantForceRecreates: force (delete and create an object whose immutable fields
+// changed) works for a tenant too: the dry run does not stop what only a recreate can do.
+func TestTenantForceRecreates(t *testing.T) {
+	n := newNode(t, "tenant-force", apply.Options{})
+	tenants(t, n)
+	ctx := ctxTimeout(t, time.Minute)
+	comp := "- name: app\n  kustomize: {path: ./app, targetNamespace: team-a, serviceAccountName: deployer, force: true}\n"
+	frozen := func(v string) string { return cm("x", "frozen", v) + "immutable: true\n" }
+	n.admit(t, 1, comp, map[string]string{"app/cm.yaml": frozen("v1")})
+	if _, err := n.eng.Rollout(ctx, "tenant-force", 1); err != nil {
+		t.Fatal(err)
+	}
+	n.admit(t, 2, comp, map[string]string{"app/cm.yaml": frozen("v2")})
+	if _, err := n.eng.Rollout(ctx, "tenant-force", 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := settings(t, n, "team-a", "frozen"); got["value"] != "v2" {
+		t.Fatalf("the immutable ConfigMap was not recreated: %v", got)
 	}
 }
