@@ -184,6 +184,13 @@ sources:
 		fmt.Printf("$ kubectl %s\n%s", strings.Join(args, " "), indent(string(out)))
 	}
 	kubectl("-n", "web", "get", "deployment,service,configmap", "-l", "ferry.dev/bundle=edge-site")
+	helm := func(args ...string) {
+		out, _ := exec.CommandContext(ctx, tb.Bin("helm"), append([]string{"--kubeconfig", tb.Kubeconfig}, args...)...).CombinedOutput()
+		fmt.Printf("$ helm %s\n%s", strings.Join(args, " "), indent(string(out)))
+	}
+	fmt.Println("the status component is a real Helm release, its site taken from the site-vars ConfigMap (valuesFrom):")
+	helm("list", "-n", "web")
+	helm("get", "values", "web-status", "-n", "web")
 
 	step("CI: v2 of the bundle, whose Deployment will never become Ready")
 	v2 := filepath.Join(work, "edge-site-v2")
@@ -255,6 +262,8 @@ sources:
 		return err
 	}
 	kubectl("-n", "web", "get", "deployment", "web", "-o", "jsonpath={.spec.template.metadata.labels}{\"\\n\"}")
+	fmt.Println("v2 did not change the status chart or its values: no new Helm revision was made, before or after the rollback")
+	helm("history", "web-status", "-n", "web")
 
 	if keep {
 		step("Leaving everything up. KUBECONFIG=%s; ferry status --socket %s. Ctrl-C to stop.", tb.Kubeconfig, d.socket)
