@@ -16,6 +16,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"oras.land/oras-go/v2/content/memory"
 
 	"github.com/ferrygitops/ferry/apply"
@@ -98,7 +99,10 @@ func statuses(h []helmRevision) string {
 }
 
 func helmComponent(name, ns, extra string) string {
-	c := "- name: " + name + "\n  helm:\n    chart: ./charts/app\n    targetNamespace: " + ns + "\n    install: {createNamespace: true}\n"
+	c := "- name: " + name + "\n  helm:\n    chart: ./charts/app\n    targetNamespace: " + ns + "\n"
+	if !strings.Contains(extra, "install:") {
+		c += "    install: {createNamespace: true}\n"
+	}
 	if !strings.Contains(extra, "timeout:") {
 		c += "    timeout: 10s\n"
 	}
@@ -593,5 +597,60 @@ func TestHelmAdoptedReleaseAndMoves(t *testing.T) {
 	}
 	if n.get(t, deployments, ns, "adopt-web-web") != nil {
 		t.Fatal("the release's Deployment survived its uninstall")
+	}
+}
+
+// TestHelmCRDPoliciesAndHistory: the chart's crds/ follow Flux's crds policies — Skip
+// installs without them, Create (the upgrade default here) creates a missing one,
+// CreateReplace updates one that exists — and maxHistory bounds the release's Secrets.
+func TestHelmCRDPoliciesAndHistory(t *testing.T) {
+	n := newNode(t, "hc", apply.Options{})
+	ctx := ctxTimeout(t, 3*time.Minute)
+	const ns, rel = "hc", "hc-web"
+	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	crd := func(short string) string {
+		return `apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.hc.ferry.dev}
+spec:
+  group: hc.ferry.dev
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [` + short + `]}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+`
+	}
+	files := chart("1.0.0")
+	files["charts/app/crds/widgets.yaml"] = crd("wg")
+	step := func(rev uint64, extra string) {
+		t.Helper()
+		n.admit(t, rev, helmComponent("web", ns, extra), files)
+		if _, err := n.eng.Rollout(ctx, "hc", rev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step(1, "install: {createNamespace: true, crds: Skip}\nmaxHistory: 2")
+	if n.get(t, crdGVR, "", "widgets.hc.ferry.dev") != nil {
+		t.Fatal("crds: Skip installed the CRD")
+	}
+	step(2, "install: {createNamespace: true}\nmaxHistory: 2\nvalues: {settings: {color: two}}")
+	got := n.get(t, crdGVR, "", "widgets.hc.ferry.dev")
+	if got == nil {
+		t.Fatal("the upgrade's default (Create) did not create the missing CRD")
+	}
+	files["charts/app/crds/widgets.yaml"] = crd("wd")
+	step(3, "install: {createNamespace: true}\nupgrade: {crds: Create}\nmaxHistory: 2\nvalues: {settings: {color: three}}")
+	if s, _, _ := unstructured.NestedStringSlice(n.get(t, crdGVR, "", "widgets.hc.ferry.dev").Object, "spec", "names", "shortNames"); fmt.Sprint(s) != "[wg]" {
+		t.Fatalf("crds: Create changed an existing CRD: %v", s)
+	}
+	step(4, "install: {createNamespace: true}\nupgrade: {crds: CreateReplace}\nmaxHistory: 2\nvalues: {settings: {color: four}}")
+	if s, _, _ := unstructured.NestedStringSlice(n.get(t, crdGVR, "", "widgets.hc.ferry.dev").Object, "spec", "names", "shortNames"); fmt.Sprint(s) != "[wd]" {
+		t.Fatalf("crds: CreateReplace did not update the CRD: %v", s)
+	}
+	if h := helmHistory(t, ns, rel); statuses(h) != "3:superseded 4:deployed" {
+		t.Fatalf("maxHistory 2 kept: %s", statuses(h))
 	}
 }
