@@ -292,10 +292,20 @@ values: {settings: {c: inline, site: "${SITE}", other: "${NOT_A_NODE_VAR}"}}`), 
 	if h := helmHistory(t, ns, "hv-web"); len(h) != 1 {
 		t.Fatalf("drift correction made a Helm revision: %s", statuses(h))
 	}
-	// A required source that is missing fails the revision before Helm runs.
-	n.admit(t, 2, helmComponent("web", ns, "valuesFrom: [{kind: ConfigMap, name: missing}]"), files)
-	if _, err := n.eng.Rollout(ctx, "hv", 2); err == nil || !strings.Contains(err.Error(), "missing") {
-		t.Fatalf("a missing valuesFrom source: %v", err)
+	// A required source that is missing, a key it lacks, values that are not a map: each
+	// fails the revision before Helm runs, naming the source.
+	n.createObject(t, configMaps, ns, map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": "junk"},
+		"data": map[string]any{"values.yaml": "[not, a, map]"}})
+	for i, tc := range []struct{ ref, want string }{
+		{"{kind: ConfigMap, name: missing}", `"missing" not found`},
+		{"{kind: ConfigMap, name: from-cm, valuesKey: nope}", `hv/from-cm has no key "nope"`},
+		{"{kind: ConfigMap, name: junk}", `hv/junk key "values.yaml" is not a YAML map`},
+	} {
+		rev := uint64(2 + i)
+		n.admit(t, rev, helmComponent("web", ns, "valuesFrom: ["+tc.ref+"]"), files)
+		if _, err := n.eng.Rollout(ctx, "hv", rev); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("valuesFrom %s: want %q, got %v", tc.ref, tc.want, err)
+		}
 	}
 	if h := helmHistory(t, ns, "hv-web"); len(h) != 1 {
 		t.Fatalf("a failed values lookup reached Helm: %s", statuses(h))
