@@ -164,9 +164,9 @@ func TestTenantRollbackRunsAsTenant(t *testing.T) {
 	t.Logf("writes by identity: %v", w)
 }
 
-// TestNoCrossNamespaceRefs: with the node's noCrossNamespaceRefs, substituteFrom and
-// valuesFrom naming another namespace are refused before anything is sent; without it, they
-// are read (as the component's identity).
+// TestNoCrossNamespaceRefs: with the node's noCrossNamespaceRefs, substituteFrom,
+// valuesFrom, healthChecks and dependsOn reaching another namespace are refused before
+// anything is sent.
 func TestNoCrossNamespaceRefs(t *testing.T) {
 	n := newNode(t, "xns", apply.Options{Env: apply.Env{NoCrossNamespaceRefs: true}})
 	tenants(t, n)
@@ -174,13 +174,15 @@ func TestNoCrossNamespaceRefs(t *testing.T) {
 	for i, comp := range []string{
 		"- name: app\n  kustomize: {path: ./app, targetNamespace: team-a, postBuild: {substituteFrom: [{kind: ConfigMap, name: theirs, namespace: team-b}]}}\n",
 		"- name: web\n  helm: {chart: ./charts/app, targetNamespace: team-a, valuesFrom: [{kind: ConfigMap, name: theirs, namespace: team-b, valuesKey: value, targetPath: settings.stolen}]}\n",
+		"- name: app\n  kustomize: {path: ./app, targetNamespace: team-a, healthChecks: [{apiVersion: v1, kind: ConfigMap, name: theirs, namespace: team-b}]}\n",
+		"- name: app\n  kustomize: {path: ./app, targetNamespace: team-a}\n- name: other\n  kustomize: {path: ./app, targetNamespace: team-b, dependsOn: [{name: app}]}\n",
 	} {
 		files := chart("1.0.0")
 		files["app/mine.yaml"] = cm("team-a", "xns", "${value}")
 		n.reqs.reset()
 		n.admit(t, uint64(i+1), comp, files)
 		_, err := n.eng.Rollout(ctx, "xns", uint64(i+1))
-		if err == nil || !strings.Contains(err.Error(), `names namespace "team-b"`) {
+		if err == nil || !(strings.Contains(err.Error(), `names namespace "team-b"`) || strings.Contains(err.Error(), "depends on app in namespace team-a")) {
 			t.Fatalf("component %d: want a refusal of the cross-namespace reference, got %v", i, err)
 		}
 		if _, writes, log := n.reqs.reset(); writes != 0 {
