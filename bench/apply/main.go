@@ -19,7 +19,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -44,6 +43,7 @@ import (
 	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/bench/internal/measure"
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/integration/testbed"
@@ -138,7 +138,7 @@ func report(all map[string][]result, rollback time.Duration) {
 	fmt.Printf("| client | cold | nothing changed | requests per no-op (reads/writes) | 1,000 changed | peak RSS |\n|---|---|---|---|---|---|\n")
 	for _, c := range clients {
 		rs := all[c]
-		med := func(f func(result) float64) float64 { return median(rs, f) }
+		med := func(f func(result) float64) float64 { return measure.Median(rs, f) }
 		req := fmt.Sprintf("%.0f / %.0f", med(func(r result) float64 { return float64(r.Reads[1]) }), med(func(r result) float64 { return float64(r.Writes[1]) }))
 		rss := "—"
 		if c != "kubectl" {
@@ -163,17 +163,8 @@ func report(all map[string][]result, rollback time.Duration) {
 		}
 		fmt.Printf("| %s | %s | %s | %s |\n", peer, cells[0], cells[1], cells[2])
 	}
-	fmt.Printf("\nOf Ferry's cold time, rendering the 1,001 objects from the store alone takes %.2f s (median).\n", median(all["ferry"], func(r result) float64 { return r.Render }))
+	fmt.Printf("\nOf Ferry's cold time, rendering the 1,001 objects from the store alone takes %.2f s (median).\n", measure.Median(all["ferry"], func(r result) float64 { return r.Render }))
 	fmt.Printf("\nFailed health → previous revision healthy again: %.1f s beyond the 10 s health timeout.\n", rollback.Seconds())
-}
-
-func median(rs []result, f func(result) float64) float64 {
-	v := make([]float64, len(rs))
-	for i, r := range rs {
-		v[i] = f(r)
-	}
-	slices.Sort(v)
-	return v[len(v)/2]
 }
 
 // objects returns the 1,001 objects of generation gen in namespace ns. Generation 2 changes
@@ -261,53 +252,6 @@ func runChild(ctx context.Context, tb *testbed.Testbed, client, ns string) (resu
 	return res, nil
 }
 
-// peakRSS returns VmHWM from /proc/self/status, in KiB (0 if unreadable).
-func peakRSS() int64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			var kib int64
-			fmt.Sscanf(strings.TrimSpace(rest), "%d", &kib)
-			return kib
-		}
-	}
-	return 0
-}
-
-// counter counts requests; reads are GET.
-type counter struct {
-	mu            sync.Mutex
-	reads, writes int
-}
-
-func (c *counter) wrap(rt http.RoundTripper) http.RoundTripper {
-	return rtFunc(func(r *http.Request) (*http.Response, error) {
-		c.mu.Lock()
-		if r.Method == http.MethodGet {
-			c.reads++
-		} else {
-			c.writes++
-		}
-		c.mu.Unlock()
-		return rt.RoundTrip(r)
-	})
-}
-
-func (c *counter) take() (int, int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	r, w := c.reads, c.writes
-	c.reads, c.writes = 0, 0
-	return r, w
-}
-
-type rtFunc func(*http.Request) (*http.Response, error)
-
-func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
 func child() error {
 	ctx := context.Background()
 	client, ns := os.Getenv("FERRY_BENCH_CHILD"), os.Getenv("FERRY_BENCH_NS")
@@ -315,8 +259,8 @@ func child() error {
 	if err != nil {
 		return err
 	}
-	cnt := &counter{}
-	cfg.WrapTransport = cnt.wrap
+	cnt := &measure.Counter{}
+	cfg.WrapTransport = cnt.Wrap
 	var step func(p, gen int) error
 	var res result
 	switch client {
@@ -332,7 +276,7 @@ func child() error {
 	if err != nil {
 		return err
 	}
-	cnt.take() // setup requests (discovery, store) are not counted
+	cnt.Take() // setup requests (discovery, store) are not counted
 	for p, gen := range []int{1, 1, 2} {
 		if prof := os.Getenv("FERRY_BENCH_CPUPROFILE"); prof != "" && client == "ferry" {
 			f, err := os.Create(fmt.Sprintf("%s.%d", prof, p))
@@ -347,11 +291,11 @@ func child() error {
 		}
 		res.Seconds[p] = time.Since(begin).Seconds()
 		pprof.StopCPUProfile()
-		res.Reads[p], res.Writes[p] = cnt.take()
+		res.Reads[p], res.Writes[p], _ = cnt.Take()
 	}
 	// The child's own peak: getrusage's maxrss of a child starts from its parent's at fork,
 	// so it would report the bench's memory, not the client's.
-	res.RSSKiB = peakRSS()
+	res.RSSKiB = measure.PeakRSS()
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 

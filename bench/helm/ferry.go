@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/bench/internal/measure"
 	"github.com/ferrygitops/ferry/integration/testbed"
 	"github.com/ferrygitops/ferry/store"
 )
@@ -46,7 +47,7 @@ func runFerry(ctx context.Context, tb *testbed.Testbed, work, ns string) (result
 // revision 1 (install), Rollout of revision 2 (upgrade) and Sync with nothing changed,
 // counting every request the engine (and the Helm SDK inside it) sends.
 func ferryChild() error {
-	start := peakRSS()
+	start := measure.PeakRSS()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	ns := os.Getenv("FERRY_BENCH_NS")
@@ -59,8 +60,8 @@ func ferryChild() error {
 	if err != nil {
 		return err
 	}
-	cnt := &counter{}
-	cfg.WrapTransport = cnt.wrap
+	cnt := &measure.Counter{}
+	cfg.WrapTransport = cnt.Wrap
 	st, err := store.Open(os.Getenv("FERRY_BENCH_STATE"), store.Options{})
 	if err != nil {
 		return err
@@ -75,7 +76,7 @@ func ferryChild() error {
 		return err
 	}
 	res := result{StartRSSKiB: start}
-	cnt.take() // setup is not counted
+	cnt.Take() // setup is not counted
 	for p := range phases {
 		if p == noop {
 			if res.RevisionsBefore, err = releaseRevisions(ctx, kc, ns); err != nil {
@@ -90,7 +91,7 @@ func ferryChild() error {
 			rep, err = eng.Rollout(ctx, bundleName, uint64(p+1))
 		}
 		res.Seconds[p] = time.Since(begin).Seconds()
-		res.Reads[p], res.Writes[p], res.Log[p] = cnt.take()
+		res.Reads[p], res.Writes[p], res.Log[p] = cnt.Take()
 		if err != nil {
 			return fmt.Errorf("%s (engine report %+v): %w", phaseNames[p], rep, err)
 		}
@@ -101,6 +102,6 @@ func ferryChild() error {
 			}
 		}
 	}
-	res.RSSKiB = peakRSS()
+	res.RSSKiB = measure.PeakRSS()
 	return json.NewEncoder(os.Stdout).Encode(res)
 }

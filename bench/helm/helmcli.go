@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/ferrygitops/ferry/bench/internal/measure"
 	"github.com/ferrygitops/ferry/integration/testbed"
 )
 
@@ -71,7 +72,7 @@ func (h *helmCLI) run(ctx context.Context, args ...string) (time.Duration, int64
 			}
 			return elapsed, hwm, nil
 		case <-tick.C:
-			hwm = max(hwm, vmHWM(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)))
+			hwm = max(hwm, measure.VmHWM(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)))
 		}
 	}
 }
@@ -108,13 +109,13 @@ func runHelm(ctx context.Context, tb *testbed.Testbed, h *helmCLI, px *proxy, kc
 	if res.RevisionsAfter, err = releaseRevisions(ctx, kc, ns); err != nil {
 		return res, err
 	}
-	px.cnt.take()
+	px.cnt.Take()
 	d, _, err := h.upgrade(ctx, px.kubeconfig, ns, 2)
 	if err != nil {
 		return res, fmt.Errorf("counted no-op: %w", err)
 	}
 	res.CountedSeconds = d.Seconds()
-	res.Reads[noop], res.Writes[noop], res.Log[noop] = px.cnt.take()
+	res.Reads[noop], res.Writes[noop], res.Log[noop] = px.cnt.Take()
 	return res, nil
 }
 
@@ -123,7 +124,7 @@ func runHelm(ctx context.Context, tb *testbed.Testbed, h *helmCLI, px *proxy, kc
 // own, so a kubeconfig that points at the proxy lets the bench count its requests.
 type proxy struct {
 	srv        *http.Server
-	cnt        *counter
+	cnt        *measure.Counter
 	kubeconfig string
 }
 
@@ -140,10 +141,10 @@ func startProxy(tb *testbed.Testbed, dir string) (*proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	px := &proxy{cnt: &counter{}, kubeconfig: filepath.Join(dir, "proxy.kubeconfig")}
+	px := &proxy{cnt: &measure.Counter{}, kubeconfig: filepath.Join(dir, "proxy.kubeconfig")}
 	px.srv = &http.Server{Handler: &httputil.ReverseProxy{
 		Rewrite:       func(r *httputil.ProxyRequest) { r.SetURL(target) },
-		Transport:     px.cnt.wrap(rt),
+		Transport:     px.cnt.Wrap(rt),
 		FlushInterval: -1, // watches stream
 	}}
 	kubeconfig := fmt.Sprintf(`apiVersion: v1

@@ -24,19 +24,17 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	appsv1 "k8s.io/api/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"log/slog"
 	"maps"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 
-	appsv1 "k8s.io/api/apps/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-
+	"github.com/ferrygitops/ferry/bench/internal/measure"
 	"github.com/ferrygitops/ferry/integration/testbed"
 )
 
@@ -204,7 +202,7 @@ func report(all map[string][]result) {
 	fmt.Printf("| client | install | upgrade (50 changed) | nothing changed | requests when nothing changed (reads / writes) | release Secrets around it | peak RSS |\n|---|---|---|---|---|---|---|\n")
 	for _, c := range clients {
 		rs := all[c]
-		med := func(f func(result) float64) float64 { return median(rs, f) }
+		med := func(f func(result) float64) float64 { return measure.Median(rs, f) }
 		name := "helm CLI (`helm upgrade --install --wait`)"
 		if c == "ferry" {
 			name = "**Ferry** (`Engine.Rollout`, `Engine.Sync`)"
@@ -230,29 +228,20 @@ func report(all map[string][]result) {
 
 	hs := all["helm"]
 	fmt.Printf("\nhelm's peak RSS per command (median): install %.0f MiB, upgrade %.0f MiB, nothing changed %.0f MiB; the counted no-op (through the proxy) took %.2f s.\n",
-		median(hs, func(r result) float64 { return float64(r.PhaseRSSKiB[0]) / 1024 }),
-		median(hs, func(r result) float64 { return float64(r.PhaseRSSKiB[1]) / 1024 }),
-		median(hs, func(r result) float64 { return float64(r.PhaseRSSKiB[noop]) / 1024 }),
-		median(hs, func(r result) float64 { return r.CountedSeconds }))
+		measure.Median(hs, func(r result) float64 { return float64(r.PhaseRSSKiB[0]) / 1024 }),
+		measure.Median(hs, func(r result) float64 { return float64(r.PhaseRSSKiB[1]) / 1024 }),
+		measure.Median(hs, func(r result) float64 { return float64(r.PhaseRSSKiB[noop]) / 1024 }),
+		measure.Median(hs, func(r result) float64 { return r.CountedSeconds }))
 	fs := all["ferry"]
 	fmt.Printf("Ferry's requests (median reads / writes): install %.0f / %.0f, upgrade %.0f / %.0f, nothing changed %.0f / %.0f (Sync reported %.0f applied).\n",
-		median(fs, func(r result) float64 { return float64(r.Reads[0]) }), median(fs, func(r result) float64 { return float64(r.Writes[0]) }),
-		median(fs, func(r result) float64 { return float64(r.Reads[1]) }), median(fs, func(r result) float64 { return float64(r.Writes[1]) }),
-		median(fs, func(r result) float64 { return float64(r.Reads[noop]) }), median(fs, func(r result) float64 { return float64(r.Writes[noop]) }),
-		median(fs, func(r result) float64 { return float64(r.NoopApplied) }))
-	fmt.Printf("Ferry's child started at %.0f MiB (median VmHWM before its first request).\n", median(fs, func(r result) float64 { return float64(r.StartRSSKiB) / 1024 }))
+		measure.Median(fs, func(r result) float64 { return float64(r.Reads[0]) }), measure.Median(fs, func(r result) float64 { return float64(r.Writes[0]) }),
+		measure.Median(fs, func(r result) float64 { return float64(r.Reads[1]) }), measure.Median(fs, func(r result) float64 { return float64(r.Writes[1]) }),
+		measure.Median(fs, func(r result) float64 { return float64(r.Reads[noop]) }), measure.Median(fs, func(r result) float64 { return float64(r.Writes[noop]) }),
+		measure.Median(fs, func(r result) float64 { return float64(r.NoopApplied) }))
+	fmt.Printf("Ferry's child started at %.0f MiB (median VmHWM before its first request).\n", measure.Median(fs, func(r result) float64 { return float64(r.StartRSSKiB) / 1024 }))
 	last := fs[len(fs)-1]
 	fmt.Printf("Ferry's requests, last run: install %s; upgrade %s.\n", summarize(last.Log[0]), summarize(last.Log[1]))
 	fmt.Printf("Requests when nothing changed, last run: helm %s; Ferry %s.\n", summarize(hs[len(hs)-1].Log[noop]), summarize(last.Log[noop]))
-}
-
-func median(rs []result, f func(result) float64) float64 {
-	v := make([]float64, len(rs))
-	for i, r := range rs {
-		v[i] = f(r)
-	}
-	slices.Sort(v)
-	return v[len(v)/2]
 }
 
 // summarize counts requests by method and resource ("PUT secrets ×1").
@@ -276,56 +265,3 @@ func summarize(log []string) string {
 	}
 	return strings.Join(out, ", ")
 }
-
-// vmHWM returns VmHWM from a /proc/<pid>/status file, in KiB (0 if unreadable or gone).
-func vmHWM(status string) int64 {
-	b, err := os.ReadFile(status)
-	if err != nil {
-		return 0
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			var kib int64
-			fmt.Sscanf(strings.TrimSpace(rest), "%d", &kib)
-			return kib
-		}
-	}
-	return 0
-}
-
-// peakRSS is this process's own VmHWM: a child's getrusage maxrss starts from its parent's
-// at exec, so it would report the bench's memory, not the client's.
-func peakRSS() int64 { return vmHWM("/proc/self/status") }
-
-// counter counts requests (reads are GET and HEAD) and logs each as "METHOD path".
-type counter struct {
-	mu            sync.Mutex
-	reads, writes int
-	log           []string
-}
-
-func (c *counter) wrap(rt http.RoundTripper) http.RoundTripper {
-	return rtFunc(func(r *http.Request) (*http.Response, error) {
-		c.mu.Lock()
-		if r.Method == http.MethodGet || r.Method == http.MethodHead {
-			c.reads++
-		} else {
-			c.writes++
-		}
-		c.log = append(c.log, r.Method+" "+r.URL.Path)
-		c.mu.Unlock()
-		return rt.RoundTrip(r)
-	})
-}
-
-func (c *counter) take() (reads, writes int, log []string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	reads, writes, log = c.reads, c.writes, c.log
-	c.reads, c.writes, c.log = 0, 0, nil
-	return
-}
-
-type rtFunc func(*http.Request) (*http.Response, error)
-
-func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
