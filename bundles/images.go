@@ -42,6 +42,16 @@ func NormalizeImage(name string) (registry.Reference, error) {
 	return r, nil
 }
 
+// IsManifest reports whether mediaType is one of an image manifest or index (OCI or Docker's):
+// content a registry serves under /manifests/ rather than /blobs/.
+func IsManifest(mediaType string) bool {
+	switch mediaType {
+	case ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageIndex, mediaTypeDockerManifest, mediaTypeDockerManifestList:
+		return true
+	}
+	return false
+}
+
 // ImageBlobs walks the graph of a carried image in src (index → manifests → configs and
 // layers) and returns every descriptor in it, the root first, each manifest read size- and
 // digest-checked.
@@ -60,8 +70,7 @@ func ImageBlobs(ctx context.Context, src content.Fetcher, root ocispec.Descripto
 			return nil, fmt.Errorf("image %s: more than %d blobs", root.Digest, MaxImageBlobs)
 		}
 		out = append(out, d)
-		switch d.MediaType {
-		case ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageIndex, mediaTypeDockerManifest, mediaTypeDockerManifestList:
+		if IsManifest(d.MediaType) {
 			if _, err := FetchLimited(ctx, src, d, MaxManifestBytes); err != nil {
 				return nil, fmt.Errorf("image %s: %w", root.Digest, err)
 			}

@@ -177,3 +177,12 @@ func putJSON(b *bolt.Bucket, key []byte, v any) error {
 	}
 	return b.Put(key, data)
 }
+
+// Generation changes whenever the database does: it is the ID of its last committed write
+// transaction. Readers that keep a view of the store (the image endpoint's index) rebuild it
+// when the generation moves.
+func (s *Store) Generation() (uint64, error) {
+	var id int
+	err := s.db.View(func(tx *bolt.Tx) error { id = tx.ID(); return nil })
+	return uint64(id), err
+}

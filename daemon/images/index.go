@@ -1,0 +1,160 @@
+package images
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/store"
+)
+
+// Store is what the endpoint reads: the store's records and content files.
+type Store interface {
+	Bundles() ([]store.Bundle, error)
+	Revisions(name string) ([]store.Revision, error)
+	Generation() (uint64, error)
+	OpenBlob(d digest.Digest) (*os.File, error)
+	Fetch(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error)
+}
+
+// Held is one image the node holds: its full name, the digest it resolves to, and which
+// revisions carry it.
+type Held struct {
+	Name      string   `json:"name"`   // registry/repository:tag (or @digest), normalised
+	Digest    string   `json:"digest"` // of the manifest or index
+	Served    bool     `json:"served"` // its tag resolves now (a healthy or current revision carries it)
+	Revisions []string `json:"revisions"`
+}
+
+// index is the endpoint's view of the store at one generation.
+type index struct {
+	repos map[string]*repo // "docker.io/library/nginx"
+	held  []Held
+}
+
+type repo struct {
+	tags      map[string]tagged
+	manifests map[digest.Digest]ocispec.Descriptor // manifests and indexes of the graphs
+	blobs     map[digest.Digest]int64              // configs and layers of the graphs, with their sizes
+}
+
+// tagged is a tag's candidate target; rank orders candidates (higher wins).
+type tagged struct {
+	desc ocispec.Descriptor
+	rank rank
+}
+
+type rank struct {
+	current  bool
+	revision uint64
+	bundle   string
+}
+
+func (a rank) beats(b rank) bool {
+	if a.current != b.current {
+		return a.current
+	}
+	if a.revision != b.revision {
+		return a.revision > b.revision
+	}
+	return a.bundle < b.bundle
+}
+
+// buildIndex reads every kept revision's metadata and walks its images' graphs in st.
+// A revision whose records cannot be read contributes nothing and is reported in errs; the
+// rest of the node's images are still served.
+func buildIndex(ctx context.Context, st Store) (*index, []error) {
+	idx := &index{repos: map[string]*repo{}}
+	var errs []error
+	bs, err := st.Bundles()
+	if err != nil {
+		return idx, []error{err}
+	}
+	type heldKey struct {
+		repo, tag string
+		digest    digest.Digest
+	}
+	heldAt := map[heldKey]*Held{}
+	for _, b := range bs {
+		revs, err := st.Revisions(b.Name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("bundle %s: %w", b.Name, err))
+			continue
+		}
+		for _, r := range revs {
+			bun, err := bundles.Open(ctx, st, r.Manifest)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s revision %d: %w", r.Name, r.Revision, err))
+				continue
+			}
+			current := r.Revision == b.Current
+			serves := current || r.State == store.StateHealthy
+			for _, im := range bun.Metadata.Images {
+				ref, err := bundles.NormalizeImage(im.Name)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s revision %d: %w", r.Name, r.Revision, err))
+					continue
+				}
+				graph, err := bundles.ImageBlobs(ctx, st, im.Descriptor)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s revision %d: %w", r.Name, r.Revision, err))
+					continue
+				}
+				name := ref.Registry + "/" + ref.Repository
+				rp := idx.repos[name]
+				if rp == nil {
+					rp = &repo{tags: map[string]tagged{}, manifests: map[digest.Digest]ocispec.Descriptor{}, blobs: map[digest.Digest]int64{}}
+					idx.repos[name] = rp
+				}
+				for _, d := range graph {
+					if bundles.IsManifest(d.MediaType) {
+						rp.manifests[d.Digest] = ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size}
+					} else {
+						rp.blobs[d.Digest] = d.Size
+					}
+				}
+				key := heldKey{repo: name, digest: im.Descriptor.Digest}
+				if _, err := ref.Digest(); err != nil { // a tag, not a digest
+					key.tag = ref.Reference
+				}
+				tag := key.tag
+				h := heldAt[key]
+				if h == nil {
+					h = &Held{Name: name + "@" + key.digest.String(), Digest: key.digest.String()}
+					if tag != "" {
+						h.Name = name + ":" + tag
+					}
+					heldAt[key] = h
+				}
+				h.Revisions = append(h.Revisions, fmt.Sprintf("%s/%d", r.Name, r.Revision))
+				if tag == "" || !serves {
+					continue
+				}
+				cand := tagged{desc: rp.manifests[im.Descriptor.Digest], rank: rank{current, r.Revision, r.Name}}
+				if old, ok := rp.tags[tag]; !ok || cand.rank.beats(old.rank) {
+					rp.tags[tag] = cand
+				}
+			}
+		}
+	}
+	for k, h := range heldAt {
+		if rp := idx.repos[k.repo]; rp != nil && k.tag != "" {
+			h.Served = rp.tags[k.tag].desc.Digest == k.digest
+		}
+		sort.Strings(h.Revisions)
+		idx.held = append(idx.held, *h)
+	}
+	sort.Slice(idx.held, func(i, j int) bool {
+		if idx.held[i].Name != idx.held[j].Name {
+			return idx.held[i].Name < idx.held[j].Name
+		}
+		return idx.held[i].Digest < idx.held[j].Digest
+	})
+	return idx, errs
+}
