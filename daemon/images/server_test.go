@@ -195,8 +195,8 @@ func errorCode(t *testing.T, b []byte) string {
 func TestManifestsByTagAndDigest(t *testing.T) {
 	f := newFixture(t)
 	for _, path := range []string{
-		"/v2/library/web/manifests/1.0?ns=docker.io",           // as containerd asks a mirror
-		"/v2/docker.io/library/web/manifests/1.0",              // host as the first element
+		"/v2/library/web/manifests/1.0?ns=docker.io", // as containerd asks a mirror
+		"/v2/docker.io/library/web/manifests/1.0",    // host as the first element
 		"/v2/library/web/manifests/" + f.web.manifest.Digest.String() + "?ns=docker.io",
 	} {
 		for _, method := range []string{"GET", "HEAD"} {
