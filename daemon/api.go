@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/daemon/images"
 	"github.com/ferrygitops/ferry/store"
 )
 
@@ -103,6 +104,13 @@ func (d *Daemon) apiHandler() http.Handler {
 		}
 		rev, err := d.Import(r.Context(), req.Ref)
 		reply(w, rev, err)
+	})
+	mux.HandleFunc("GET /v1/images", func(w http.ResponseWriter, r *http.Request) {
+		held, err := d.images.Held(r.Context())
+		if held == nil && err == nil {
+			held = []images.Held{}
+		}
+		reply(w, held, err)
 	})
 	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
 		after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)

@@ -23,6 +23,7 @@ const (
 	DefaultKubeconfig = "/etc/rancher/k3s/k3s.yaml" // where k3s writes it
 	DefaultSocket     = "/run/ferry/ferry.sock"
 	DefaultMetrics    = "127.0.0.1:9795"
+	DefaultImages     = "127.0.0.1:9796"
 	// MaxConfigBytes bounds the config file.
 	MaxConfigBytes = 1 << 20
 )
@@ -54,6 +55,10 @@ type Config struct {
 	// MetricsAddress serves /metrics, /healthz and /readyz; loopback only (default
 	// 127.0.0.1:9795); "off" disables it.
 	MetricsAddress string `yaml:"metricsAddress"`
+	// ImagesAddress serves the images of every kept revision as a read-only OCI registry
+	// that containerd uses as a mirror (ferry images configure); loopback only (default
+	// 127.0.0.1:9796); "off" disables it.
+	ImagesAddress string `yaml:"imagesAddress"`
 	// Retention is how many revisions of each bundle are kept (default 10, plus the current
 	// and last good ones).
 	Retention int `yaml:"retention"`
@@ -181,6 +186,7 @@ func (c *Config) defaults() {
 	def(&c.Kubeconfig, DefaultKubeconfig)
 	def(&c.Socket, DefaultSocket)
 	def(&c.MetricsAddress, DefaultMetrics)
+	def(&c.ImagesAddress, DefaultImages)
 	def(&c.Namespace, "default")
 	if c.Retention == 0 {
 		c.Retention = 10
@@ -210,11 +216,19 @@ func (c *Config) validate() error {
 	abs("trust", c.Trust, true)
 	abs("ageKeyFile", c.AgeKeyFile, false)
 	abs("socket", c.Socket, true)
-	if c.MetricsAddress != "off" {
-		host, _, err := net.SplitHostPort(c.MetricsAddress)
-		if ip := net.ParseIP(host); err != nil || ((ip == nil || !ip.IsLoopback()) && host != "localhost") {
-			bad("metricsAddress", "%q must be a loopback host:port (or off)", c.MetricsAddress)
+	loopback := func(field, addr string) {
+		if addr == "off" {
+			return
 		}
+		host, _, err := net.SplitHostPort(addr)
+		if ip := net.ParseIP(host); err != nil || ((ip == nil || !ip.IsLoopback()) && host != "localhost") {
+			bad(field, "%q must be a loopback host:port (or off)", addr)
+		}
+	}
+	loopback("metricsAddress", c.MetricsAddress)
+	loopback("imagesAddress", c.ImagesAddress)
+	if c.ImagesAddress != "off" && c.ImagesAddress == c.MetricsAddress {
+		bad("imagesAddress", "%q is also metricsAddress", c.ImagesAddress)
 	}
 	if c.Retention < 1 {
 		bad("retention", "must be at least 1")

@@ -22,6 +22,8 @@ func TestConfigRefusals(t *testing.T) {
 		"s3 no bucket":      {base + "sources: [{name: a, s3: {}}]\n", "s3.bucket"},
 		"s3 bad endpoint":   {base + "sources: [{name: a, s3: {bucket: b, endpoint: \"ftp://x\"}}]\n", "s3.endpoint"},
 		"metrics exposed":   {base + "metricsAddress: 0.0.0.0:9795\nsources: [{name: a, usb: {}}]\n", "metricsAddress"},
+		"images exposed":    {base + "imagesAddress: \"[::]:9796\"\nsources: [{name: a, usb: {}}]\n", "imagesAddress"},
+		"images on metrics": {base + "imagesAddress: 127.0.0.1:9795\nsources: [{name: a, usb: {}}]\n", "is also metricsAddress"},
 		"bad interval":      {base + "sources: [{name: a, usb: {interval: soon}}]\n", "positive duration"},
 		"bad variable":      {base + "variables: {1X: a}\nsources: [{name: a, usb: {}}]\n", "variables.1X"},
 		"webhook scheme":    {base + "sources: [{name: a, usb: {}}]\nwebhook: {url: \"ftp://x\"}\n", "webhook"},
@@ -45,7 +47,7 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.StateDir != "/var/lib/ferry" || c.Kubeconfig != DefaultKubeconfig || c.Socket != DefaultSocket ||
-		c.MetricsAddress != DefaultMetrics || c.Retention != 10 || len(c.Sources[0].USB.Paths) != 3 {
+		c.MetricsAddress != DefaultMetrics || c.ImagesAddress != DefaultImages || c.Retention != 10 || len(c.Sources[0].USB.Paths) != 3 {
 		t.Fatalf("defaults: %+v", c)
 	}
 }

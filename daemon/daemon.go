@@ -22,6 +22,7 @@ import (
 	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/apply/decrypt"
 	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/daemon/images"
 	"github.com/ferrygitops/ferry/store"
 	"github.com/ferrygitops/ferry/verify"
 )
@@ -47,6 +48,7 @@ type Daemon struct {
 	policy verify.Policy
 	m      *metrics
 	notify *Notifier
+	images *images.Server
 
 	mu      sync.Mutex
 	loops   map[string]chan struct{} // bundle → kick channel of its reconcile loop
@@ -84,7 +86,7 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 		st.Close()
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, opts: opts, log: log, st: st, eng: eng, policy: policy, m: newMetrics(),
+	d := &Daemon{cfg: cfg, opts: opts, log: log, st: st, eng: eng, policy: policy, m: newMetrics(), images: images.NewServer(st, log),
 		loops: map[string]chan struct{}{}, lastErr: map[string]string{}, handled: map[string]bool{}, refused: map[string]bool{}}
 	if cfg.Webhook != nil {
 		if d.notify, err = NewNotifier(st, *cfg.Webhook, log); err != nil {
@@ -175,6 +177,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		ms := &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 5 * time.Second}
 		g.Go(func() error { return serve(ctx, ms, mln) })
+	}
+	if d.cfg.ImagesAddress != "off" {
+		iln, err := net.Listen("tcp", d.cfg.ImagesAddress)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("imagesAddress: %w", err)
+		}
+		g.Go(func() error { return d.images.Run(ctx, iln) })
 	}
 	if d.notify != nil {
 		g.Go(func() error { return d.notify.Run(ctx) })

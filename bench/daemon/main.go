@@ -942,11 +942,15 @@ func startNode(ctx context.Context, tb *testbed.Testbed, bin, dir string, interv
 		return nil, err
 	}
 	n.metrics = fmt.Sprintf("http://127.0.0.1:%d/metrics", port)
+	imagesPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
 	socket := filepath.Join(dir, "run", "ferry.sock")
 	// Everything else is the default a node runs with: drift every 5 m, retention 10.
 	cfg := fmt.Sprintf("stateDir: %[1]s/state\nkubeconfig: %[2]s\ntrust: %[1]s/trust.yaml\nsocket: %[3]s\n"+
-		"metricsAddress: 127.0.0.1:%[4]d\nsources:\n  - name: usb\n    usb: {paths: [%[5]s], interval: %[6]s}\n",
-		dir, tb.Kubeconfig, socket, port, n.media, interval)
+		"metricsAddress: 127.0.0.1:%[4]d\nimagesAddress: 127.0.0.1:%[7]d\nsources:\n  - name: usb\n    usb: {paths: [%[5]s], interval: %[6]s}\n",
+		dir, tb.Kubeconfig, socket, port, n.media, interval, imagesPort)
 	config := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(config, []byte(cfg), 0o600); err != nil {
 		return nil, err

@@ -20,7 +20,7 @@ itself when health checks fail.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCommand(), newBundleCommand(), newKeysCommand(), newRenderCommand(), newServiceCommand())
+	root.AddCommand(newVersionCommand(), newBundleCommand(), newKeysCommand(), newRenderCommand(), newServiceCommand(), newImagesCommand())
 	root.AddCommand(nodeCommands()...)
 	return root
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ferrygitops/ferry/daemon/images"
 	"github.com/ferrygitops/ferry/systemd"
 )
 
@@ -70,7 +71,11 @@ func absConfig(config string) (string, error) {
 }
 
 func newServiceInstallCommand() *cobra.Command {
-	var config string
+	var (
+		config   string
+		m        mirrorFlags
+		noImages bool
+	)
 	cmd := &cobra.Command{
 		Use:   "install [--config PATH]",
 		Short: "Write, enable and register the systemd unit for this binary",
@@ -80,7 +85,10 @@ systemd. It does not start the daemon: run "ferry service start".
 
 Install refuses a binary or config file under /home, /root, /run/user, /tmp or /var/tmp,
 which the unit's sandbox hides from the daemon, and an existing unit file. The unit is what
-"ferry service unit" prints. Needs root.`,
+"ferry service unit" prints.
+
+Install also points containerd at the node's image endpoint, as "ferry images configure"
+does (the same flags; --no-images skips it). Needs root.`,
 		Example: `  sudo install -m 0755 ferry /usr/local/bin/ferry
   sudo /usr/local/bin/ferry service install
   sudo /usr/local/bin/ferry service install --config /etc/ferry/site-north.yaml`,
@@ -97,11 +105,25 @@ which the unit's sandbox hides from the daemon, and an existing unit file. The u
 			if err := svc.Install(); err != nil {
 				return fmt.Errorf("ferry service install: %w", err)
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "installed and enabled %s.service; start it with: ferry service start\n", systemd.Name)
-			return err
+			fmt.Fprintf(cmd.OutOrStdout(), "installed and enabled %s.service; start it with: ferry service start\n", systemd.Name)
+			if noImages {
+				return nil
+			}
+			m.config = config
+			changes, notes, err := m.plan(cmd)
+			if err == nil {
+				err = images.ApplyMirror(changes)
+			}
+			if err != nil {
+				return fmt.Errorf("ferry service install: the unit is installed, but containerd's mirror is not configured (fix, then run ferry images configure): %w", err)
+			}
+			reportMirror(cmd.OutOrStdout(), changes, notes, false)
+			return nil
 		},
 	}
 	addConfigFlag(cmd, &config)
+	m.add(cmd, false)
+	cmd.Flags().BoolVar(&noImages, "no-images", false, "do not write containerd's mirror configuration")
 	return cmd
 }
 

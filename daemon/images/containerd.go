@@ -163,3 +163,18 @@ func ApplyMirror(changes []FileChange) error {
 	}
 	return nil
 }
+
+// Registries returns the registry hosts of held images, sorted, each once.
+func Registries(held []Held) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, h := range held {
+		host, _, _ := strings.Cut(h.Name, "/")
+		if !seen[host] {
+			seen[host] = true
+			out = append(out, host)
+		}
+	}
+	sort.Strings(out)
+	return out
+}

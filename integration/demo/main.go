@@ -137,6 +137,7 @@ kubeconfig: %s
 trust: %s/trust.yaml
 socket: %s
 metricsAddress: "off"
+imagesAddress: "off"
 variables: {SITE_ID: north-7}
 sources:
   - name: usb

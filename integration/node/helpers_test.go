@@ -35,6 +35,7 @@ type site struct {
 	gate bool
 	// metrics is the metrics address ("off" when empty).
 	metrics string
+	images  string // imagesAddress; empty is off
 }
 
 func newSite(t *testing.T, bundle string) *site {
@@ -58,15 +59,20 @@ func (s *site) writeConfig(t *testing.T, sources string) {
 	if metrics == "" {
 		metrics = "off"
 	}
+	images := s.images
+	if images == "" {
+		images = "off"
+	}
 	cfg := fmt.Sprintf(`stateDir: %s/state
 kubeconfig: %s
 trust: %s/trust.yaml
 socket: %s/run/ferry.sock
 metricsAddress: %q
+imagesAddress: %q
 driftInterval: 2s
 variables: {SITE_ID: north-7}
 sources:
-%s`, s.dir, tb.Kubeconfig, s.dir, s.dir, metrics, sources)
+%s`, s.dir, tb.Kubeconfig, s.dir, s.dir, metrics, images, sources)
 	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
