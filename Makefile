@@ -25,8 +25,9 @@ all: build
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ferry ./cmd/ferry
 
-## testbed: build (once) and cache the testbed's binaries outside the clone
+## testbed: install the testbed's Debian packages (containerd, skopeo) and build (once) and cache its binaries outside the clone
 testbed:
+	integration/testbed/tools/packages.sh
 	integration/testbed/tools/build.sh
 
 ## test: every test — unit tests with -race, then integration tests on the testbed

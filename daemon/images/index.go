@@ -34,7 +34,8 @@ type Held struct {
 
 // index is the endpoint's view of the store at one generation.
 type index struct {
-	repos map[string]*repo // "docker.io/library/nginx"
+	repos map[string]*repo    // "docker.io/library/nginx"
+	paths map[string][]string // "library/nginx" → the full names holding that path
 	held  []Held
 }
 
@@ -70,7 +71,7 @@ func (a rank) beats(b rank) bool {
 // A revision whose records cannot be read contributes nothing and is reported in errs; the
 // rest of the node's images are still served.
 func buildIndex(ctx context.Context, st Store) (*index, []error) {
-	idx := &index{repos: map[string]*repo{}}
+	idx := &index{repos: map[string]*repo{}, paths: map[string][]string{}}
 	var errs []error
 	bs, err := st.Bundles()
 	if err != nil {
@@ -111,6 +112,7 @@ func buildIndex(ctx context.Context, st Store) (*index, []error) {
 				if rp == nil {
 					rp = &repo{tags: map[string]tagged{}, manifests: map[digest.Digest]ocispec.Descriptor{}, blobs: map[digest.Digest]int64{}}
 					idx.repos[name] = rp
+					idx.paths[ref.Repository] = append(idx.paths[ref.Repository], name)
 				}
 				for _, d := range graph {
 					if bundles.IsManifest(d.MediaType) {
@@ -142,6 +144,9 @@ func buildIndex(ctx context.Context, st Store) (*index, []error) {
 				}
 			}
 		}
+	}
+	for _, names := range idx.paths {
+		sort.Strings(names)
 	}
 	for k, h := range heldAt {
 		if rp := idx.repos[k.repo]; rp != nil && k.tag != "" {

@@ -141,15 +141,29 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	full, err := repoName(name, r.URL.Query().Get("ns"))
-	if err != nil {
+	if err != nil && !errors.Is(err, errNoHost) {
 		writeError(w, http.StatusBadRequest, "NAME_INVALID", err.Error())
 		return
 	}
-	idx, err := s.current(r.Context())
-	if err != nil {
-		s.log.Error("image endpoint: store", "err", err)
+	idx, ierr := s.current(r.Context())
+	if ierr != nil {
+		s.log.Error("image endpoint: store", "err", ierr)
 		writeError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "the node's store cannot be read")
 		return
+	}
+	if err != nil {
+		// No registry named: a repository path that one registry alone holds on this node is
+		// unambiguous (skopeo inspect docker://127.0.0.1:9796/org/app:1).
+		switch c := idx.paths[name]; len(c) {
+		case 1:
+			full = c[0]
+		case 0:
+			writeError(w, http.StatusNotFound, "NAME_UNKNOWN", fmt.Sprintf("repository %s is not on this node", name))
+			return
+		default:
+			writeError(w, http.StatusNotFound, "NAME_UNKNOWN", fmt.Sprintf("repository %s is held from %d registries (%s): name one with ?ns= or as the first path element", name, len(c), strings.Join(c, ", ")))
+			return
+		}
 	}
 	rp := idx.repos[full]
 	if rp == nil {
@@ -167,7 +181,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // repoName is the full name (registry host/repository) a request asks for: containerd names
-// the upstream registry in the ns query; without it, the first path element is the host.
+// the upstream registry in the ns query; without it, the first path element is the host, or
+// errNoHost when it is not one.
 func repoName(name, ns string) (string, error) {
 	if ns != "" {
 		if !hostPattern.MatchString(ns) {
@@ -183,15 +198,21 @@ func repoName(name, ns string) (string, error) {
 	}
 	host, path, ok := strings.Cut(name, "/")
 	if !ok || !hostPattern.MatchString(host) || (!strings.ContainsAny(host, ".:") && host != "localhost") {
-		return "", fmt.Errorf("repository %q: name the registry host with ?ns= or as the first path element (docker.io/library/nginx)", name)
+		host, path = "", name
 	}
 	for _, c := range strings.Split(path, "/") {
 		if !pathComponent.MatchString(c) {
 			return "", fmt.Errorf("repository %q: path component %q is not valid", name, c)
 		}
 	}
+	if host == "" {
+		return "", errNoHost
+	}
 	return name, nil
 }
+
+// errNoHost: a valid repository path that names no registry host.
+var errNoHost = errors.New("no registry host")
 
 func (s *Server) tags(w http.ResponseWriter, full string, rp *repo) {
 	tags := make([]string, 0, len(rp.tags))

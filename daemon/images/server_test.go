@@ -296,7 +296,7 @@ func TestRefusals(t *testing.T) {
 		{"traversal in name", "GET", "/v2/library/../web/manifests/1.0?ns=docker.io", 400, "NAME_INVALID"},
 		{"dot component", "GET", "/v2/docker.io/./library/web/manifests/1.0", 400, "NAME_INVALID"},
 		{"encoded traversal", "GET", "/v2/library/%2e%2e/web/manifests/1.0?ns=docker.io", 400, "NAME_INVALID"},
-		{"no host", "GET", "/v2/library/web/manifests/1.0", 400, "NAME_INVALID"},
+		{"no host, path held nowhere", "GET", "/v2/library/db/manifests/1.0", 404, "NAME_UNKNOWN"},
 		{"bad ns", "GET", "/v2/library/web/manifests/1.0?ns=docker.io/../x", 400, "NAME_INVALID"},
 		{"upper case", "GET", "/v2/docker.io/Library/web/manifests/1.0", 400, "NAME_INVALID"},
 		{"long name", "GET", "/v2/docker.io/" + strings.Repeat("a/", 200) + "web/manifests/1.0", 400, "NAME_INVALID"},
@@ -517,4 +517,19 @@ func FuzzRepoName(f *testing.F) {
 			t.Fatalf("repoName(%q, %q) = %q accepted", name, ns, full)
 		}
 	})
+}
+
+// A path without a registry is served only while one registry alone holds it.
+func TestAmbiguousPathRefused(t *testing.T) {
+	f := newFixture(t)
+	admit(t, f.st, f.mem, "other", 1, map[string]ocispec.Descriptor{"quay.io/library/web:1.0": f.web2.manifest})
+	healthy(t, f.st, "other", 1)
+	resp, body := f.get(t, "GET", "/v2/library/web/manifests/1.0")
+	if resp.StatusCode != 404 || errorCode(t, body) != "NAME_UNKNOWN" || !strings.Contains(string(body), "docker.io/library/web, quay.io/library/web") {
+		t.Fatalf("ambiguous path: %d %s", resp.StatusCode, body)
+	}
+	resp, _ = f.get(t, "HEAD", "/v2/library/web/manifests/1.0?ns=quay.io")
+	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != f.web2.manifest.Digest.String() {
+		t.Fatalf("quay.io by ns: %d %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"))
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 
 	"github.com/minio/minio-go/v7"
@@ -107,4 +108,48 @@ func hostOf(url string) string {
 
 func credentialsFor(access, secret string) *credentials.Credentials {
 	return credentials.NewStaticV4(access, secret, "")
+}
+
+// startContainerd runs Debian's containerd with everything under the testbed's directory. The
+// CRI plugin is off (no kubelet here); image pulls go through ctr and containerd's own
+// resolver, which reads a hosts directory as k3s's containerd does.
+func (tb *Testbed) startContainerd(ctx context.Context) error {
+	bin, err := exec.LookPath("containerd")
+	if err != nil {
+		return fmt.Errorf("containerd: %w (tools/packages.sh installs Debian's package)", err)
+	}
+	dir := filepath.Join(tb.Dir, "containerd")
+	tb.Containerd = filepath.Join(dir, "containerd.sock")
+	conf := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[debug]
+  address = ""
+[metrics]
+  address = ""
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), tb.Containerd, tb.Containerd+".ttrpc")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	cfg := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+		return err
+	}
+	p, err := tb.runBin("containerd", bin, []string{"--config", cfg})
+	if err != nil {
+		return err
+	}
+	return p.waitReady(ctx, func(ctx context.Context) error {
+		return exec.CommandContext(ctx, "ctr", "--address", tb.Containerd, "version").Run()
+	})
+}
+
+// Ctr returns a ctr command against the testbed's containerd, in namespace "ferry-test".
+func (tb *Testbed) Ctr(ctx context.Context, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ctr", append([]string{"--address", tb.Containerd, "--namespace", "ferry-test"}, args...)...)
 }

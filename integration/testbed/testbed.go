@@ -30,9 +30,12 @@ const (
 	// APIServer is etcd and kube-apiserver alone, no controllers or nodes: what apply
 	// benchmarks measure against. Kube includes it.
 	APIServer
+	// Containerd is a real containerd (Debian's package, tools/packages.sh) with its root,
+	// state and socket in the testbed's directory; ctr pulls through it.
+	Containerd
 
 	// All is every service.
-	All = Kube | Registry | S3
+	All = Kube | Registry | S3 | Containerd
 )
 
 // Options configure Start. The zero value starts everything with one fake node.
@@ -76,6 +79,8 @@ type Testbed struct {
 	Registry string
 	// S3 is the S3 server.
 	S3 S3Endpoint
+	// Containerd is containerd's socket, for ctr --address (see Ctr).
+	Containerd string
 
 	binDir   string
 	ownDir   bool
@@ -172,6 +177,11 @@ func (tb *Testbed) start(ctx context.Context, opts Options) error {
 			return err
 		}
 	}
+	if opts.Services&Containerd != 0 {
+		if err := tb.startContainerd(ctx); err != nil {
+			return err
+		}
+	}
 	if opts.Services&(Kube|APIServer) != 0 {
 		if err := tb.startKube(ctx, opts.Nodes, opts.Services&Kube != 0, opts.Fsync); err != nil {
 			return err
@@ -183,7 +193,11 @@ func (tb *Testbed) start(ctx context.Context, opts Options) error {
 
 // run starts a service and records it so Stop finds it.
 func (tb *Testbed) run(name string, args []string, env ...string) (*process, error) {
-	p, err := startProcess(name, tb.Bin(name), filepath.Join(tb.Dir, "logs"), args, env...)
+	return tb.runBin(name, tb.Bin(name), args, env...)
+}
+
+func (tb *Testbed) runBin(name, bin string, args []string, env ...string) (*process, error) {
+	p, err := startProcess(name, bin, filepath.Join(tb.Dir, "logs"), args, env...)
 	if err != nil {
 		return nil, err
 	}
@@ -221,6 +235,11 @@ func BinDir(ctx context.Context, log *slog.Logger) (string, error) {
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
 		return "", errors.New("testbed: cannot find tools/build.sh: no caller information")
+	}
+	// The Debian packages first (containerd, skopeo), then the binaries built from source.
+	pkgs := exec.CommandContext(ctx, filepath.Join(filepath.Dir(file), "tools", "packages.sh"))
+	if out, err := pkgs.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("testbed: install packages with %s: %w\n%s", pkgs.Path, err, lastLines(string(out), 30))
 	}
 	script := filepath.Join(filepath.Dir(file), "tools", "build.sh")
 	cmd := exec.CommandContext(ctx, script)
