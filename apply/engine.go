@@ -9,6 +9,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/kustomize/api/resmap"
 
+	"github.com/ferrygitops/ferry/apply/render"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/store"
 )
@@ -46,6 +48,15 @@ type Options struct {
 	// components without serviceAccountName run as, like kustomize-controller's
 	// --default-service-account; "" runs them as Ferry itself.
 	DefaultServiceAccount string
+	// Images tells which container images the node can serve (its image endpoint); when
+	// set, a health check that fails names the images of the component that the node does
+	// not hold, the likely reason on an air-gapped node. nil names none.
+	Images ImageHolder
+}
+
+// ImageHolder answers whether the node holds an image, named as a manifest names it.
+type ImageHolder interface {
+	Holds(ctx context.Context, image string) bool
 }
 
 // Engine applies revisions kept in a store to one cluster, one at a time.
@@ -501,7 +512,7 @@ func (e *Engine) applyRevision(ctx context.Context, name string, rev uint64, com
 				}
 			}
 			if err := cc.waitHealthy(ctx, name, applied, c.checks, c.tmo, e.opts.FailureWindow); err != nil {
-				return fmt.Errorf("component %s: %w", c.spec.Name, err)
+				return fmt.Errorf("component %s: %w%s", c.spec.Name, err, e.missingImages(ctx, err, c))
 			}
 			log.Info("healthy")
 		}
@@ -630,7 +641,32 @@ func (e *Engine) applyHelm(ctx context.Context, name string, rev uint64, c *comp
 	for i, o := range c.objs {
 		refs[i] = o.ref
 	}
-	return cc.waitHealthy(ctx, name, refs, c.checks, c.tmo, e.opts.FailureWindow)
+	if err := cc.waitHealthy(ctx, name, refs, c.checks, c.tmo, e.opts.FailureWindow); err != nil {
+		return fmt.Errorf("%w%s", err, e.missingImages(ctx, err, c))
+	}
+	return nil
+}
+
+// missingImages is what a failed health wait adds to its message: the images the
+// component's objects run that the node does not hold (neither the bundle carried them nor
+// any other kept revision). Pods naming them cannot start on an air-gapped node.
+func (e *Engine) missingImages(ctx context.Context, err error, c *component) string {
+	if e.opts.Images == nil || !errors.Is(err, ErrUnhealthy) {
+		return ""
+	}
+	var missing []string
+	for _, o := range c.objs {
+		for _, im := range render.ImagesOf(o.obj.Object) {
+			if !e.opts.Images.Holds(ctx, im) && !slices.Contains(missing, im) {
+				missing = append(missing, im)
+			}
+		}
+	}
+	if len(missing) == 0 {
+		return ""
+	}
+	sort.Strings(missing)
+	return fmt.Sprintf("; images not on this node: %s (neither carried by a bundle nor held by the node's image endpoint)", strings.Join(missing, ", "))
 }
 
 // plan is the inventory written before a component's objects are sent. An object whose

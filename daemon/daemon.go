@@ -81,12 +81,16 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stateDir: %w", err)
 	}
+	imgs := images.NewServer(st, log)
+	if cfg.ImagesAddress != "off" && aopts.Images == nil {
+		aopts.Images = imgs
+	}
 	eng, err := apply.New(restCfg, st, aopts)
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, opts: opts, log: log, st: st, eng: eng, policy: policy, m: newMetrics(), images: images.NewServer(st, log),
+	d := &Daemon{cfg: cfg, opts: opts, log: log, st: st, eng: eng, policy: policy, m: newMetrics(), images: imgs,
 		loops: map[string]chan struct{}{}, lastErr: map[string]string{}, handled: map[string]bool{}, refused: map[string]bool{}}
 	if cfg.Webhook != nil {
 		if d.notify, err = NewNotifier(st, *cfg.Webhook, log); err != nil {

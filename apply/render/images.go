@@ -26,6 +26,19 @@ func Images(rm resmap.ResMap) []string {
 	return out
 }
 
+// ImagesOf returns the images one object's containers, init and ephemeral containers run,
+// sorted, each once.
+func ImagesOf(obj map[string]any) []string {
+	seen := map[string]bool{}
+	collectImages(obj, seen, 0)
+	out := make([]string, 0, len(seen))
+	for im := range seen {
+		out = append(out, im)
+	}
+	sort.Strings(out)
+	return out
+}
+
 func collectImages(v any, seen map[string]bool, depth int) {
 	if depth > 64 {
 		return

@@ -41,6 +41,7 @@ type index struct {
 
 type repo struct {
 	tags      map[string]tagged
+	carried   map[string]bool                      // every tag a kept revision carries, served or not
 	manifests map[digest.Digest]ocispec.Descriptor // manifests and indexes of the graphs
 	blobs     map[digest.Digest]int64              // configs and layers of the graphs, with their sizes
 }
@@ -110,7 +111,7 @@ func buildIndex(ctx context.Context, st Store) (*index, []error) {
 				name := ref.Registry + "/" + ref.Repository
 				rp := idx.repos[name]
 				if rp == nil {
-					rp = &repo{tags: map[string]tagged{}, manifests: map[digest.Digest]ocispec.Descriptor{}, blobs: map[digest.Digest]int64{}}
+					rp = &repo{tags: map[string]tagged{}, carried: map[string]bool{}, manifests: map[digest.Digest]ocispec.Descriptor{}, blobs: map[digest.Digest]int64{}}
 					idx.repos[name] = rp
 					idx.paths[ref.Repository] = append(idx.paths[ref.Repository], name)
 				}
@@ -135,6 +136,9 @@ func buildIndex(ctx context.Context, st Store) (*index, []error) {
 					heldAt[key] = h
 				}
 				h.Revisions = append(h.Revisions, fmt.Sprintf("%s/%d", r.Name, r.Revision))
+				if tag != "" {
+					rp.carried[tag] = true
+				}
 				if tag == "" || !serves {
 					continue
 				}

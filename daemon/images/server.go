@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/net/netutil"
 
+	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/store"
 )
 
@@ -303,4 +304,26 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]string{{"code": code, "message": msg}}})
+}
+
+// Holds reports whether any kept revision carries image (as a manifest names it: by tag or
+// digest), so the node can serve it once that revision runs. It is apply.ImageHolder.
+func (s *Server) Holds(ctx context.Context, image string) bool {
+	ref, err := bundles.NormalizeImage(image)
+	if err != nil {
+		return false
+	}
+	idx, err := s.current(ctx)
+	if err != nil {
+		return false
+	}
+	rp := idx.repos[ref.Registry+"/"+ref.Repository]
+	if rp == nil {
+		return false
+	}
+	if d, err := ref.Digest(); err == nil {
+		_, ok := rp.manifests[d]
+		return ok
+	}
+	return rp.carried[ref.Reference]
 }

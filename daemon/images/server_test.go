@@ -533,3 +533,19 @@ func TestAmbiguousPathRefused(t *testing.T) {
 		t.Fatalf("quay.io by ns: %d %s", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"))
 	}
 }
+
+func TestHolds(t *testing.T) {
+	f := newFixture(t)
+	s := NewServer(f.st, nil)
+	for im, want := range map[string]bool{
+		"web:1.0": true, "docker.io/library/web:1.0": true, "index.docker.io/library/web:1.0": true,
+		"docker.io/library/web@" + f.web.manifest.Digest.String(): true,
+		"ghcr.io/org/app:2": true,
+		"web:2.0":           false, "ghcr.io/org/other:2": false, "docker.io/library/web@" + digest.FromString("x").String(): false,
+		"NOT A NAME": false,
+	} {
+		if got := s.Holds(t.Context(), im); got != want {
+			t.Errorf("Holds(%s) = %v, want %v", im, got, want)
+		}
+	}
+}

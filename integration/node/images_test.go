@@ -101,17 +101,21 @@ func deleteFromRegistry(t *testing.T, repo string, d ocispec.Descriptor) {
 }
 
 // shipImages builds and signs revision rev of a bundle whose Deployment runs web and which
-// also carries extra, and exports it to the stick.
+// also carries extra, and exports it to the stick; with extra empty, it carries no image.
 func (s *site) shipImages(t *testing.T, rev uint64, fail bool, web, extra, to string) ocispec.Descriptor {
 	t.Helper()
 	labels := "app: web"
 	if fail {
 		labels += ", " + testbed.FailLabel + ": \"true\""
 	}
+	carry := ""
+	if extra != "" {
+		carry = "  images: {carry: true, include: [" + extra + "]}\n"
+	}
 	dir := bundlertest.WriteTree(t, map[string]string{
 		"ferry.yaml": fmt.Sprintf("apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: %s}\nspec:\n  version: 1.0.%d\n"+
-			"  images: {carry: true, include: [%s]}\n  components:\n"+
-			"    - name: app\n      kustomize: {path: ./app, prune: true, wait: true, timeout: 20s}\n", s.bundle, rev, extra),
+			"%s  components:\n"+
+			"    - name: app\n      kustomize: {path: ./app, prune: true, wait: true, timeout: 20s}\n", s.bundle, rev, carry),
 		"app/ns.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: " + s.ns + "}\n",
 		"app/deploy.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: " + s.ns + "}\nspec:\n  replicas: 1\n" +
 			"  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {" + labels + "}}\n    spec: {containers: [{name: web, image: " + web + "}]}\n",
@@ -267,6 +271,27 @@ func TestImagesServedToContainerd(t *testing.T) {
 	if resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("upload start: %d, want 405", resp.StatusCode)
 	}
+	// Revision 3 runs an image neither it nor the node has: its health check fails naming
+	// the image (kwok's fail label stands for the Pod's ImagePullBackOff).
+	absent := tb.Registry + "/pics/absent:3"
+	s.shipImages(t, 3, true, absent, "", filepath.Join(stick, "pics-3.tar"))
+	s.waitStatus(t, c, "revision 3 rolled back", 2*time.Minute, func(b daemon.BundleStatus) bool { return b.Revision == 1 && b.Newest == 3 && b.Applying == 0 })
+	var revs []store.Revision
+	if err := c.Do(t.Context(), "GET", "/v1/bundles/pics/history", nil, &revs); err != nil {
+		t.Fatal(err)
+	}
+	var notes []string
+	for _, r := range revs {
+		if r.Revision == 3 {
+			for _, h := range r.History {
+				notes = append(notes, h.Note)
+			}
+		}
+	}
+	if !strings.Contains(strings.Join(notes, "\n"), "images not on this node: "+absent) {
+		t.Errorf("revision 3's failure does not name the missing image:\n%s", strings.Join(notes, "\n"))
+	}
+
 	// A tag no kept revision carries is not served.
 	out, err := tb.Ctr(t.Context(), "images", "pull", "--hosts-dir", hostsDir, "--snapshotter", "native", tb.Registry+"/pics/web:9.9").CombinedOutput()
 	if err == nil {
