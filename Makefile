@@ -17,7 +17,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 TESTBED_BIN = $(shell integration/testbed/tools/build.sh)/bin
 
-.PHONY: all build test test-unit test-integration testbed demo lint fuzz bench bench-apply bench-daemon bench-helm clean
+.PHONY: all build test test-unit test-integration testbed demo lint fuzz bench bench-apply bench-daemon bench-helm bench-images clean
 
 all: build
 
@@ -72,6 +72,11 @@ bench-apply: testbed
 
 bench-daemon: testbed
 	$(GO) run ./bench/daemon
+
+## bench-images: a bundle carrying a 2 GiB image through build, export, verify, ingest and a containerd pull, each beside a peer (testbed; ~5 min; IMAGE_SIZE=4GiB)
+IMAGE_SIZE ?= 2GiB
+bench-images: testbed build
+	$(GO) run ./bench/images -ferry bin/ferry -size $(IMAGE_SIZE)
 
 ## bench-helm: Helm releases, the apply engine against the helm CLI (testbed; about 1 min)
 bench-helm: testbed
