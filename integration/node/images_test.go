@@ -101,21 +101,21 @@ func deleteFromRegistry(t *testing.T, repo string, d ocispec.Descriptor) {
 }
 
 // shipImages builds and signs revision rev of a bundle whose Deployment runs web and which
-// also carries extra, and exports it to the stick; with extra empty, it carries no image.
-func (s *site) shipImages(t *testing.T, rev uint64, fail bool, web, extra, to string) ocispec.Descriptor {
+// also carries include, and exports it to the stick; without carry, it carries no image.
+func (s *site) shipImages(t *testing.T, rev uint64, fail, carry bool, web string, include []string, to string) ocispec.Descriptor {
 	t.Helper()
 	labels := "app: web"
 	if fail {
 		labels += ", " + testbed.FailLabel + ": \"true\""
 	}
-	carry := ""
-	if extra != "" {
-		carry = "  images: {carry: true, include: [" + extra + "]}\n"
+	images := ""
+	if carry {
+		images = "  images: {carry: true, include: [" + strings.Join(include, ", ") + "]}\n"
 	}
 	dir := bundlertest.WriteTree(t, map[string]string{
 		"ferry.yaml": fmt.Sprintf("apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: %s}\nspec:\n  version: 1.0.%d\n"+
 			"%s  components:\n"+
-			"    - name: app\n      kustomize: {path: ./app, prune: true, wait: true, timeout: 20s}\n", s.bundle, rev, carry),
+			"    - name: app\n      kustomize: {path: ./app, prune: true, wait: true, timeout: 20s}\n", s.bundle, rev, images),
 		"app/ns.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: " + s.ns + "}\n",
 		"app/deploy.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: " + s.ns + "}\nspec:\n  replicas: 1\n" +
 			"  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {" + labels + "}}\n    spec: {containers: [{name: web, image: " + web + "}]}\n",
@@ -191,7 +191,7 @@ func TestImagesServedToContainerd(t *testing.T) {
 	multi := tb.Registry + "/pics/multi:2"
 	web1 := pushRunnableImage(t, "pics/web", "1.0", 256<<10, "amd64")
 	multiRoot := pushRunnableImage(t, "pics/multi", "2", 128<<10, "amd64", "arm64")
-	s.shipImages(t, 1, false, web, multi, filepath.Join(stick, "pics-1.tar"))
+	s.shipImages(t, 1, false, true, web, []string{multi}, filepath.Join(stick, "pics-1.tar"))
 	s.waitStatus(t, c, "revision 1", time.Minute, func(b daemon.BundleStatus) bool { return b.Revision == 1 && b.State == store.StateHealthy })
 	// From here on the upstream registry has neither image: only the node can serve them.
 	deleteFromRegistry(t, "pics/web", web1)
@@ -234,7 +234,7 @@ func TestImagesServedToContainerd(t *testing.T) {
 	// Revision 2 moves web's tag to a new image and fails its health check: while it is
 	// current the tag is its image; after the rollback, revision 1's again.
 	web2 := pushRunnableImage(t, "pics/web", "1.0", 200<<10, "amd64")
-	s.shipImages(t, 2, true, web, multi, filepath.Join(stick, "pics-2.tar"))
+	s.shipImages(t, 2, true, true, web, nil, filepath.Join(stick, "pics-2.tar"))
 	s.waitStatus(t, c, "revision 2 rolled back", 2*time.Minute, func(b daemon.BundleStatus) bool { return b.Revision == 1 && b.Newest == 2 && b.Applying == 0 })
 	deleteFromRegistry(t, "pics/web", web2)
 	ctr(t, "images", "rm", "--sync", web)
@@ -274,18 +274,23 @@ func TestImagesServedToContainerd(t *testing.T) {
 	// Revision 3 runs an image neither it nor the node has: its health check fails naming
 	// the image (kwok's fail label stands for the Pod's ImagePullBackOff).
 	absent := tb.Registry + "/pics/absent:3"
-	s.shipImages(t, 3, true, absent, "", filepath.Join(stick, "pics-3.tar"))
-	s.waitStatus(t, c, "revision 3 rolled back", 2*time.Minute, func(b daemon.BundleStatus) bool { return b.Revision == 1 && b.Newest == 3 && b.Applying == 0 })
-	var revs []store.Revision
-	if err := c.Do(t.Context(), "GET", "/v1/bundles/pics/history", nil, &revs); err != nil {
-		t.Fatal(err)
-	}
+	s.shipImages(t, 3, true, false, absent, nil, filepath.Join(stick, "pics-3.tar"))
 	var notes []string
-	for _, r := range revs {
-		if r.Revision == 3 {
-			for _, h := range r.History {
-				notes = append(notes, h.Note)
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+		var revs []store.Revision
+		if err := c.Do(t.Context(), "GET", "/v1/bundles/pics/history", nil, &revs); err != nil {
+			t.Fatal(err)
+		}
+		notes = nil
+		for _, r := range revs {
+			if r.Revision == 3 && r.State == store.StateRolledBack {
+				for _, h := range r.History {
+					notes = append(notes, h.Note)
+				}
 			}
+		}
+		if notes != nil {
+			break
 		}
 	}
 	if !strings.Contains(strings.Join(notes, "\n"), "images not on this node: "+absent) {
