@@ -152,7 +152,9 @@ func run(ctx context.Context, ferry string, size int64, nLayers int) error {
 	if err := peerRun("build", "oras copy --to-oci-layout", size, exec.Command(tb.Bin("oras"), "copy", "--from-plain-http", ref, "--to-oci-layout", peerLayout+":1")); err != nil {
 		return err
 	}
-	if out, err := exec.Command(ferry, "keys", "generate", "--prefix", filepath.Join(work, "ci")).CombinedOutput(); err != nil {
+	keys := exec.Command(ferry, "keys", "generate", "--prefix", filepath.Join(work, "ci"))
+	keys.Env = env
+	if out, err := keys.CombinedOutput(); err != nil {
 		return fmt.Errorf("keys generate: %v\n%s", err, out)
 	}
 	signCmd := exec.Command(ferry, "bundle", "sign", dist, "--key", filepath.Join(work, "ci.key"))
