@@ -55,7 +55,8 @@
 // What it does not do: render, apply, prune or roll back itself (package apply does, with
 // its transaction in the store); parse trust policies or check signatures (package verify);
 // run under systemd (package systemd; cmd/ferry wires sd_notify into [Options.Ready]).
-// Not yet: serve carried images to k3s as a registry mirror (they are kept in the store),
-// reload its config or trust policy without a restart, or apply retention while it runs
-// (store.Open does, so a start does).
+// It serves the images of kept revisions to containerd on imagesAddress through package
+// images (daemon/images), which also tells the engine which images the node holds.
+// Not yet: reload its config or trust policy without a restart, or apply retention while it
+// runs (store.Open does, so a start does).
 package daemon
