@@ -44,8 +44,13 @@ type Options struct {
 	// instead of ferry.yaml; Name and Version then name the bundle.
 	FromFlux      string
 	Name, Version string
-	// Remote says how to reach registries holding oci:// charts.
+	// Remote says how to reach registries holding oci:// charts and carried images.
 	Remote bundles.Options
+	// ImageMirrors resolves and copies the carried images of a registry (the key, as image
+	// names write it: docker.io, ghcr.io) from another (the value: host[:port][/path]), a
+	// CI's pull-through cache or internal mirror. The bundle records the original names and
+	// the digests the mirror served.
+	ImageMirrors map[string]string
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
 }
@@ -155,7 +160,7 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 				names = append(names, n)
 			}
 		}
-		if meta.Images, err = carryImages(ctx, dst, opts.Remote, names, opts.Log); err != nil {
+		if meta.Images, err = carryImages(ctx, dst, opts.Remote, opts.ImageMirrors, names, opts.Log); err != nil {
 			return nil, err
 		}
 	}
@@ -399,7 +404,7 @@ func copyFile(src, dst string) error {
 // carryImages resolves each image name to a digest in its registry and copies the image's
 // whole graph (index, manifests, configs, layers) into dst. Names are carried once each, in
 // sorted order, so the metadata is the same whatever order they were found in.
-func carryImages(ctx context.Context, dst content.Storage, remote bundles.Options, names []string, log *slog.Logger) ([]bundles.Image, error) {
+func carryImages(ctx context.Context, dst content.Storage, remote bundles.Options, mirrors map[string]string, names []string, log *slog.Logger) ([]bundles.Image, error) {
 	sort.Strings(names)
 	var out []bundles.Image
 	for i, name := range names {
@@ -410,9 +415,16 @@ func carryImages(ctx context.Context, dst content.Storage, remote bundles.Option
 		if err != nil {
 			return nil, err
 		}
-		addr, err := bundles.ParseAddress("oci://" + ref.String())
+		from := ref.String()
+		if m, ok := mirrors[ref.Registry]; ok {
+			from = strings.TrimSuffix(m, "/") + "/" + ref.Repository + ":" + ref.Reference
+			if _, err := ref.Digest(); err == nil {
+				from = strings.TrimSuffix(m, "/") + "/" + ref.Repository + "@" + ref.Reference
+			}
+		}
+		addr, err := bundles.ParseAddress("oci://" + from)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("image %s: %w", name, err)
 		}
 		repo, err := remote.Repository(addr)
 		if err != nil {
@@ -428,7 +440,7 @@ func carryImages(ctx context.Context, dst content.Storage, remote bundles.Option
 		// Only what a manifest or index is: platform, annotations and the rest stay behind.
 		desc = ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size}
 		out = append(out, bundles.Image{Name: name, Descriptor: desc})
-		log.Info("carried image", "image", name, "digest", desc.Digest)
+		log.Info("carried image", "image", name, "from", from, "digest", desc.Digest)
 	}
 	return out, nil
 }

@@ -152,3 +152,30 @@ func writeFile(t *testing.T, path string, b []byte) {
 		t.Fatal(err)
 	}
 }
+
+// With an image mirror, the images of a registry CI cannot reach are resolved and copied from
+// the mirror; the bundle keeps the names the manifests use and the digests the mirror served.
+func TestBundleCarriesImagesFromMirror(t *testing.T) {
+	web := pushImage(t, "mirrored/web", "2.0")
+	dir, _ := bundlertest.GitTree(t, map[string]string{
+		"ferry.yaml": "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: shop}\nspec:\n  version: 1.0.0\n  images: {carry: true}\n" +
+			"  components:\n  - name: web\n    kustomize: {path: ./web}\n",
+		"web/kustomization.yaml": "resources: [deploy.yaml]\n",
+		"web/deploy.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n" +
+			"    spec: {containers: [{name: web, image: registry.ferry.invalid/mirrored/web:2.0}]}\n",
+	}, time.Date(2026, 11, 10, 0, 0, 0, 0, time.UTC))
+	if _, err := bundler.Build(t.Context(), memory.New(), bundler.Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), "registry.ferry.invalid/mirrored/web:2.0") {
+		t.Fatalf("without a mirror: %v", err)
+	}
+	built := memory.New()
+	res, err := bundler.Build(t.Context(), built, bundler.Options{Dir: dir, ImageMirrors: map[string]string{"registry.ferry.invalid": tb.Registry}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Metadata.Images) != 1 || res.Metadata.Images[0].Name != "registry.ferry.invalid/mirrored/web:2.0" || res.Metadata.Images[0].Descriptor.Digest != web.Digest {
+		t.Fatalf("carried %+v, want registry.ferry.invalid/mirrored/web:2.0 at %s", res.Metadata.Images, web.Digest)
+	}
+	if _, err := bundles.ImageBlobs(t.Context(), built, web); err != nil {
+		t.Fatalf("the image is not whole in the bundle: %v", err)
+	}
+}

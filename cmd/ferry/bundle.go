@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -12,7 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
-	"oras.land/oras-go/v2/content/memory"
+	"oras.land/oras-go/v2/content/oci"
 
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundles"
@@ -50,6 +51,7 @@ func newBundleBuildCommand(o *bundles.Options) *cobra.Command {
 		allowDirty bool
 		fromFlux   string
 		name, ver  string
+		mirrors    map[string]string
 		p          = printer{}
 	)
 	cmd := &cobra.Command{
@@ -89,9 +91,27 @@ SOURCE_DATE_EPOCH overrides the creation time.`,
 			if err != nil {
 				return err
 			}
-			store := memory.New()
+			// The bundle is staged on disk, not in memory: carried images can be many GiB.
+			// Beside a local destination, so a large build does not fill a RAM-backed /tmp.
+			stageIn := ""
+			if out != "" {
+				if a, err := bundles.ParseAddress(out); err == nil && (a.Kind == bundles.KindLayout || a.Kind == bundles.KindTar) {
+					stageIn = filepath.Dir(filepath.Clean(a.Path))
+				}
+			} else if abs, err := filepath.Abs("dist"); err == nil {
+				stageIn = filepath.Dir(abs)
+			}
+			stage, err := os.MkdirTemp(stageIn, ".ferry-build-*")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(stage)
+			store, err := oci.NewWithContext(cmd.Context(), stage)
+			if err != nil {
+				return err
+			}
 			res, err := bundler.Build(cmd.Context(), store, bundler.Options{Dir: dir, Revision: revision, AllowDirty: allowDirty, Created: created,
-				FromFlux: fromFlux, Name: name, Version: ver, Remote: *o})
+				FromFlux: fromFlux, Name: name, Version: ver, Remote: *o, ImageMirrors: mirrors})
 			if err != nil {
 				return err
 			}
@@ -107,7 +127,7 @@ SOURCE_DATE_EPOCH overrides the creation time.`,
 					return err
 				}
 			}
-			where, err := bundles.Copy(cmd.Context(), memorySource{store}, res.Descriptor, dst, *o)
+			where, err := bundles.Copy(cmd.Context(), layoutSource{store}, res.Descriptor, dst, *o)
 			if err != nil {
 				return err
 			}
@@ -130,6 +150,7 @@ SOURCE_DATE_EPOCH overrides the creation time.`,
 	cmd.Flags().StringVar(&fromFlux, "from-flux", "", "read this Flux cluster directory (Kustomization, HelmRelease, GitRepository, HelmRepository) instead of ferry.yaml")
 	cmd.Flags().StringVar(&name, "name", "", "bundle name, with --from-flux")
 	cmd.Flags().StringVar(&ver, "version", "", "bundle version (semver), with --from-flux")
+	cmd.Flags().StringToStringVar(&mirrors, "image-mirror", nil, "resolve and copy the carried images of `REGISTRY=MIRROR` from the mirror (a CI's pull-through cache); the bundle keeps the original names (repeatable)")
 	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
 	return cmd
 }
@@ -160,10 +181,10 @@ func dirtyMark(d bool) string {
 	return ""
 }
 
-// memorySource lets a freshly built in-memory bundle be copied like any other source.
-type memorySource struct{ *memory.Store }
+// layoutSource lets a freshly built bundle be copied like any other source.
+type layoutSource struct{ *oci.Store }
 
-func (memorySource) Close() error { return nil }
+func (layoutSource) Close() error { return nil }
 
 func newBundleCopyCommand(o *bundles.Options, verb string) *cobra.Command {
 	docs := map[string][2]string{
