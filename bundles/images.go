@@ -3,9 +3,11 @@ package bundles
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/registry"
 )
@@ -82,4 +84,57 @@ func ImageBlobs(ctx context.Context, src content.Fetcher, root ocispec.Descripto
 		}
 	}
 	return out, nil
+}
+
+// Check reads every blob of the bundle from src and checks it against the digest the
+// signed manifest and config give: each component layer (and its files), and each carried
+// image's manifests, configs and layers, streamed.
+func (b *Bundle) Check(ctx context.Context, src content.Fetcher) error {
+	for i := range b.Metadata.Components {
+		if _, err := b.Layer(ctx, src, i); err != nil {
+			return err
+		}
+	}
+	var blobs []ocispec.Descriptor
+	for _, im := range b.Metadata.Images {
+		graph, err := ImageBlobs(ctx, src, im.Descriptor)
+		if err != nil {
+			return err
+		}
+		for _, d := range graph {
+			if !IsManifest(d.MediaType) { // the walk read and checked those
+				blobs = append(blobs, d)
+			}
+		}
+	}
+	return CheckBlobs(ctx, src, blobs, 2)
+}
+
+// CheckBlobs reads each blob of descs from src, streaming, and checks its size and digest:
+// what a technician's `ferry bundle verify` does so that a damaged copy fails on the laptop,
+// not on the node. Up to concurrency blobs are read at once (hashing is one core per blob).
+func CheckBlobs(ctx context.Context, src content.Fetcher, descs []ocispec.Descriptor, concurrency int) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(concurrency, 1))
+	for _, d := range descs {
+		g.Go(func() error {
+			if err := d.Digest.Validate(); err != nil || d.Size < 0 {
+				return fmt.Errorf("blob %q: not a valid descriptor", d.Digest)
+			}
+			rc, err := src.Fetch(ctx, d)
+			if err != nil {
+				return fmt.Errorf("blob %s: %w", d.Digest, err)
+			}
+			defer rc.Close()
+			vr := content.NewVerifyReader(rc, d)
+			if _, err := io.CopyBuffer(io.Discard, vr, make([]byte, 1<<20)); err != nil {
+				return fmt.Errorf("blob %s: %w", d.Digest, err)
+			}
+			if err := vr.Verify(); err != nil {
+				return fmt.Errorf("blob %s: %w", d.Digest, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }

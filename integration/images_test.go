@@ -3,6 +3,9 @@ package integration
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -105,6 +108,17 @@ func TestBundleCarriesImages(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer src.Close()
+	// What ferry bundle verify reads: every blob, the image layers included.
+	opened, err := bundles.Open(ctx, src, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := opened.Check(ctx, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := damagedImageLayerRefused(t, stick, web); err != nil {
+		t.Fatal(err)
+	}
 	pub, _ := verify.ParsePublicKey("k.pub", pubPEM)
 	st, err := store.Open(filepath.Join(t.TempDir(), "state"), store.Options{SpaceMargin: 1})
 	if err != nil {
@@ -178,4 +192,72 @@ func TestBundleCarriesImagesFromMirror(t *testing.T) {
 	if _, err := bundles.ImageBlobs(t.Context(), built, web); err != nil {
 		t.Fatalf("the image is not whole in the bundle: %v", err)
 	}
+}
+
+// damagedImageLayerRefused flips a byte of the image's layer inside a copy of the tar and
+// checks that the bundle's Check refuses the copy, naming the layer.
+func damagedImageLayerRefused(t *testing.T, tarPath string, im ocispec.Descriptor) error {
+	t.Helper()
+	ctx := t.Context()
+	graph, err := bundles.ImageBlobs(ctx, mustSource(t, tarPath), im)
+	if err != nil {
+		return err
+	}
+	var layer ocispec.Descriptor
+	for _, d := range graph {
+		if d.MediaType == ocispec.MediaTypeImageLayerGzip {
+			layer = d
+		}
+	}
+	b, err := os.ReadFile(tarPath)
+	if err != nil {
+		return err
+	}
+	orig, err := mustSource(t, tarPath).Fetch(ctx, layer)
+	if err != nil {
+		return err
+	}
+	head := make([]byte, 64)
+	io.ReadFull(orig, head)
+	orig.Close()
+	i := bytes.Index(b, head)
+	if i < 0 {
+		return errors.New("layer not found in the tar")
+	}
+	b[i+10] ^= 0xff
+	damaged := filepath.Join(t.TempDir(), "damaged.tar")
+	if err := os.WriteFile(damaged, b, 0o644); err != nil {
+		return err
+	}
+	src := mustSource(t, damaged)
+	_, desc, err := bundles.OpenSource(ctx, mustAddr(damaged), bundles.Options{})
+	if err != nil {
+		return err
+	}
+	opened, err := bundles.Open(ctx, src, desc)
+	if err != nil {
+		return err
+	}
+	if err := opened.Check(ctx, src); err == nil || !strings.Contains(err.Error(), layer.Digest.String()) {
+		return fmt.Errorf("a damaged image layer: Check returned %v", err)
+	}
+	return nil
+}
+
+func mustAddr(p string) bundles.Address {
+	a, err := bundles.ParseAddress(p)
+	if err != nil {
+		panic(err)
+	}
+	return a
+}
+
+func mustSource(t *testing.T, p string) bundles.Source {
+	t.Helper()
+	src, _, err := bundles.OpenSource(t.Context(), mustAddr(p), bundles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	return src
 }

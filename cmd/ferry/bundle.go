@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -69,7 +68,8 @@ build time, and vendored into the bundle.
 
 The revision defaults to the number of commits reachable from HEAD and the creation
 time to the commit time, so building one commit twice gives the same digest.
-SOURCE_DATE_EPOCH overrides the creation time.`,
+SOURCE_DATE_EPOCH overrides the creation time. The bundle, carried images included, is
+staged in $TMPDIR (default /tmp) before it is written to --to: give it room for them.`,
 		Example: `  # Build the tree in the current directory into dist/<name>
   ferry bundle build
 
@@ -92,16 +92,8 @@ SOURCE_DATE_EPOCH overrides the creation time.`,
 				return err
 			}
 			// The bundle is staged on disk, not in memory: carried images can be many GiB.
-			// Beside a local destination, so a large build does not fill a RAM-backed /tmp.
-			stageIn := ""
-			if out != "" {
-				if a, err := bundles.ParseAddress(out); err == nil && (a.Kind == bundles.KindLayout || a.Kind == bundles.KindTar) {
-					stageIn = filepath.Dir(filepath.Clean(a.Path))
-				}
-			} else if abs, err := filepath.Abs("dist"); err == nil {
-				stageIn = filepath.Dir(abs)
-			}
-			stage, err := os.MkdirTemp(stageIn, ".ferry-build-*")
+			// In $TMPDIR, never inside the tree (an untracked file would make it dirty).
+			stage, err := os.MkdirTemp("", "ferry-build-*")
 			if err != nil {
 				return err
 			}

@@ -158,10 +158,8 @@ but the bundle itself.`,
 			if err := res.Scoped(b.Metadata.Name); err != nil {
 				return err
 			}
-			for i := range b.Metadata.Components {
-				if _, err := b.Layer(cmd.Context(), src, i); err != nil {
-					return err
-				}
+			if err := b.Check(cmd.Context(), src); err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			return p.print(cmd.OutOrStdout(), res, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "Verified %s %s (revision %d)\n", b.Metadata.Name, b.Metadata.Version, b.Metadata.Revision)
