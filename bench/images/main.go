@@ -9,22 +9,16 @@
 //
 // Peak memory is each process's VmHWM, read from /proc while it runs (a child's getrusage
 // maxrss starts from its parent's). The image is LAYERS uncompressed tar layers of random
-// bytes, made and pushed to the testbed's registry as a stream.
+// bytes, made and pushed to the testbed's registry as a stream (testbed.PushImage).
 //
 //	go run ./bench/images -ferry bin/ferry -size 2GiB
 package main
 
 import (
-	"archive/tar"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -35,11 +29,6 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
-
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"oras.land/oras-go/v2/content"
-	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/ferrygitops/ferry/bench/internal/measure"
 	"github.com/ferrygitops/ferry/daemon"
@@ -98,7 +87,11 @@ func run(ctx context.Context, ferry string, size int64, nLayers int) error {
 	// The image, streamed to the registry.
 	begin := time.Now()
 	ref := tb.Registry + "/bench/big:1"
-	if err := pushImage(ctx, tb.Registry, "bench/big", "1", size, nLayers); err != nil {
+	each := make([]int64, nLayers)
+	for i := range each {
+		each[i] = size / int64(nLayers)
+	}
+	if _, err := tb.PushImage(ctx, testbed.Image{Repository: "bench/big", Tag: "1", LayerBytes: each}); err != nil {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "pushed %s (%d MiB) in %s\n", ref, size>>20, time.Since(begin).Round(time.Millisecond))
@@ -288,67 +281,6 @@ func measured(cmd *exec.Cmd) (time.Duration, int64, string, error) {
 		}
 	}
 }
-
-// pushImage streams an image of size random bytes in n uncompressed tar layers to the
-// registry: each layer is generated twice from the same seed, once to hash and once to push.
-func pushImage(ctx context.Context, reg, repo, tag string, size int64, n int) error {
-	r, err := remote.NewRepository(reg + "/" + repo)
-	if err != nil {
-		return err
-	}
-	r.PlainHTTP = true
-	var layers []ocispec.Descriptor
-	var diffIDs []digest.Digest
-	for i := range n {
-		each := size / int64(n)
-		gen := func() io.Reader { return layerTar(uint64(i), each) }
-		h := sha256.New()
-		sz, err := io.Copy(h, gen())
-		if err != nil {
-			return err
-		}
-		d := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.Digest("sha256:" + hex.EncodeToString(h.Sum(nil))), Size: sz}
-		if err := r.Push(ctx, d, gen()); err != nil {
-			return err
-		}
-		layers = append(layers, d)
-		diffIDs = append(diffIDs, d.Digest)
-	}
-	cfg, _ := json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}, RootFS: ocispec.RootFS{Type: "layers", DiffIDs: diffIDs}})
-	cd := content.NewDescriptorFromBytes(ocispec.MediaTypeImageConfig, cfg)
-	if err := r.Push(ctx, cd, strings.NewReader(string(cfg))); err != nil {
-		return err
-	}
-	man := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: cd, Layers: layers}
-	man.SchemaVersion = 2
-	mb, _ := json.Marshal(man)
-	md := content.NewDescriptorFromBytes(ocispec.MediaTypeImageManifest, mb)
-	if err := r.Push(ctx, md, strings.NewReader(string(mb))); err != nil {
-		return err
-	}
-	return r.Tag(ctx, md, tag)
-}
-
-// layerTar is a tar holding one file of size random bytes from seed, as a stream.
-func layerTar(seed uint64, size int64) io.Reader {
-	pr, pw := io.Pipe()
-	go func() {
-		tw := tar.NewWriter(pw)
-		err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("data/%d.bin", seed), Mode: 0o644, Size: size, Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)})
-		if err == nil {
-			_, err = io.CopyN(tw, chachaReader{rand.NewChaCha8([32]byte{byte(seed)})}, size)
-		}
-		if err == nil {
-			err = tw.Close()
-		}
-		pw.CloseWithError(err)
-	}()
-	return pr
-}
-
-type chachaReader struct{ c *rand.ChaCha8 }
-
-func (r chachaReader) Read(p []byte) (int, error) { return r.c.Read(p) }
 
 type node struct {
 	cmd                 *exec.Cmd

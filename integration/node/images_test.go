@@ -1,11 +1,6 @@
 package node
 
 import (
-	"archive/tar"
-	"bytes"
-	"compress/gzip"
-	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -18,9 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/content/memory"
-	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundler/bundlertest"
@@ -31,71 +24,19 @@ import (
 	"github.com/ferrygitops/ferry/store"
 )
 
-// pushRunnableImage pushes to the testbed registry an image containerd can unpack: gzip tar
-// layers of random files, a config whose diff_ids match, for each architecture given; more
-// than one makes an index. It returns the root descriptor.
-func pushRunnableImage(t *testing.T, repo, tag string, layerBytes int, archs ...string) ocispec.Descriptor {
+// pushImage pushes a runnable image (testbed.PushImage) and fails the test on error.
+func pushImage(t *testing.T, im testbed.Image) ocispec.Descriptor {
 	t.Helper()
-	ctx := t.Context()
-	r, err := remote.NewRepository(tb.Registry + "/" + repo)
+	d, err := tb.PushImage(t.Context(), im)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.PlainHTTP = true
-	pushBytes := func(mediaType string, b []byte) ocispec.Descriptor {
-		d := content.NewDescriptorFromBytes(mediaType, b)
-		if err := r.Push(ctx, d, bytes.NewReader(b)); err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
-	var manifests []ocispec.Descriptor
-	for _, arch := range archs {
-		var tarBuf bytes.Buffer
-		tw := tar.NewWriter(&tarBuf)
-		payload := make([]byte, layerBytes)
-		rand.Read(payload)
-		tw.WriteHeader(&tar.Header{Name: "data/" + arch + ".bin", Mode: 0o644, Size: int64(len(payload)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)})
-		tw.Write(payload)
-		tw.Close()
-		var gz bytes.Buffer
-		zw := gzip.NewWriter(&gz)
-		zw.Write(tarBuf.Bytes())
-		zw.Close()
-		layer := pushBytes(ocispec.MediaTypeImageLayerGzip, gz.Bytes())
-		cfg, _ := json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: arch},
-			RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(tarBuf.Bytes())}}})
-		cd := pushBytes(ocispec.MediaTypeImageConfig, cfg)
-		man := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: cd, Layers: []ocispec.Descriptor{layer}}
-		man.SchemaVersion = 2
-		mb, _ := json.Marshal(man)
-		md := pushBytes(ocispec.MediaTypeImageManifest, mb)
-		md.Platform = &ocispec.Platform{OS: "linux", Architecture: arch}
-		manifests = append(manifests, md)
-	}
-	root := manifests[0]
-	root.Platform = nil
-	if len(manifests) > 1 {
-		idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: manifests}
-		idx.SchemaVersion = 2
-		ib, _ := json.Marshal(idx)
-		root = pushBytes(ocispec.MediaTypeImageIndex, ib)
-	}
-	if err := r.Tag(ctx, root, tag); err != nil {
-		t.Fatal(err)
-	}
-	return root
+	return d
 }
 
-// deleteFromRegistry removes a manifest from the testbed registry, so only the node has it.
 func deleteFromRegistry(t *testing.T, repo string, d ocispec.Descriptor) {
 	t.Helper()
-	r, err := remote.NewRepository(tb.Registry + "/" + repo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.PlainHTTP = true
-	if err := r.Delete(t.Context(), d); err != nil {
+	if err := tb.DeleteImage(t.Context(), repo, d); err != nil {
 		t.Fatalf("delete %s@%s from the testbed registry: %v", repo, d.Digest, err)
 	}
 }
@@ -189,8 +130,8 @@ func TestImagesServedToContainerd(t *testing.T) {
 
 	web := tb.Registry + "/pics/web:1.0"
 	multi := tb.Registry + "/pics/multi:2"
-	web1 := pushRunnableImage(t, "pics/web", "1.0", 256<<10, "amd64")
-	multiRoot := pushRunnableImage(t, "pics/multi", "2", 128<<10, "amd64", "arm64")
+	web1 := pushImage(t, testbed.Image{Repository: "pics/web", Tag: "1.0", LayerBytes: []int64{256 << 10, 64 << 10}, Seed: 1})
+	multiRoot := pushImage(t, testbed.Image{Repository: "pics/multi", Tag: "2", LayerBytes: []int64{128 << 10}, Archs: []string{"amd64", "arm64"}, Seed: 2})
 	s.shipImages(t, 1, false, true, web, []string{multi}, filepath.Join(stick, "pics-1.tar"))
 	s.waitStatus(t, c, "revision 1", time.Minute, func(b daemon.BundleStatus) bool { return b.Revision == 1 && b.State == store.StateHealthy })
 	// From here on the upstream registry has neither image: only the node can serve them.
@@ -233,7 +174,7 @@ func TestImagesServedToContainerd(t *testing.T) {
 
 	// Revision 2 moves web's tag to a new image and fails its health check: while it is
 	// current the tag is its image; after the rollback, revision 1's again.
-	web2 := pushRunnableImage(t, "pics/web", "1.0", 200<<10, "amd64")
+	web2 := pushImage(t, testbed.Image{Repository: "pics/web", Tag: "1.0", LayerBytes: []int64{200 << 10}, Seed: 3})
 	s.shipImages(t, 2, true, true, web, nil, filepath.Join(stick, "pics-2.tar"))
 	s.waitStatus(t, c, "revision 2 rolled back", 2*time.Minute, func(b daemon.BundleStatus) bool { return b.Revision == 1 && b.Newest == 2 && b.Applying == 0 })
 	deleteFromRegistry(t, "pics/web", web2)
