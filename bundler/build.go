@@ -434,7 +434,21 @@ func carryImages(ctx context.Context, dst content.Storage, remote bundles.Option
 		if err != nil {
 			return nil, fmt.Errorf("image %s: %w", name, err)
 		}
-		if err := oras.CopyGraph(ctx, repo, dst, desc, oras.DefaultCopyGraphOptions); err != nil {
+		var fetchFrom content.ReadOnlyStorage = repo
+		var prog *bundles.Progress
+		if remote.Progress != nil {
+			var total int64
+			if graph, err := bundles.ImageBlobs(ctx, repo, desc); err == nil {
+				for _, d := range graph {
+					total += d.Size
+				}
+			}
+			prog = bundles.NewProgress(remote.Progress, "carry "+name, total)
+			fetchFrom = bundles.CountedStorage(repo, prog)
+		}
+		err = oras.CopyGraph(ctx, fetchFrom, dst, desc, oras.DefaultCopyGraphOptions)
+		prog.Finish()
+		if err != nil {
 			return nil, fmt.Errorf("image %s: %w", name, err)
 		}
 		// Only what a manifest or index is: platform, annotations and the rest stay behind.

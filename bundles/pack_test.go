@@ -274,7 +274,7 @@ func TestCopyReportsProgressOnlyWhenAsked(t *testing.T) {
 		if _, err := Copy(t.Context(), memSource{store}, desc, dst, o); err != nil {
 			t.Fatal(err)
 		}
-		if got := out.String(); progress != strings.Contains(got, "blobs") {
+		if got := out.String(); progress != (strings.Contains(got, "copy 1.4.0:") && strings.Contains(got, "(100%)")) {
 			t.Fatalf("progress=%v, output %q", progress, got)
 		}
 	}
@@ -342,4 +342,29 @@ func FuzzCheckArchive(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The progress line shows bytes done of the total, the rate and the time left.
+func TestProgressLine(t *testing.T) {
+	var out bytes.Buffer
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	p := NewProgress(&out, "copy 1.0.0", 4<<30)
+	p.now = func() time.Time { return now }
+	p.start = now
+	now = now.Add(2 * time.Second)
+	p.Add(1 << 30)
+	line := out.String()
+	for _, want := range []string{"copy 1.0.0: 1.00 GiB / 4.00 GiB (25%)", "512.0 MiB/s", "6s left"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("progress %q lacks %q", line, want)
+		}
+	}
+	now = now.Add(100 * time.Millisecond)
+	p.Add(1) // within 200ms of the last line: not redrawn
+	if out.String() != line {
+		t.Errorf("redrawn after 100ms: %q", out.String())
+	}
+	var silent *Progress = NewProgress(nil, "x", 1)
+	silent.Add(5)
+	silent.Finish()
 }

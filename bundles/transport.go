@@ -19,7 +19,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -321,18 +320,22 @@ func Copy(ctx context.Context, src Source, desc ocispec.Descriptor, dst Address,
 // oras.ExtendedCopy follows referrers but not cosign's .sig tags, so they are copied by name.
 func copyWithSignatures(ctx context.Context, src Source, dst oras.Target, desc ocispec.Descriptor, tag string, images []Image, progress io.Writer) error {
 	opts := oras.DefaultCopyGraphOptions
+	// counted is src for the bulk of the copy, its bytes counted for the progress line; the
+	// signatures below are read from src itself (counted hides its referrers API).
+	var counted content.ReadOnlyStorage = src
 	if progress != nil {
-		p := &copyProgress{w: progress, label: "copy " + tag}
-		opts.PostCopy = p.done
-		opts.OnCopySkipped = p.done
-		defer p.finish()
+		p := NewProgress(progress, "copy "+tag, transferSize(ctx, src, desc, images))
+		counted = countingSource{src, p}
+		// Blobs the destination already has count as done without being read.
+		opts.OnCopySkipped = func(_ context.Context, d ocispec.Descriptor) error { p.Add(d.Size); return nil }
+		defer p.Finish()
 	}
-	if err := oras.CopyGraph(ctx, src, dst, desc, opts); err != nil {
+	if err := oras.CopyGraph(ctx, counted, dst, desc, opts); err != nil {
 		return fmt.Errorf("copy %s: %w", desc.Digest, err)
 	}
 	// Carried images go by digest (untagged): the signed config names them.
 	for _, im := range images {
-		if err := oras.CopyGraph(ctx, src, dst, im.Descriptor, opts); err != nil {
+		if err := oras.CopyGraph(ctx, counted, dst, im.Descriptor, opts); err != nil {
 			return fmt.Errorf("copy image %s (%s): %w", im.Name, im.Descriptor.Digest, err)
 		}
 	}
@@ -727,24 +730,3 @@ func OpenTarget(ctx context.Context, a Address, o Options) (Target, ocispec.Desc
 	}
 	return t, desc, nil
 }
-
-// copyProgress prints how much of a copy is done, on one line, as blobs complete. oras copies
-// several blobs at once, so its callbacks take the lock.
-type copyProgress struct {
-	mu    sync.Mutex
-	w     io.Writer
-	label string
-	bytes int64
-	blobs int
-}
-
-func (p *copyProgress) done(_ context.Context, d ocispec.Descriptor) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.bytes += d.Size
-	p.blobs++
-	fmt.Fprintf(p.w, "\r%s: %d blobs, %.1f MiB", p.label, p.blobs, float64(p.bytes)/(1<<20))
-	return nil
-}
-
-func (p *copyProgress) finish() { fmt.Fprintln(p.w) }

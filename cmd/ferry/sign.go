@@ -158,7 +158,10 @@ but the bundle itself.`,
 			if err := res.Scoped(b.Metadata.Name); err != nil {
 				return err
 			}
-			if err := b.Check(cmd.Context(), src); err != nil {
+			prog := bundles.NewProgress(o.Progress, "verify "+b.Metadata.Name, bundles.TransferSize(cmd.Context(), src, desc, b.Metadata.Images))
+			err = b.Check(cmd.Context(), bundles.Counted(src, prog))
+			prog.Finish()
+			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			return p.print(cmd.OutOrStdout(), res, func(w *tabwriter.Writer) {
