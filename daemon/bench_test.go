@@ -18,6 +18,7 @@ import (
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/content/oci"
 
+	"github.com/ferrygitops/ferry/bench/measure"
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/store"
@@ -154,7 +155,7 @@ func BenchmarkIngest(b *testing.B) {
 				state := filepath.Join(b.TempDir(), "state")
 				cmd := exec.Command(os.Args[0], "-test.run=^TestBenchChild$", "-test.count=1")
 				cmd.Env = append(os.Environ(), "FERRY_BENCH_CHILD="+state+" "+from.ref+" "+pub)
-				took, peak, out, err := runPeak(cmd)
+				took, peak, out, err := measure.Run(cmd)
 				if err != nil {
 					b.Fatalf("ingest: %v\n%s", err, out)
 				}
@@ -213,37 +214,4 @@ func parallelDD(b *testing.B, files []string, flags ...string) time.Duration {
 	took := time.Since(start)
 	os.RemoveAll(dir)
 	return took
-}
-
-// runPeak runs cmd and returns its wall time and its peak RSS in KiB, read from VmHWM in
-// /proc while it runs (getrusage's maxrss of a child starts from the parent's at exec).
-func runPeak(cmd *exec.Cmd) (time.Duration, int64, []byte, error) {
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return 0, 0, nil, err
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	status := fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)
-	var peak int64
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case err := <-done:
-			return time.Since(start), peak, out.Bytes(), err
-		case <-tick.C:
-			if b, err := os.ReadFile(status); err == nil {
-				for _, line := range bytes.Split(b, []byte("\n")) {
-					if v, ok := bytes.CutPrefix(line, []byte("VmHWM:")); ok {
-						if kib, err := strconv.ParseInt(string(bytes.Fields(v)[0]), 10, 64); err == nil && kib > peak {
-							peak = kib
-						}
-					}
-				}
-			}
-		}
-	}
 }

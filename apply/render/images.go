@@ -18,12 +18,7 @@ func Images(rm resmap.ResMap) []string {
 		}
 		collectImages(m, seen, 0)
 	}
-	out := make([]string, 0, len(seen))
-	for im := range seen {
-		out = append(out, im)
-	}
-	sort.Strings(out)
-	return out
+	return sortedSet(seen)
 }
 
 // ImagesOf returns the images one object's containers, init and ephemeral containers run,
@@ -31,9 +26,13 @@ func Images(rm resmap.ResMap) []string {
 func ImagesOf(obj map[string]any) []string {
 	seen := map[string]bool{}
 	collectImages(obj, seen, 0)
-	out := make([]string, 0, len(seen))
-	for im := range seen {
-		out = append(out, im)
+	return sortedSet(seen)
+}
+
+func sortedSet(set map[string]bool) []string {
+	out := make([]string, 0, len(set))
+	for s := range set {
+		out = append(out, s)
 	}
 	sort.Strings(out)
 	return out

@@ -43,7 +43,7 @@ import (
 	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/ferrygitops/ferry/apply"
-	"github.com/ferrygitops/ferry/bench/internal/measure"
+	"github.com/ferrygitops/ferry/bench/measure"
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/integration/testbed"

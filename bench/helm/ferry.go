@@ -16,7 +16,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ferrygitops/ferry/apply"
-	"github.com/ferrygitops/ferry/bench/internal/measure"
+	"github.com/ferrygitops/ferry/bench/measure"
 	"github.com/ferrygitops/ferry/integration/testbed"
 	"github.com/ferrygitops/ferry/store"
 )

@@ -18,7 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/ferrygitops/ferry/bench/internal/measure"
+	"github.com/ferrygitops/ferry/bench/measure"
 	"github.com/ferrygitops/ferry/integration/testbed"
 )
 

@@ -34,7 +34,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/ferrygitops/ferry/bench/internal/measure"
+	"github.com/ferrygitops/ferry/bench/measure"
 	"github.com/ferrygitops/ferry/integration/testbed"
 )
 

@@ -30,7 +30,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/ferrygitops/ferry/bench/internal/measure"
+	"github.com/ferrygitops/ferry/bench/measure"
 	"github.com/ferrygitops/ferry/daemon"
 	"github.com/ferrygitops/ferry/integration/testbed"
 )
@@ -122,7 +122,7 @@ func run(ctx context.Context, ferry string, size int64, nLayers int) error {
 	ferryRun := func(step string, bytes int64, args ...string) error {
 		cmd := exec.Command(ferry, args...)
 		cmd.Dir, cmd.Env = work, env
-		took, peak, out, err := measured(cmd)
+		took, peak, out, err := measure.Run(cmd)
 		if err != nil {
 			return fmt.Errorf("ferry %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
@@ -130,7 +130,7 @@ func run(ctx context.Context, ferry string, size int64, nLayers int) error {
 		return nil
 	}
 	peerRun := func(step, what string, bytes int64, cmd *exec.Cmd) error {
-		took, peak, out, err := measured(cmd)
+		took, peak, out, err := measure.Run(cmd)
 		if err != nil {
 			return fmt.Errorf("%s: %v\n%s", what, err, out)
 		}
@@ -213,7 +213,7 @@ func run(ctx context.Context, ferry string, size int64, nLayers int) error {
 			args = append(args, "--plain-http")
 		}
 		cmd := tb.Ctr(ctx, append(args, ref)...)
-		took, _, out, err := measured(cmd)
+		took, _, out, err := measure.Run(cmd)
 		if err != nil {
 			return fmt.Errorf("%s: %v\n%s", what, err, out)
 		}
@@ -254,32 +254,6 @@ func run(ctx context.Context, ferry string, size int64, nLayers int) error {
 		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.0f\t%s\t%s\n", r.step, r.what, r.took.Seconds(), float64(r.bytes)/(1<<20)/r.took.Seconds(), peak, ratio)
 	}
 	return tw.Flush()
-}
-
-// measured runs cmd, reading its VmHWM every 10ms until it exits.
-func measured(cmd *exec.Cmd) (time.Duration, int64, string, error) {
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return 0, 0, "", err
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	status := fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)
-	var peak int64
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case err := <-done:
-			return time.Since(start), peak, out.String(), err
-		case <-tick.C:
-			if v := measure.VmHWM(status); v > peak {
-				peak = v
-			}
-		}
-	}
 }
 
 type node struct {

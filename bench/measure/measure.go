@@ -1,14 +1,17 @@
-// Package measure holds what the benchmark programs measure with: medians, a process's peak
-// resident memory, and a count of the requests a client sends.
+// Package measure holds what the benchmark programs (bench/…) and the packages' benchmarks
+// measure with: medians, a process's peak resident memory, a child run with its peak, and a
+// count of the requests a client sends.
 package measure
 
 import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Median returns the median of f over xs (the upper one of an even count).
@@ -76,3 +79,30 @@ func (c *Counter) Take() (reads, writes int, log []string) {
 type rtFunc func(*http.Request) (*http.Response, error)
 
 func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// Run runs cmd to its end and returns its wall time and its peak RSS in KiB, read from VmHWM
+// in /proc every 5ms while it runs (a child's getrusage maxrss starts from its parent's at
+// exec, so it would report the caller's memory). cmd's output is returned if it set none.
+func Run(cmd *exec.Cmd) (took time.Duration, peakKiB int64, out string, err error) {
+	var buf strings.Builder
+	if cmd.Stdout == nil && cmd.Stderr == nil {
+		cmd.Stdout, cmd.Stderr = &buf, &buf
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, 0, "", err
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	status := fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return time.Since(start), peakKiB, buf.String(), err
+		case <-tick.C:
+			peakKiB = max(peakKiB, VmHWM(status))
+		}
+	}
+}
