@@ -1,10 +1,14 @@
 // Command demo is what `make demo` runs: one bundle's life on an edge node, with the real
 // ferry binary, on the testbed.
 //
-//	CI side:   generate a signing key, build bundles/examples/edge-site, sign it, export it to
-//	           a tar on a directory that stands for a USB stick
+//	CI side:   generate a signing key, build bundles/examples/edge-site carrying its two
+//	           container images (resolved from the testbed's registry standing in for
+//	           registry.local), sign it, export it to a tar on a directory that stands for a
+//	           USB stick
 //	edge side: start `ferry daemon` with the stick's mount point as a source; it verifies the
 //	           signature, keeps the revision, applies it and waits for it to be healthy;
+//	           a real containerd pulls the example's image through the node's image endpoint
+//	           (registry.local does not exist: nothing else could serve it);
 //	           a tampered copy on the stick is refused and changes nothing; then a v2 whose
 //	           Deployment never becomes Ready arrives, and the daemon rolls back to v1 by
 //	           itself; `ferry status` and `ferry history` tell the story
@@ -25,6 +29,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -92,9 +97,9 @@ func run(bin string, keep bool) error {
 	_, self, _, _ := runtime.Caller(0)
 	example := filepath.Join(filepath.Dir(self), "..", "..", "bundles", "examples", "edge-site")
 
-	step("Starting the testbed: etcd, kube-apiserver, controller manager, scheduler, a kwok node")
+	step("Starting the testbed: etcd, kube-apiserver, controller manager, scheduler, a kwok node, a registry, containerd")
 	begin := time.Now()
-	tb, err := testbed.Start(ctx, testbed.Options{Services: testbed.Kube,
+	tb, err := testbed.Start(ctx, testbed.Options{Services: testbed.Kube | testbed.Registry | testbed.Containerd,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		return err
@@ -115,11 +120,32 @@ func run(bin string, keep bool) error {
 		env: []string{"COSIGN_PASSWORD=demo", "CI=1"}}
 
 	// ---- CI side ----
-	step("CI: a signing key (cosign's format), the bundle, its signature, a tar on the USB stick")
+	step("CI: the example's images in CI's registry (the testbed's, standing in for registry.local)")
+	for _, im := range []testbed.Image{
+		{Repository: "web", Tag: "1.0.0", LayerBytes: []int64{8 << 20, 1 << 20}, Seed: 1},
+		{Repository: "status", Tag: "1.0", LayerBytes: []int64{2 << 20}, Seed: 2},
+	} {
+		desc, err := tb.PushImage(ctx, im)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("pushed %s/%s:%s %s\n", tb.Registry, im.Repository, im.Tag, desc.Digest)
+	}
+	// The example, told to carry its images (spec.images), as a site with no registry needs.
+	v1 := filepath.Join(work, "edge-site-v1")
+	if err := copyTree(example, v1); err != nil {
+		return err
+	}
+	if err := edit(filepath.Join(v1, "ferry.yaml"), "  version: 1.0.0\n", "  version: 1.0.0\n  images: {carry: true}\n"); err != nil {
+		return err
+	}
+	mirror := "registry.local=" + tb.Registry
+	d.env = append(d.env, "SOURCE_DATE_EPOCH=1764057600") // the copies are not Git commits
+	step("CI: a signing key (cosign's format), the bundle with its images, its signature, a tar on the USB stick")
 	if _, err := d.sh("keys", "generate", "--prefix", "ci"); err != nil {
 		return err
 	}
-	if _, err := d.sh("bundle", "build", example, "--allow-dirty", "--revision", "1", "--to", "dist/v1"); err != nil {
+	if _, err := d.sh("bundle", "build", v1, "--allow-dirty", "--revision", "1", "--to", "dist/v1", "--image-mirror", mirror); err != nil {
 		return err
 	}
 	if _, err := d.sh("bundle", "sign", "dist/v1", "--key", "ci.key"); err != nil {
@@ -131,18 +157,22 @@ func run(bin string, keep bool) error {
 
 	// ---- Edge side ----
 	step("Edge: the node's trust policy and config; the stick's mount point is a source")
+	imagesAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
 	trust := "apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeys:\n  - name: ci\n    path: " + filepath.Join(work, "ci.pub") + "\n"
 	config := fmt.Sprintf(`stateDir: %s/state
 kubeconfig: %s
 trust: %s/trust.yaml
 socket: %s
 metricsAddress: "off"
-imagesAddress: "off"
+imagesAddress: %s
 variables: {SITE_ID: north-7}
 sources:
   - name: usb
     usb: {paths: [%s/media], interval: 500ms}
-`, work, tb.Kubeconfig, work, d.socket, work)
+`, work, tb.Kubeconfig, work, d.socket, imagesAddr, work)
 	for name, body := range map[string]string{"trust.yaml": trust, "config.yaml": config} {
 		if err := os.WriteFile(filepath.Join(work, name), []byte(body), 0o600); err != nil {
 			return err
@@ -193,9 +223,31 @@ sources:
 	helm("list", "-n", "web")
 	helm("get", "values", "web-status", "-n", "web")
 
+	step("Edge: containerd pulls the example's image through the node (registry.local does not exist)")
+	hostsDir := filepath.Join(work, "certs.d")
+	if _, err := d.sh("images", "list", "--socket", d.socket); err != nil {
+		return err
+	}
+	// On a k3s node: ferry images configure, with k3s's certs.d and registries.yaml.
+	if _, err := d.sh("images", "configure", "--config", "config.yaml", "--socket", d.socket, "--hosts-dir", hostsDir, "--k3s-registries", ""); err != nil {
+		return err
+	}
+	ctr := func(args ...string) error {
+		fmt.Printf("$ ctr %s\n", strings.Join(args, " "))
+		out, err := tb.Ctr(ctx, args...).CombinedOutput()
+		fmt.Print(indent(string(out)))
+		return err
+	}
+	if err := ctr("images", "pull", "--hosts-dir", hostsDir, "--snapshotter", "native", "registry.local/web:1.0.0"); err != nil {
+		return fmt.Errorf("ctr pull through the node: %w", err)
+	}
+	if err := ctr("images", "ls", "-q"); err != nil {
+		return err
+	}
+
 	step("CI: v2 of the bundle, whose Deployment will never become Ready")
 	v2 := filepath.Join(work, "edge-site-v2")
-	if err := copyTree(example, v2); err != nil {
+	if err := copyTree(v1, v2); err != nil {
 		return err
 	}
 	if err := edit(filepath.Join(v2, "ferry.yaml"), "version: 1.0.0", "version: 1.1.0", "timeout: 5m", "timeout: 30s"); err != nil {
@@ -204,9 +256,8 @@ sources:
 	if err := edit(filepath.Join(v2, "apps", "web", "deployment.yaml"), "labels: {app: web}\n    spec:", "labels: {app: web, "+testbed.FailLabel+": \"true\"}\n    spec:"); err != nil {
 		return err
 	}
-	d.env = append(d.env, "SOURCE_DATE_EPOCH=1764057600")
 	for _, args := range [][]string{
-		{"bundle", "build", v2, "--allow-dirty", "--revision", "2", "--to", "dist/v2"},
+		{"bundle", "build", v2, "--allow-dirty", "--revision", "2", "--to", "dist/v2", "--image-mirror", mirror},
 		{"bundle", "sign", "dist/v2", "--key", "ci.key"},
 		{"bundle", "export", "dist/v2", "edge-site-1.1.0.tar"},
 	} {
@@ -406,4 +457,13 @@ func edit(path string, pairs ...string) error {
 		s = strings.Replace(s, pairs[i], pairs[i+1], 1)
 	}
 	return os.WriteFile(path, []byte(s), 0o644)
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
 }
