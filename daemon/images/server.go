@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -296,7 +299,60 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request, full string, 
 	}
 	w.Header().Set("Docker-Content-Digest", d.String())
 	w.Header().Set("ETag", `"`+d.String()+`"`)
+	if r.Method == http.MethodGet && r.Header.Get("Range") == "" && r.Header.Get("If-None-Match") == "" {
+		s.serveVerified(w, f, d, size)
+		return
+	}
+	// HEAD, a Range (a resumed pull) or a conditional request: the file as it is. A whole
+	// GET, below, is what a pull reads.
 	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+// verifyBuffer is the unit serveVerified reads, hashes and writes; two are held per request.
+const verifyBuffer = 256 << 10
+
+var bufferPool = sync.Pool{New: func() any { b := make([]byte, verifyBuffer); return &b }}
+
+// serveVerified streams a whole blob, hashing it as it goes, and holds the last buffer back
+// until the digest is known: content damaged on this node's disk is never served complete
+// under its digest. The client sees the connection cut short of Content-Length instead.
+func (s *Server) serveVerified(w http.ResponseWriter, f *os.File, d digest.Digest, size int64) {
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.WriteHeader(http.StatusOK)
+	a, b := bufferPool.Get().(*[]byte), bufferPool.Get().(*[]byte)
+	defer bufferPool.Put(a)
+	defer bufferPool.Put(b)
+	v := d.Verifier()
+	held := 0 // bytes of *a waiting to be written
+	var total int64
+	for {
+		n, err := io.ReadFull(f, *b)
+		if n > 0 {
+			v.Write((*b)[:n])
+			total += int64(n)
+			if held > 0 {
+				if _, werr := w.Write((*a)[:held]); werr != nil {
+					return // the client went away
+				}
+			}
+			a, b = b, a
+			held = n
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			break
+		}
+		if err != nil {
+			s.log.Error("image endpoint: read blob", "digest", d, "err", err)
+			panic(http.ErrAbortHandler)
+		}
+	}
+	if total != size || !v.Verified() {
+		s.log.Error("image endpoint: a stored blob does not match its digest; not served", "digest", d)
+		panic(http.ErrAbortHandler)
+	}
+	if held > 0 {
+		w.Write((*a)[:held])
+	}
 }
 
 // writeError writes the distribution spec's error body: {"errors":[{"code","message"}]}.

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -547,5 +548,98 @@ func TestHolds(t *testing.T) {
 		if got := s.Holds(t.Context(), im); got != want {
 			t.Errorf("Holds(%s) = %v, want %v", im, got, want)
 		}
+	}
+}
+
+// A content file damaged without changing its size is never served whole under its digest:
+// the connection is cut before the end; one that is gone is BLOB_UNKNOWN.
+func TestDamagedContentNotServedWhole(t *testing.T) {
+	f := newFixture(t)
+	l := f.web.layers[1]
+	p := filepath.Join(f.st.Dir(), "blobs", "sha256", l.Digest.Encoded())
+	b, _ := os.ReadFile(p)
+	b[len(b)/2] ^= 0xff
+	os.Chmod(p, 0o600)
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	resp, err := http.Get(f.srv.URL + "/v2/library/web/blobs/" + l.Digest.String() + "?ns=docker.io")
+	if err == nil { // the headers may come before the cut, or not at all
+		got, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if err == nil || int64(len(got)) >= l.Size {
+		t.Fatalf("damaged blob: read %d of %d bytes, err %v; want the connection cut short", len(got), l.Size, err)
+	}
+	// The same for a manifest.
+	mp := filepath.Join(f.st.Dir(), "blobs", "sha256", f.web.manifest.Digest.Encoded())
+	mb, _ := os.ReadFile(mp)
+	mb[10] ^= 0x01
+	os.WriteFile(mp, mb, 0o600)
+	resp, err = http.Get(f.srv.URL + "/v2/library/web/manifests/1.0?ns=docker.io")
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if err == nil {
+		t.Fatal("a damaged manifest was served whole")
+	}
+	// A blob whose file is gone.
+	gone := f.web.layers[0]
+	os.Remove(filepath.Join(f.st.Dir(), "blobs", "sha256", gone.Digest.Encoded()))
+	r2, body := f.get(t, "GET", "/v2/library/web/blobs/"+gone.Digest.String()+"?ns=docker.io")
+	if r2.StatusCode != 404 || errorCode(t, body) != "BLOB_UNKNOWN" {
+		t.Fatalf("missing blob file: %d %s", r2.StatusCode, body)
+	}
+}
+
+// 96 pulls of a 32 MiB layer at once allocate a small fraction of what they move: blobs are
+// streamed through pooled buffers, never held whole.
+func TestConcurrentPullsMemoryBounded(t *testing.T) {
+	st, err := store.Open(t.TempDir(), store.Options{SpaceMargin: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	mem := memory.New()
+	big := makeImage(t, mem, "amd64", 32<<20)
+	admit(t, st, mem, "big", 1, map[string]ocispec.Descriptor{"ghcr.io/org/big:1": big.manifest})
+	healthy(t, st, "big", 1)
+	srv := httptest.NewServer(NewServer(st, nil))
+	defer srv.Close()
+	url := srv.URL + "/v2/org/big/blobs/" + big.layers[0].Digest.String() + "?ns=ghcr.io"
+	const pulls = 96
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var wg sync.WaitGroup
+	errs := make(chan error, pulls)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: pulls}}
+	for range pulls {
+		wg.Go(func() {
+			resp, err := client.Get(url)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			n, err := io.Copy(io.Discard, resp.Body)
+			if err != nil || n != big.layers[0].Size || resp.StatusCode != 200 {
+				errs <- fmt.Errorf("status %d, %d bytes, %v", resp.StatusCode, n, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	moved := uint64(pulls) * uint64(big.layers[0].Size)
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("%d pulls moving %d MiB allocated %d MiB", pulls, moved>>20, alloc>>20)
+	if alloc > moved/8 {
+		t.Errorf("%d pulls moving %d MiB allocated %d MiB", pulls, moved>>20, alloc>>20)
 	}
 }
