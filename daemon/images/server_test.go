@@ -643,3 +643,38 @@ func TestConcurrentPullsMemoryBounded(t *testing.T) {
 		t.Errorf("%d pulls moving %d MiB allocated %d MiB", pulls, moved>>20, alloc>>20)
 	}
 }
+
+// Retention: an image stays served while a kept revision names it, and goes with the last
+// revision that did.
+func TestImagesFollowRetention(t *testing.T) {
+	st, err := store.Open(t.TempDir(), store.Options{SpaceMargin: 1, Keep: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	mem := memory.New()
+	var ims []image
+	for rev := uint64(1); rev <= 3; rev++ {
+		im := makeImage(t, mem, "amd64", 1000+int(rev))
+		ims = append(ims, im)
+		admit(t, st, mem, "shop", rev, map[string]ocispec.Descriptor{"ghcr.io/org/app:1": im.manifest})
+		if rev < 3 {
+			healthy(t, st, "shop", rev) // 3 stays admitted only: 2 is current and last good
+		}
+	}
+	if _, err := st.GC(); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(NewServer(st, nil))
+	defer srv.Close()
+	for i, want := range []int{404, 200, 200} { // revision 1 went; 2 is current; 3 is the newest
+		resp, err := http.Head(srv.URL + "/v2/org/app/blobs/" + ims[i].layers[0].Digest.String() + "?ns=ghcr.io")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("revision %d's layer after GC: %d, want %d", i+1, resp.StatusCode, want)
+		}
+	}
+}
