@@ -2,6 +2,7 @@
 // the real ferry binary, and a peer for each step in the same run:
 //
 //	build   ferry bundle build (carries the image)     oras copy --to-oci-layout of the image
+//	push    ferry bundle push (layout → registry)       oras copy --from-oci-layout of the image
 //	export  ferry bundle export (layout → tar)          tar -cf of the same layout (GNU tar)
 //	verify  ferry bundle verify of the tar               openssl dgst -sha256 of the tar
 //	ingest  ferry daemon admits the tar from a stick     openssl dgst -sha256 of the tar
@@ -154,6 +155,12 @@ func run(ctx context.Context, ferry string, size int64, nLayers int) error {
 	signCmd.Env = env
 	if out, err := signCmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("sign: %v\n%s", err, out)
+	}
+	if err := ferryRun("push", size, "bundle", "push", dist, "oci://"+tb.Registry+"/bench/bundle:1"); err != nil {
+		return err
+	}
+	if err := peerRun("push", "oras copy --from-oci-layout (image only)", size, exec.Command(tb.Bin("oras"), "copy", "--from-oci-layout", peerLayout+":1", "--to-plain-http", tb.Registry+"/bench/peer:1")); err != nil {
+		return err
 	}
 	stick := filepath.Join(work, "stick")
 	os.MkdirAll(stick, 0o755)
