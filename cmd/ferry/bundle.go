@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -114,14 +115,18 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
 			if err != nil {
 				return err
 			}
-			if dst.Kind == bundles.KindLayout {
-				if err := os.MkdirAll(dst.Path, 0o755); err != nil {
+			var where string
+			if dst.Kind == bundles.KindLayout && dst.Reference == "" && moveLayout(stage, dst.Path) {
+				where = dst.Path + ":" + res.Metadata.Version // a new layout: the staged one, moved
+			} else {
+				if dst.Kind == bundles.KindLayout {
+					if err := os.MkdirAll(dst.Path, 0o755); err != nil {
+						return err
+					}
+				}
+				if where, err = bundles.Copy(cmd.Context(), layoutSource{store}, res.Descriptor, dst, *o); err != nil {
 					return err
 				}
-			}
-			where, err := bundles.Copy(cmd.Context(), layoutSource{store}, res.Descriptor, dst, *o)
-			if err != nil {
-				return err
 			}
 			summary := map[string]any{
 				"name": res.Metadata.Name, "version": res.Metadata.Version, "revision": res.Metadata.Revision,
@@ -171,6 +176,22 @@ func dirtyMark(d bool) string {
 		return " (dirty)"
 	}
 	return ""
+}
+
+// moveLayout makes the staged layout the destination when that does not exist yet and is on
+// the same filesystem: a build carrying GiB of images then writes them once, not twice.
+func moveLayout(stage, dst string) bool {
+	if _, err := os.Lstat(dst); err == nil {
+		return false
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return false
+	}
+	os.RemoveAll(filepath.Join(stage, "ingest")) // oras's uploads in progress: none are left
+	if err := os.Rename(stage, dst); err != nil {
+		return false // another filesystem (EXDEV): copied instead
+	}
+	return os.Chmod(dst, 0o755) == nil
 }
 
 // layoutSource lets a freshly built bundle be copied like any other source.
