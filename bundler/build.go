@@ -276,6 +276,32 @@ func redactURL(raw string) string {
 	return u.String()
 }
 
+// closureOf returns what the kustomization in the component directory root (a resolved path
+// inside the tree dir) reads outside it, relative to dir, and root relative to dir. A
+// directory without a kustomization reads nothing else (Flux lists its manifests).
+func closureOf(dir, root string) (extra []string, comp string, err error) {
+	realDir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil, "", err
+	}
+	rel, err := filepath.Rel(realDir, root)
+	if err != nil {
+		return nil, "", err
+	}
+	comp = filepath.ToSlash(rel)
+	has := false
+	for _, k := range []string{"kustomization.yaml", "kustomization.yml", "Kustomization"} {
+		if fi, err := os.Stat(filepath.Join(root, k)); err == nil && fi.Mode().IsRegular() {
+			has = true
+		}
+	}
+	if !has {
+		return nil, comp, nil
+	}
+	extra, err = kustomizeClosure(realDir, comp)
+	return extra, comp, err
+}
+
 // packComponent packs one component's files into a layer (SPEC §3) and returns the spec as
 // it reads inside the layer.
 func packComponent(ctx context.Context, remote bundles.Options, dir string, c bundles.ComponentSpec) ([]byte, bundles.Component, error) {
@@ -285,11 +311,33 @@ func packComponent(ctx context.Context, remote bundles.Options, dir string, c bu
 		if err != nil {
 			return nil, bundles.Component{}, err
 		}
-		if err := bundles.PackDir(root, &buf); err != nil {
+		ks := *c.Kustomize
+		ks.Path = "." // the layer is rooted at the component's directory…
+		extra, comp, err := closureOf(dir, root)
+		if err != nil {
 			return nil, bundles.Component{}, err
 		}
-		ks := *c.Kustomize
-		ks.Path = "." // the layer is rooted at the component's directory
+		if len(extra) == 0 {
+			err = bundles.PackDir(root, &buf)
+		} else {
+			// …unless its kustomization reaches outside it: then at the lowest directory
+			// holding all it reads, with the component's directory recorded (SPEC §3).
+			lr := layerRoot(comp, extra)
+			ks.Path = comp
+			if lr != "." {
+				for i, f := range extra {
+					extra[i] = strings.TrimPrefix(f, lr+"/")
+				}
+				ks.Path = strings.TrimPrefix(comp, lr+"/")
+				if comp == lr {
+					ks.Path = "."
+				}
+			}
+			err = bundles.PackFiles(filepath.Join(dir, filepath.FromSlash(lr)), ks.Path, extra, &buf)
+		}
+		if err != nil {
+			return nil, bundles.Component{}, err
+		}
 		return buf.Bytes(), bundles.Component{Name: c.Name, Type: bundles.TypeKustomize, Kustomize: &ks}, nil
 	}
 	// Helm: the chart directory under chart/, each values file under values/.

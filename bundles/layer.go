@@ -32,28 +32,36 @@ var ErrUnsafePath = errors.New("unsafe path")
 // PackDir writes the files under root as a reproducible component layer (SPEC §3) to w.
 // Symlinks, devices and other special files are refused, as is anything over the layer limits,
 // so a layer Ferry writes is always one Ferry reads.
-func PackDir(root string, w io.Writer) error {
-	var entries []string
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+func PackDir(root string, w io.Writer) error { return PackFiles(root, ".", nil, w) }
+
+// PackFiles writes the directory dir (relative to root, "." for root itself) and the extra
+// files (relative to root) as one reproducible component layer rooted at root: what a
+// kustomization in dir reaches outside it (../base) travels with it. Names are checked to be
+// clean and inside root; symlinks and special files are refused as by PackDir.
+func PackFiles(root, dir string, extra []string, w io.Writer) error {
+	set := map[string]bool{}
+	addParents := func(name string) {
+		for d := path.Dir(name); d != "." && d != "/"; d = path.Dir(d) {
+			set[d] = true
+		}
+	}
+	if dir != "." {
+		set[dir] = true
+		addParents(dir)
+	}
+	err := filepath.WalkDir(filepath.Join(root, filepath.FromSlash(dir)), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		rel, err := filepath.Rel(root, p)
-		if err != nil {
+		if err != nil || rel == "." {
 			return err
 		}
-		if rel == "." {
-			return nil
-		}
-		switch mode := d.Type(); {
-		case mode&fs.ModeSymlink != 0:
+		if d.Type()&fs.ModeSymlink != 0 {
 			return fmt.Errorf("%s: %w: symlinks are not allowed in a component", p, ErrUnsafePath)
-		case mode.IsDir(), mode.IsRegular():
-		default:
-			return fmt.Errorf("%s: not a regular file or directory (%s)", p, mode)
 		}
-		entries = append(entries, filepath.ToSlash(rel))
-		if len(entries) > MaxLayerEntries {
+		set[filepath.ToSlash(rel)] = true
+		if len(set) > MaxLayerEntries {
 			return fmt.Errorf("%s: more than %d entries", root, MaxLayerEntries)
 		}
 		return nil
@@ -61,7 +69,40 @@ func PackDir(root string, w io.Writer) error {
 	if err != nil {
 		return err
 	}
+	for _, name := range extra {
+		clean, err := cleanEntryName(name)
+		if err != nil || clean != name {
+			return fmt.Errorf("%q: %w: not a clean path inside the layer", name, ErrUnsafePath)
+		}
+		set[name] = true
+		addParents(name)
+	}
+	if len(set) > MaxLayerEntries {
+		return fmt.Errorf("%s: more than %d entries", root, MaxLayerEntries)
+	}
+	entries := make([]string, 0, len(set))
+	for e := range set {
+		entries = append(entries, e)
+	}
+	return packEntries(root, entries, w)
+}
+
+// packEntries writes the entries (slash-separated, relative to root) as a layer, sorted.
+func packEntries(root string, entries []string, w io.Writer) error {
 	sort.Strings(entries)
+	for _, name := range entries {
+		fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(name)))
+		if err != nil {
+			return err
+		}
+		switch mode := fi.Mode(); {
+		case mode&fs.ModeSymlink != 0:
+			return fmt.Errorf("%s: %w: symlinks are not allowed in a component", name, ErrUnsafePath)
+		case mode.IsDir(), mode.IsRegular():
+		default:
+			return fmt.Errorf("%s: not a regular file or directory (%s)", name, mode)
+		}
+	}
 
 	gz, err := gzip.NewWriterLevel(w, gzip.BestCompression)
 	if err != nil {

@@ -30,9 +30,15 @@ var kustomizationNames = []string{"kustomization.yaml", "kustomization.yml", "Ku
 // bundle must carry everything it needs.
 var ErrRemoteBase = errors.New("remote base")
 
-// Kustomize builds the component and returns its objects.
+// Kustomize builds the component and returns its objects. The component's directory is
+// spec.Path inside the layer ("." for a layer rooted at it); a layer may hold files outside
+// that directory which its kustomization reaches (../base, SPEC §3).
 func Kustomize(files bundles.Files, spec bundles.KustomizeSpec) (_ resmap.ResMap, err error) {
 	fs := filesys.MakeFsInMemory()
+	dir := path.Clean(spec.Path)
+	if dir == "" || path.IsAbs(dir) || dir == ".." || strings.HasPrefix(dir, "../") {
+		return nil, fmt.Errorf("kustomize.path %q: %w: not inside the layer", spec.Path, bundles.ErrUnsafePath)
+	}
 	hasKustomization := false
 	var yamlFiles []string
 	for _, f := range files {
@@ -49,26 +55,27 @@ func Kustomize(files bundles.Files, spec bundles.KustomizeSpec) (_ resmap.ResMap
 				if err := refuseRemote(f); err != nil {
 					return nil, err
 				}
-				if f.Name == base {
+				if path.Dir(f.Name) == dir {
 					hasKustomization = true
 				}
 			}
 		}
-		if !strings.Contains(f.Name, "/") && (strings.HasSuffix(base, ".yaml") || strings.HasSuffix(base, ".yml")) {
-			yamlFiles = append(yamlFiles, f.Name)
+		if path.Dir(f.Name) == dir && (strings.HasSuffix(base, ".yaml") || strings.HasSuffix(base, ".yml")) {
+			yamlFiles = append(yamlFiles, base)
 		}
 	}
+	compRoot := path.Join(componentRoot, dir)
 	// Like Flux: a directory of plain manifests gets a kustomization listing them.
 	if !hasKustomization {
 		sort.Strings(yamlFiles)
 		k := kusttypes.Kustomization{Resources: yamlFiles}
-		if err := writeKustomization(fs, componentRoot, k); err != nil {
+		if err := writeKustomization(fs, compRoot, k); err != nil {
 			return nil, err
 		}
 	}
-	root := componentRoot
+	root := compRoot
 	if needsOverlay(spec) {
-		if err := writeKustomization(fs, overlayRoot, overlay(spec)); err != nil {
+		if err := writeKustomization(fs, overlayRoot, overlay(spec, dir)); err != nil {
 			return nil, err
 		}
 		root = overlayRoot
@@ -79,10 +86,7 @@ func Kustomize(files bundles.Files, spec bundles.KustomizeSpec) (_ resmap.ResMap
 			err = fmt.Errorf("kustomize panicked: %v", r)
 		}
 	}()
-	opts := krusty.MakeDefaultOptions()
-	opts.LoadRestrictions = kusttypes.LoadRestrictionsRootOnly
-	opts.PluginConfig = kusttypes.DisabledPluginConfig()
-	rm, err := krusty.MakeKustomizer(opts).Run(fs, root)
+	rm, err := krusty.MakeKustomizer(Options()).Run(fs, root)
 	if err != nil {
 		return nil, fmt.Errorf("kustomize build: %w", cleanPaths(err))
 	}
@@ -95,14 +99,41 @@ func cleanPaths(err error) error {
 	return errors.New(msg)
 }
 
+// Options are kustomize's options for a component, as kustomize-controller sets them: no
+// load restrictions (a patch or generator file may sit in ../), no plugins. What can be read
+// is confined by the filesystem kustomize is given: the layer in memory on the node, the
+// repository at build time (bundler).
+func Options() *krusty.Options {
+	opts := krusty.MakeDefaultOptions()
+	opts.LoadRestrictions = kusttypes.LoadRestrictionsNone
+	opts.PluginConfig = kusttypes.DisabledPluginConfig()
+	return opts
+}
+
+// CheckKustomization refuses a kustomization file (name, content) that names anything
+// kustomize would fetch from a network.
+func CheckKustomization(name string, data []byte) error {
+	return refuseRemote(bundles.File{Name: name, Data: data})
+}
+
+// IsKustomization reports whether a file name is one kustomize reads as a kustomization.
+func IsKustomization(name string) bool {
+	for _, k := range kustomizationNames {
+		if path.Base(name) == k {
+			return true
+		}
+	}
+	return false
+}
+
 func needsOverlay(s bundles.KustomizeSpec) bool {
 	return s.TargetNamespace != "" || len(s.Patches) > 0 || s.CommonMetadata != nil
 }
 
 // overlay is the kustomization Ferry puts around a component for Flux's component-level
 // fields.
-func overlay(s bundles.KustomizeSpec) kusttypes.Kustomization {
-	k := kusttypes.Kustomization{Resources: []string{"../" + path.Base(componentRoot)}, Namespace: s.TargetNamespace}
+func overlay(s bundles.KustomizeSpec, dir string) kusttypes.Kustomization {
+	k := kusttypes.Kustomization{Resources: []string{path.Join("..", path.Base(componentRoot), dir)}, Namespace: s.TargetNamespace}
 	for _, p := range s.Patches {
 		kp := kusttypes.Patch{Patch: p.Patch}
 		if t := p.Target; t != nil {

@@ -1,0 +1,135 @@
+package bundler
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"oras.land/oras-go/v2/content/memory"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+
+	"github.com/ferrygitops/ferry/apply/render"
+	"github.com/ferrygitops/ferry/bundler/bundlertest"
+	"github.com/ferrygitops/ferry/bundles"
+)
+
+// The Flux guide's shape: apps/staging is an overlay of ../base/podinfo, with a patch file
+// and a generator file from elsewhere in the tree.
+var overlayTree = map[string]string{
+	"apps/base/podinfo/kustomization.yaml": "resources: [deploy.yaml]\n",
+	"apps/base/podinfo/deploy.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: podinfo, namespace: podinfo}\nspec:\n  replicas: 1\n" +
+		"  selector: {matchLabels: {app: podinfo}}\n  template:\n    metadata: {labels: {app: podinfo}}\n    spec: {containers: [{name: podinfo, image: ghcr.io/stefanprodan/podinfo:6.5.0}]}\n",
+	"apps/base/podinfo/README.md": "not part of the build\n",
+	"apps/staging/kustomization.yaml": "resources: [../base/podinfo]\npatches: [{path: ../../patches/replicas.yaml}]\n" +
+		"configMapGenerator: [{name: site, namespace: podinfo, files: [../../config/site.properties]}]\n",
+	"patches/replicas.yaml":  "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: podinfo, namespace: podinfo}\nspec: {replicas: 3}\n",
+	"config/site.properties": "site=staging\n",
+	"unrelated/big.yaml":     "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\n",
+}
+
+// diskBuild is kustomize build of dir on disk, as kustomize-controller runs it.
+func diskBuild(t *testing.T, dir string) string {
+	t.Helper()
+	rm, err := krusty.MakeKustomizer(render.Options()).Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := rm.AsYaml()
+	return string(out)
+}
+
+func TestOverlayReachingBase(t *testing.T) {
+	files := map[string]string{"ferry.yaml": "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: site}\nspec:\n  version: 1.0.0\n" +
+		"  components:\n    - name: podinfo\n      kustomize: {path: ./apps/staging}\n    - name: base\n      kustomize: {path: ./apps/base/podinfo}\n"}
+	for k, v := range overlayTree {
+		files[k] = v
+	}
+	dir, _ := bundlertest.GitTree(t, files, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	store := memory.New()
+	res, err := Build(t.Context(), store, Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundles.Open(t.Context(), store, res.Descriptor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The overlay's layer is rooted at the tree (it reaches patches/ and config/), with its
+	// directory recorded; the base's layer is its directory alone, as before.
+	if p := b.Metadata.Components[0].Kustomize.Path; p != "apps/staging" {
+		t.Errorf("overlay path in the layer %q, want apps/staging", p)
+	}
+	if p := b.Metadata.Components[1].Kustomize.Path; p != "." {
+		t.Errorf("base path in the layer %q, want .", p)
+	}
+	layer, err := b.Layer(t.Context(), store, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range layer {
+		names = append(names, f.Name)
+	}
+	want := "apps/base/podinfo/deploy.yaml apps/base/podinfo/kustomization.yaml apps/staging/kustomization.yaml config/site.properties patches/replicas.yaml"
+	if strings.Join(names, " ") != want {
+		t.Errorf("overlay layer holds %v, want %s (what it reads, nothing unrelated)", names, want)
+	}
+	// Object for object what kustomize builds from the tree itself.
+	for i, path := range []string{"apps/staging", "apps/base/podinfo"} {
+		objs, err := render.FromBundle(t.Context(), store, b, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := objs.AsYaml()
+		if want := diskBuild(t, filepath.Join(dir, path)); string(got) != want {
+			t.Errorf("%s renders:\n%s\nkustomize build of the tree:\n%s", path, got, want)
+		}
+	}
+	// The same tree built again gives the same digest.
+	again, err := Build(t.Context(), memory.New(), Options{Dir: dir})
+	if err != nil || again.Descriptor.Digest != res.Descriptor.Digest {
+		t.Fatalf("rebuild: %v, digest %s vs %s", err, again.Descriptor.Digest, res.Descriptor.Digest)
+	}
+}
+
+func TestOverlayRefusals(t *testing.T) {
+	outside := t.TempDir()
+	os.WriteFile(filepath.Join(outside, "secret.yaml"), []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: stolen}\n"), 0o644)
+	for name, tc := range map[string]struct {
+		files map[string]string
+		link  [2]string // a symlink to make: name in the tree → target
+		want  string
+	}{
+		"outside the tree": {files: map[string]string{"app/kustomization.yaml": "resources: [../../x]\n"}, want: "outside the tree"},
+		"symlink out": {files: map[string]string{"app/kustomization.yaml": "resources: [../base]\n", "base/kustomization.yaml": "resources: [secret.yaml]\n"},
+			link: [2]string{"base/secret.yaml", filepath.Join(outside, "secret.yaml")}, want: "outside the tree"},
+		"remote base in a base": {files: map[string]string{"app/kustomization.yaml": "resources: [../base]\n",
+			"base/kustomization.yaml": "resources:\n  - github.com/org/repo//deploy?ref=v1\n"}, want: "remote base"},
+		"patch outside": {files: map[string]string{"app/kustomization.yaml": "resources: []\npatches: [{path: ../../../etc/passwd}]\n"}, want: "outside the tree"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			files := map[string]string{"ferry.yaml": "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: site}\nspec:\n  version: 1.0.0\n" +
+				"  components:\n    - name: app\n      kustomize: {path: ./app}\n"}
+			for k, v := range tc.files {
+				files[k] = v
+			}
+			dir := bundlertest.WriteTree(t, files)
+			if tc.link[0] != "" {
+				if err := os.Symlink(tc.link[1], filepath.Join(dir, tc.link[0])); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := Build(t.Context(), memory.New(), Options{Dir: dir, AllowDirty: true, Revision: 1, Created: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)})
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "component app") {
+				t.Fatalf("err = %v, want it to name component app and say %q", err, tc.want)
+			}
+			if tc.want == "outside the tree" && !errors.Is(err, bundles.ErrUnsafePath) {
+				t.Errorf("not ErrUnsafePath: %v", err)
+			}
+		})
+	}
+}
