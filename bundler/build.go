@@ -276,6 +276,32 @@ func redactURL(raw string) string {
 	return u.String()
 }
 
+// packKustomizeDir packs the kustomize component at root (a resolved directory inside the
+// tree dir) as a layer, and returns the component's directory inside it: "." for a layer
+// rooted at it, as when its kustomization reads nothing outside; otherwise the layer is rooted
+// at the lowest directory holding all it reads (SPEC §3).
+func packKustomizeDir(dir, root string, w io.Writer) (string, error) {
+	extra, comp, err := closureOf(dir, root)
+	if err != nil {
+		return "", err
+	}
+	if len(extra) == 0 {
+		return ".", bundles.PackDir(root, w)
+	}
+	lr := layerRoot(comp, extra)
+	inLayer := comp
+	if lr != "." {
+		for i, f := range extra {
+			extra[i] = strings.TrimPrefix(f, lr+"/")
+		}
+		inLayer = strings.TrimPrefix(comp, lr+"/")
+		if comp == lr {
+			inLayer = "."
+		}
+	}
+	return inLayer, bundles.PackFiles(filepath.Join(dir, filepath.FromSlash(lr)), inLayer, extra, w)
+}
+
 // closureOf returns what the kustomization in the component directory root (a resolved path
 // inside the tree dir) reads outside it, relative to dir, and root relative to dir. A
 // directory without a kustomization reads nothing else (Flux lists its manifests).
@@ -312,30 +338,7 @@ func packComponent(ctx context.Context, remote bundles.Options, dir string, c bu
 			return nil, bundles.Component{}, err
 		}
 		ks := *c.Kustomize
-		ks.Path = "." // the layer is rooted at the component's directory…
-		extra, comp, err := closureOf(dir, root)
-		if err != nil {
-			return nil, bundles.Component{}, err
-		}
-		if len(extra) == 0 {
-			err = bundles.PackDir(root, &buf)
-		} else {
-			// …unless its kustomization reaches outside it: then at the lowest directory
-			// holding all it reads, with the component's directory recorded (SPEC §3).
-			lr := layerRoot(comp, extra)
-			ks.Path = comp
-			if lr != "." {
-				for i, f := range extra {
-					extra[i] = strings.TrimPrefix(f, lr+"/")
-				}
-				ks.Path = strings.TrimPrefix(comp, lr+"/")
-				if comp == lr {
-					ks.Path = "."
-				}
-			}
-			err = bundles.PackFiles(filepath.Join(dir, filepath.FromSlash(lr)), ks.Path, extra, &buf)
-		}
-		if err != nil {
+		if ks.Path, err = packKustomizeDir(dir, root, &buf); err != nil {
 			return nil, bundles.Component{}, err
 		}
 		return buf.Bytes(), bundles.Component{Name: c.Name, Type: bundles.TypeKustomize, Kustomize: &ks}, nil

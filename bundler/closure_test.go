@@ -133,3 +133,48 @@ func TestOverlayRefusals(t *testing.T) {
 		})
 	}
 }
+
+// --from-flux on the Flux guide's layout: clusters/staging's apps Kustomization points at
+// apps/staging, an overlay of ../base/podinfo. It builds, and renders as kustomize does.
+func TestBuildFromFluxOverlayReachingBase(t *testing.T) {
+	files := map[string]string{
+		"clusters/staging/apps.yaml": `apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: apps, namespace: flux-system}
+spec:
+  interval: 10m
+  path: ./apps/staging
+  prune: true
+  sourceRef: {kind: GitRepository, name: flux-system}
+---
+apiVersion: source.toolkit.fluxcd.io/v1
+kind: GitRepository
+metadata: {name: flux-system, namespace: flux-system}
+spec: {url: "https://git.example.com/site.git"}
+`,
+	}
+	for k, v := range overlayTree {
+		files[k] = v
+	}
+	dir, _ := bundlertest.GitTree(t, files, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	store := memory.New()
+	res, err := Build(t.Context(), store, Options{Dir: dir, FromFlux: dir + "/clusters/staging", Name: "staging", Version: "1.0.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundles.Open(t.Context(), store, res.Descriptor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Metadata.Components) != 1 || b.Metadata.Components[0].Kustomize.Path != "apps/staging" {
+		t.Fatalf("components %+v", b.Metadata.Components)
+	}
+	objs, err := render.FromBundle(t.Context(), store, b, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := objs.AsYaml()
+	if want := diskBuild(t, filepath.Join(dir, "apps", "staging")); string(got) != want {
+		t.Errorf("renders:\n%s\nkustomize build of the tree:\n%s", got, want)
+	}
+}

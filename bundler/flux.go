@@ -516,14 +516,15 @@ func fluxObjectsIn(base, path string) ([]fluxDoc, []bundles.Patch, error) {
 		return nil, nil, err
 	}
 	var buf bytes.Buffer
-	if err := bundles.PackDir(root, &buf); err != nil {
+	inLayer, err := packKustomizeDir(base, root, &buf)
+	if err != nil {
 		return nil, nil, err
 	}
 	files, err := bundles.ReadLayer(&buf)
 	if err != nil {
 		return nil, nil, err
 	}
-	rm, err := render.Kustomize(files, bundles.KustomizeSpec{Path: "."})
+	rm, err := render.Kustomize(files, bundles.KustomizeSpec{Path: inLayer})
 	if err != nil {
 		return nil, nil, err
 	}
