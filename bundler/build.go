@@ -44,6 +44,12 @@ type Options struct {
 	// instead of ferry.yaml; Name and Version then name the bundle.
 	FromFlux      string
 	Name, Version string
+	// SourceOverrides points Flux sources elsewhere, by "[namespace/]name" (namespace
+	// flux-system when left out): a local directory (a vendored copy, or "." for this
+	// repository) or a URL (a Git or Helm repository mirror, an oci:// mirror). A source the
+	// directory does not define (gotk-sync.yaml left out of a published repository) can be
+	// supplied this way too.
+	SourceOverrides map[string]string
 	// Remote says how to reach registries holding oci:// charts and carried images.
 	Remote bundles.Options
 	// ImageMirrors resolves and copies the carried images of a registry (the key, as image
@@ -193,7 +199,7 @@ func loadSpec(ctx context.Context, dir string, prov *gitInfo, opts Options) (*bu
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	t, err := loadFlux(ctx, opts.Remote, flux, checkout{root: root, originURL: prov.url, branch: prov.branch, commit: prov.commit}, opts.Name, opts.Version, opts.Log)
+	t, err := loadFlux(ctx, opts.Remote, flux, checkout{root: root, originURL: prov.url, branch: prov.branch, commit: prov.commit}, opts.Name, opts.Version, opts.SourceOverrides, opts.Log)
 	if err != nil {
 		return nil, nil, nil, err
 	}

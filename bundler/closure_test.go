@@ -178,3 +178,76 @@ spec: {url: "https://git.example.com/site.git"}
 		t.Errorf("renders:\n%s\nkustomize build of the tree:\n%s", got, want)
 	}
 }
+
+// A repository as published (no gotk-sync.yaml, so no flux-system GitRepository) builds once
+// its own source is named; a HelmRepository CI cannot reach is taken from a mirror; sources
+// Ferry cannot build are refused in one line that says what to do.
+func TestBuildFromFluxSourceOverrides(t *testing.T) {
+	mirror := chartRepo(t, []string{"1.0.0"}, false)
+	files := map[string]string{
+		"clusters/staging/apps.yaml": `apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: apps, namespace: flux-system}
+spec:
+  path: ./apps/staging
+  sourceRef: {kind: GitRepository, name: flux-system}
+---
+apiVersion: source.toolkit.fluxcd.io/v1
+kind: HelmRepository
+metadata: {name: charts, namespace: flux-system}
+spec: {url: "http://127.0.0.1:1/unreachable"}
+---
+apiVersion: helm.toolkit.fluxcd.io/v2
+kind: HelmRelease
+metadata: {name: web, namespace: flux-system}
+spec:
+  chart: {spec: {chart: web, version: "1.x", sourceRef: {kind: HelmRepository, name: charts}}}
+`,
+	}
+	for k, v := range overlayTree {
+		files[k] = v
+	}
+	dir, _ := bundlertest.GitTree(t, files, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	opts := Options{Dir: dir, FromFlux: dir + "/clusters/staging", Name: "staging", Version: "1.0.0"}
+	_, err := Build(t.Context(), memory.New(), opts)
+	if err == nil || !strings.Contains(err.Error(), "GitRepository flux-system/flux-system is not defined") || !strings.Contains(err.Error(), "--source-override flux-system=.") {
+		t.Fatalf("no gotk-sync.yaml: %v", err)
+	}
+	opts.SourceOverrides = map[string]string{"flux-system": dir}
+	if _, err = Build(t.Context(), memory.New(), opts); err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("unreachable HelmRepository: %v", err)
+	}
+	opts.SourceOverrides["flux-system/charts"] = mirror.URL
+	res, err := Build(t.Context(), memory.New(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range res.Metadata.Components {
+		got = append(got, c.Name)
+		if c.Helm != nil && c.Helm.Version != "1.0.0" {
+			t.Errorf("chart from the mirror: version %q", c.Helm.Version)
+		}
+	}
+	if strings.Join(got, ",") != "apps,web" {
+		t.Errorf("components %v", got)
+	}
+	for _, bad := range []map[string]string{{"flux-system": "/nonexistent"}, {"a/b/c": "."}, {"flux-system/charts": dir}} {
+		opts.SourceOverrides = bad
+		if _, err := Build(t.Context(), memory.New(), opts); err == nil || !strings.Contains(err.Error(), "--source-override") {
+			t.Errorf("override %v: %v", bad, err)
+		}
+	}
+	// A Bucket source: one line naming the object and what to do.
+	os.WriteFile(filepath.Join(dir, "clusters/staging/bucket.yaml"), []byte(`apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: from-bucket, namespace: flux-system}
+spec:
+  path: ./
+  sourceRef: {kind: Bucket, name: site-bucket}
+`), 0o644)
+	opts.SourceOverrides, opts.AllowDirty = map[string]string{"flux-system": dir, "flux-system/charts": mirror.URL}, true
+	if _, err := Build(t.Context(), memory.New(), opts); err == nil || !strings.Contains(err.Error(), "from-bucket") || !strings.Contains(err.Error(), "Bucket flux-system/site-bucket") || !strings.Contains(err.Error(), "--source-override") {
+		t.Fatalf("Bucket: %v", err)
+	}
+}

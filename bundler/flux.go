@@ -191,9 +191,13 @@ func (c checkout) holds(g fluxGitRepository) bool {
 	return true
 }
 
-func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checkout, name, version string, log *slog.Logger) (*fluxTree, error) {
+func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checkout, name, version string, overrides map[string]string, log *slog.Logger) (*fluxTree, error) {
 	repoRoot := co.root
-	docs, err := readFluxDocs(dir)
+	ov, err := parseOverrides(overrides)
+	if err != nil {
+		return nil, err
+	}
+	docs, err := fluxDirDocs(repoRoot, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -214,10 +218,22 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 	// sourceDir is where a GitRepository's files are: this repository, or a clone.
 	sourceDir := func(ref sourceRef, ns string) (string, error) {
 		k := nsName(firstNonEmpty(ref.Namespace, ns), ref.Name)
+		o, overridden := ov[k]
+		if overridden && o.dir != "" && (ref.Kind == "GitRepository" || ref.Kind == "OCIRepository") {
+			log.Info("source overridden by a local directory", "source", k, "dir", o.dir)
+			return o.dir, nil
+		}
 		if ref.Kind == "OCIRepository" {
 			r, ok := ociRepos[k]
+			if !ok && overridden {
+				r, ok = fluxOCIRepository{}, true
+				r.Metadata.Name = ref.Name
+			}
 			if !ok {
-				return "", fmt.Errorf("OCIRepository %s is not defined under %s", k, dir)
+				return "", fmt.Errorf("OCIRepository %s is not defined under %s: define it, or point it at a mirror or a vendored copy with --source-override %s=URL|PATH", k, dir, k)
+			}
+			if overridden {
+				r.Spec.URL = o.url
 			}
 			if d, ok := clones[k]; ok {
 				return d, nil
@@ -235,13 +251,19 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 			return d, nil
 		}
 		if ref.Kind != "GitRepository" {
-			return "", fmt.Errorf("source %s %s: only GitRepository and OCIRepository sources are built", ref.Kind, ref.Name)
+			return "", fmt.Errorf("sourceRef %s %s: %s", firstNonEmpty(ref.Kind, "(no kind)"), k, unbuiltSource(ref.Kind))
 		}
 		g, ok := gitRepos[k]
-		if !ok {
-			return "", fmt.Errorf("flux GitRepository %s is not defined under %s", k, dir)
+		if !ok && overridden {
+			g, ok = fluxGitRepository{}, true
 		}
-		if co.holds(g) {
+		if !ok {
+			return "", fmt.Errorf("flux GitRepository %s is not defined under %s: a repository as published leaves gotk-sync.yaml out; "+
+				"name this repository's own source with --source-override %s=. (or another path, or a Git URL)", k, dir, strings.TrimPrefix(k, "flux-system/"))
+		}
+		if overridden {
+			g.Spec.URL = o.url // a mirror of the same repository, at the source's ref
+		} else if co.holds(g) {
 			return repoRoot, nil
 		}
 		if d, ok := clones[k]; ok {
@@ -400,8 +422,18 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 		case "HelmRepository":
 			k := nsName(firstNonEmpty(cs.SourceRef.Namespace, h.Metadata.Namespace), cs.SourceRef.Name)
 			r, ok := helmRepos[k]
+			o, overridden := ov[k]
+			if overridden && o.url == "" {
+				return fmt.Errorf("flux HelmRelease %s: --source-override %s: a HelmRepository takes a URL (http(s):// or oci://), not a directory", h.Metadata.Name, k)
+			}
+			if !ok && overridden {
+				ok = true
+			}
 			if !ok {
-				return fmt.Errorf("flux HelmRelease %s: HelmRepository %s is not defined under %s", h.Metadata.Name, k, dir)
+				return fmt.Errorf("flux HelmRelease %s: HelmRepository %s is not defined under %s: define it, or point it at a chart mirror with --source-override %s=URL", h.Metadata.Name, k, dir, k)
+			}
+			if overridden {
+				r.Spec.URL = o.url
 			}
 			// An OCI HelmRepository (type: oci) holds an oci:// URL; both kinds are vendored.
 			spec.Repository = r.Spec.URL
@@ -556,6 +588,26 @@ func fluxObjectsIn(base, path string) ([]fluxDoc, []bundles.Patch, error) {
 		patches = append(patches, bundles.Patch{Patch: string(patch)})
 	}
 	return docs, patches, nil
+}
+
+// fluxDirDocs reads the Flux objects of the cluster directory dir as Flux would apply it: when
+// dir has a kustomization, its kustomize build (patch files and plain manifests beside it are
+// not objects of their own; its patches are applied); otherwise every YAML document under it.
+func fluxDirDocs(repoRoot, dir string) ([]fluxDoc, error) {
+	for _, k := range []string{"kustomization.yaml", "kustomization.yml", "Kustomization"} {
+		if fi, err := os.Stat(filepath.Join(dir, k)); err == nil && fi.Mode().IsRegular() {
+			rel, err := filepath.Rel(repoRoot, dir)
+			if err != nil {
+				return nil, err
+			}
+			docs, _, err := fluxObjectsIn(repoRoot, filepath.ToSlash(rel))
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", filepath.Join(rel, k), err)
+			}
+			return docs, nil
+		}
+	}
+	return readFluxDocs(dir)
 }
 
 type fluxDoc struct {
@@ -721,4 +773,53 @@ func pullFluxArtifact(ctx context.Context, remote bundles.Options, r fluxOCIRepo
 		return fmt.Errorf("%s: %w", ref, err)
 	}
 	return files.WriteTo(dst)
+}
+
+// sourceOverride is where --source-override points one Flux source: a directory or a URL.
+type sourceOverride struct{ dir, url string }
+
+// parseOverrides reads "[namespace/]name" → "PATH|URL". A value with a scheme (https://,
+// http://, ssh://, oci://, file://) or scp-like Git form is a URL; anything else must be an
+// existing directory.
+func parseOverrides(in map[string]string) (map[string]sourceOverride, error) {
+	out := map[string]sourceOverride{}
+	for k, v := range in {
+		ns, name, ok := strings.Cut(k, "/")
+		if !ok {
+			ns, name = "flux-system", k
+		}
+		if name == "" || ns == "" || strings.Contains(name, "/") || v == "" {
+			return nil, fmt.Errorf("--source-override %s=%s: want [NAMESPACE/]NAME=PATH|URL", k, v)
+		}
+		key := ns + "/" + name
+		if strings.Contains(v, "://") || strings.HasPrefix(v, "git@") {
+			out[key] = sourceOverride{url: v}
+			continue
+		}
+		abs, err := filepath.Abs(v)
+		if err != nil {
+			return nil, err
+		}
+		if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("--source-override %s=%s: not a directory (a local copy of the source) nor a URL", k, v)
+		}
+		out[key] = sourceOverride{dir: abs}
+	}
+	return out, nil
+}
+
+// unbuiltSource says what becomes of a Flux source kind that a Kustomization cannot take
+// from a bundle, in one line with what to do.
+func unbuiltSource(kind string) string {
+	switch kind {
+	case "Bucket":
+		return "a Bucket source is not built: copy the bucket's content into the repository (or a directory) and name it with --source-override NAME=PATH"
+	case "ExternalArtifact":
+		return "an ExternalArtifact is produced in a cluster by another controller and cannot be built offline; vendor its content and point the Kustomization at a GitRepository or --source-override NAME=PATH"
+	case "HelmChart", "HelmRepository":
+		return "a Kustomization cannot take a " + kind + " as its source (Flux refuses it too); use a HelmRelease"
+	case "":
+		return "the Kustomization names no source kind (is this file a patch? patch files belong in a kustomization.yaml's patches, which the Flux directory's kustomization applies)"
+	}
+	return "not a Flux source kind Ferry builds (GitRepository and OCIRepository are)"
 }

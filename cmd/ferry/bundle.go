@@ -52,6 +52,7 @@ func newBundleBuildCommand(o *bundles.Options) *cobra.Command {
 		fromFlux   string
 		name, ver  string
 		mirrors    map[string]string
+		overrides  map[string]string
 		p          = printer{}
 	)
 	cmd := &cobra.Command{
@@ -78,7 +79,11 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
   ferry bundle build ./site --revision 120 --to /media/usb/site.tar
 
   # Turn a Flux cluster directory into a bundle (sources fetched and vendored now)
-  ferry bundle build . --from-flux clusters/production --name production --version 1.4.0`,
+  ferry bundle build . --from-flux clusters/production --name production --version 1.4.0
+
+  # A published Flux repository (no gotk-sync.yaml), its chart repository through a mirror
+  ferry bundle build . --from-flux clusters/staging --name staging --version 1.0.0 \
+    --source-override flux-system=. --source-override flux-system/podinfo=https://charts.mirror.local/podinfo`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := p.validate(); err != nil {
@@ -104,7 +109,7 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
 				return err
 			}
 			res, err := bundler.Build(cmd.Context(), store, bundler.Options{Dir: dir, Revision: revision, AllowDirty: allowDirty, Created: created,
-				FromFlux: fromFlux, Name: name, Version: ver, Remote: *o, ImageMirrors: mirrors})
+				FromFlux: fromFlux, Name: name, Version: ver, Remote: *o, ImageMirrors: mirrors, SourceOverrides: overrides})
 			if err != nil {
 				return err
 			}
@@ -147,6 +152,7 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
 	cmd.Flags().StringVar(&fromFlux, "from-flux", "", "read this Flux cluster directory (Kustomization, HelmRelease, GitRepository, HelmRepository) instead of ferry.yaml")
 	cmd.Flags().StringVar(&name, "name", "", "bundle name, with --from-flux")
 	cmd.Flags().StringVar(&ver, "version", "", "bundle version (semver), with --from-flux")
+	cmd.Flags().StringToStringVar(&overrides, "source-override", nil, "with --from-flux, take the Flux source `[NAMESPACE/]NAME=PATH|URL` from a local directory (\".\" for this repository) or a mirror URL instead of its spec.url (repeatable)")
 	cmd.Flags().StringToStringVar(&mirrors, "image-mirror", nil, "resolve and copy the carried images of `REGISTRY=MIRROR` from the mirror (a CI's pull-through cache); the bundle keeps the original names (repeatable)")
 	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
 	return cmd
