@@ -182,7 +182,8 @@ type Inventory struct {
 type component struct {
 	spec   bundles.Component
 	bundle string
-	ns     string
+	ns     string // where its objects without a namespace go
+	home   string // where it lives: its service account, references without a namespace
 	rm     resmap.ResMap
 	objs   []*object
 	wait   bool
@@ -766,7 +767,7 @@ func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, err
 	var comps []component
 	for _, i := range order {
 		spec := b.Metadata.Components[i]
-		c := component{spec: spec, bundle: b.Metadata.Name, ns: e.opts.namespaceOf(spec), tmo: e.opts.DefaultTimeout}
+		c := component{spec: spec, bundle: b.Metadata.Name, ns: e.opts.namespaceOf(spec), home: e.opts.homeOf(spec), tmo: e.opts.DefaultTimeout}
 		var timeout, sa string
 		if k := spec.Kustomize; k != nil {
 			if c.rm, err = e.opts.build(ctx, e.st, b, i); err != nil {
@@ -793,7 +794,7 @@ func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, err
 			sa = e.opts.DefaultServiceAccount
 		}
 		if sa != "" {
-			c.sa = serviceAccountUser(c.ns, sa)
+			c.sa = serviceAccountUser(c.home, sa)
 		}
 		if c.helm != nil && c.sa == "" && c.confined() {
 			// Ferry's own credentials would render it: a chart's lookup could read any
@@ -819,12 +820,12 @@ func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, err
 	if e.opts.NoCrossNamespaceRefs {
 		nsOf := map[string]string{}
 		for _, c := range comps {
-			nsOf[c.spec.Name] = c.ns
+			nsOf[c.spec.Name] = c.home
 		}
 		for _, c := range comps {
 			for _, d := range c.spec.DependsOn() {
-				if nsOf[d] != c.ns {
-					return nil, fmt.Errorf("component %s (namespace %s) depends on %s in namespace %s, but this node refuses references outside the component's namespace (noCrossNamespaceRefs)", c.spec.Name, c.ns, d, nsOf[d])
+				if nsOf[d] != c.home {
+					return nil, fmt.Errorf("component %s (namespace %s) depends on %s in namespace %s, but this node refuses references outside the component's namespace (noCrossNamespaceRefs)", c.spec.Name, c.home, d, nsOf[d])
 				}
 			}
 		}

@@ -60,6 +60,20 @@ func (env Env) namespaceOf(c bundles.Component) string {
 	return "default"
 }
 
+// homeOf is the namespace component c lives in: its serviceAccountName is an account there,
+// and references without a namespace (substituteFrom, valuesFrom, healthChecks) are read
+// there. It is the component's namespace field (a Flux object's metadata.namespace), else
+// the namespace its objects go to.
+func (env Env) homeOf(c bundles.Component) string {
+	switch {
+	case c.Kustomize != nil && c.Kustomize.Namespace != "":
+		return c.Kustomize.Namespace
+	case c.Helm != nil && c.Helm.Namespace != "":
+		return c.Helm.Namespace
+	}
+	return env.namespaceOf(c)
+}
+
 // RenderComponent renders component i of bundle b (its layer read, digest-checked, from src)
 // exactly as the node applies it: SOPS files decrypted in memory, kustomize or Helm, then
 // postBuild substitution. `ferry render` and the engine share it.
@@ -157,7 +171,7 @@ func (env Env) variables(ctx context.Context, c bundles.Component, pb bundles.Po
 	if vars == nil {
 		vars = map[string]string{}
 	}
-	own := env.namespaceOf(c)
+	own := env.homeOf(c)
 	for i, ref := range pb.SubstituteFrom {
 		ns, err := env.refNamespace(own, ref.Namespace, fmt.Sprintf("postBuild.substituteFrom[%d]", i))
 		if err != nil {

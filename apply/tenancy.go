@@ -50,7 +50,7 @@ func (e *Engine) clusterFor(user string) (*cluster, error) {
 func (e *Engine) refNamespace(c *component, ns, field string) (string, error) {
 	env := e.opts.Env
 	env.scopes = c.scopes
-	return env.refNamespace(c.ns, ns, field)
+	return env.refNamespace(c.home, ns, field)
 }
 
 // refNamespace also holds references to the namespaces the signing keys' scopes allow: a
@@ -157,6 +157,9 @@ func scope(c *component, scopes []*bundles.Scope, sa string) (string, error) {
 	for _, sc := range scopes {
 		if !sc.AllowsNamespace(c.ns) {
 			return "", fmt.Errorf("works in namespace %s, but its bundle's signing key may only ship to namespaces %s", c.ns, strings.Join(sc.Namespaces, ","))
+		}
+		if !sc.AllowsNamespace(c.home) {
+			return "", fmt.Errorf("lives in namespace %s, but its bundle's signing key may only ship to namespaces %s", c.home, strings.Join(sc.Namespaces, ","))
 		}
 		if sc.ServiceAccount == "" {
 			continue

@@ -13,16 +13,23 @@ func TestScopeOfComponent(t *testing.T) {
 		name, ns, sa string
 		scopes       []*bundles.Scope
 		want, err    string
+		home         string // default ns
 	}{
-		{"unscoped keeps its own", "team-a", "own", nil, "own", ""},
-		{"forced", "team-a", "", []*bundles.Scope{deployer}, "deployer", ""},
-		{"same name", "team-a", "deployer", []*bundles.Scope{deployer}, "deployer", ""},
-		{"other name", "team-a", "admin", []*bundles.Scope{deployer}, "", "may only ship as service account deployer"},
-		{"other namespace", "team-b", "", []*bundles.Scope{deployer}, "", "may only ship to namespaces team-a"},
-		{"keys disagree", "team-a", "", []*bundles.Scope{deployer, {ServiceAccount: "other"}}, "", "different service accounts"},
+		{"unscoped keeps its own", "team-a", "own", nil, "own", "", ""},
+		{"forced", "team-a", "", []*bundles.Scope{deployer}, "deployer", "", ""},
+		{"same name", "team-a", "deployer", []*bundles.Scope{deployer}, "deployer", "", ""},
+		{"other name", "team-a", "admin", []*bundles.Scope{deployer}, "", "may only ship as service account deployer", ""},
+		{"other namespace", "team-b", "", []*bundles.Scope{deployer}, "", "may only ship to namespaces team-a", ""},
+		{"keys disagree", "team-a", "", []*bundles.Scope{deployer, {ServiceAccount: "other"}}, "", "different service accounts", ""},
+		// A Flux Kustomization living in flux-system that targets team-a: its service account
+		// and references would be in flux-system, which the key does not allow.
+		{"lives elsewhere", "team-a", "", []*bundles.Scope{deployer}, "", "lives in namespace flux-system", "flux-system"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := &component{ns: tc.ns}
+			c := &component{ns: tc.ns, home: tc.home}
+			if c.home == "" {
+				c.home = tc.ns
+			}
 			got, err := scope(c, tc.scopes, tc.sa)
 			if (err == nil) != (tc.err == "") || (err != nil && !strings.Contains(err.Error(), tc.err)) || got != tc.want {
 				t.Fatalf("scope = %q, %v; want %q, %q", got, err, tc.want, tc.err)

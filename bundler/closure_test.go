@@ -169,6 +169,10 @@ spec: {url: "https://git.example.com/site.git"}
 	if len(b.Metadata.Components) != 1 || b.Metadata.Components[0].Kustomize.Path != "apps/staging" {
 		t.Fatalf("components %+v", b.Metadata.Components)
 	}
+	// The Kustomization's own namespace travels: its service account and references are there.
+	if ns := b.Metadata.Components[0].Kustomize.Namespace; ns != "flux-system" {
+		t.Errorf("namespace %q, want the Kustomization's flux-system", ns)
+	}
 	objs, err := render.FromBundle(t.Context(), store, b, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -225,8 +229,8 @@ spec:
 	var got []string
 	for _, c := range res.Metadata.Components {
 		got = append(got, c.Name)
-		if c.Helm != nil && c.Helm.Version != "1.0.0" {
-			t.Errorf("chart from the mirror: version %q", c.Helm.Version)
+		if c.Helm != nil && (c.Helm.Version != "1.0.0" || c.Helm.Namespace != "flux-system") {
+			t.Errorf("chart from the mirror: version %q, namespace %q", c.Helm.Version, c.Helm.Namespace)
 		}
 	}
 	if strings.Join(got, ",") != "apps,web" {

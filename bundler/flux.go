@@ -100,6 +100,8 @@ func decodeHelmRelease(n *yaml.Node) (fluxHelmRelease, error) {
 // so that namespace becomes targetNamespace and the name is kept as releaseName (otherwise
 // [targetNamespace-]name would rename it).
 func fluxNamespace(spec *bundles.HelmSpec, h fluxHelmRelease) {
+	// Where the HelmRelease lives: its service account and valuesFrom are there.
+	spec.Namespace = h.Metadata.Namespace
 	if spec.TargetNamespace != "" || h.Metadata.Namespace == "" {
 		return
 	}
@@ -300,6 +302,8 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 		}
 		spec := k.Spec.KustomizeSpec
 		spec.Extra = nil // Flux-only fields (interval, suspend, sourceRef…) mean nothing in a bundle
+		// Where the Kustomization lives: its service account and references are there.
+		spec.Namespace = k.Metadata.Namespace
 		if spec.Path == "" {
 			spec.Path = "."
 		}

@@ -21,6 +21,9 @@ type HelmSpec struct {
 	Version         string `yaml:"version" json:"version,omitempty"`
 	ReleaseName     string `yaml:"releaseName" json:"releaseName,omitempty"`
 	TargetNamespace string `yaml:"targetNamespace" json:"targetNamespace,omitempty"`
+	// Namespace: as for kustomize components (a HelmRelease's metadata.namespace): where its
+	// service account is and valuesFrom without a namespace is read.
+	Namespace string `yaml:"namespace" json:"namespace,omitempty"`
 	// ServiceAccountName: as for kustomize components, Helm's actions included.
 	ServiceAccountName string            `yaml:"serviceAccountName" json:"serviceAccountName,omitempty"`
 	Values             map[string]any    `yaml:"values" json:"values,omitempty"`
@@ -121,6 +124,7 @@ func validateHelm(h *HelmSpec, f string, bad func(field, format string, a ...any
 		bad(f+".releaseName", "%q is not a valid release name (DNS label, at most 53)", h.ReleaseName)
 	}
 	checkNamespace(f+".targetNamespace", h.TargetNamespace, bad)
+	checkNamespace(f+".namespace", h.Namespace, bad)
 	checkServiceAccount(f+".serviceAccountName", h.ServiceAccountName, bad)
 	if h.Timeout != "" {
 		if d, err := time.ParseDuration(h.Timeout); err != nil || d <= 0 {

@@ -67,6 +67,11 @@ type KustomizeSpec struct {
 	Timeout         string `yaml:"timeout" json:"timeout,omitempty"`
 	Force           bool   `yaml:"force" json:"force"`
 	TargetNamespace string `yaml:"targetNamespace" json:"targetNamespace,omitempty"`
+	// Namespace is the namespace the component itself lives in, as a Flux Kustomization's
+	// metadata.namespace: its serviceAccountName is an account there, and substituteFrom and
+	// healthChecks without a namespace are read there. Default: targetNamespace, else the
+	// node's namespace. --from-flux sets it from the Kustomization.
+	Namespace string `yaml:"namespace" json:"namespace,omitempty"`
 	// ServiceAccountName makes every request for the component impersonate that service
 	// account of the component's namespace (Flux's multi-tenancy), so RBAC decides.
 	ServiceAccountName string          `yaml:"serviceAccountName" json:"serviceAccountName,omitempty"`
@@ -265,6 +270,7 @@ func (s *Spec) validate(file string, root *yaml.Node) error {
 			}
 		}
 		checkNamespace(f+".targetNamespace", k.TargetNamespace, bad)
+		checkNamespace(f+".namespace", k.Namespace, bad)
 		checkServiceAccount(f+".serviceAccountName", k.ServiceAccountName, bad)
 		checkDeps(f, c.Name, k.DependsOn, names, bad)
 		for j, h := range k.HealthChecks {

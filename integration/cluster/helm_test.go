@@ -429,7 +429,9 @@ spec:
   values: ` + values + `
 `}
 	}
-	for rev, values := range map[uint64]string{1: "{settings: {color: red}}", 2: "{settings: {color: red}, fail: true}"} {
+	// In order: revision 2 admitted first would make 1 a downgrade (a map's order is random).
+	for i, values := range []string{"{settings: {color: red}}", "{settings: {color: red}, fail: true}"} {
+		rev := uint64(i + 1)
 		dir, _ := bundlertest.GitTree(t, release(values), time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC))
 		mem := memory.New()
 		res, err := bundler.Build(ctx, mem, bundler.Options{Dir: dir, FromFlux: filepath.Join(dir, "clusters", "edge"), Name: "guide", Version: "1.0." + itoa(rev), Revision: rev})

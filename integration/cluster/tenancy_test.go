@@ -287,3 +287,30 @@ func TestTenantForceRecreates(t *testing.T) {
 		t.Fatalf("the immutable ConfigMap was not recreated: %v", got)
 	}
 }
+
+// TestComponentLivesInItsNamespace: a component whose namespace is team-a (a Flux
+// Kustomization living there, as --from-flux imports it) runs as team-a's service account on a
+// node whose own namespace is default, reads substituteFrom and health checks without a
+// namespace in team-a, and is refused, as team-a's account, where that account may not write.
+func TestComponentLivesInItsNamespace(t *testing.T) {
+	n := newNode(t, "lives-in", apply.Options{})
+	tenants(t, n)
+	n.createObject(t, configMaps, "team-a", map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": "team-vars"},
+		"data": map[string]any{"TEAM": "team-a's own vars"}})
+	ctx := ctxTimeout(t, time.Minute)
+	comp := "- name: app\n  kustomize:\n    path: ./app\n    namespace: team-a\n    serviceAccountName: deployer\n    wait: true\n" +
+		"    postBuild: {substituteFrom: [{kind: ConfigMap, name: team-vars}]}\n    healthChecks: [{apiVersion: v1, kind: ConfigMap, name: team-vars}]\n"
+	n.admit(t, 1, comp, map[string]string{"app/mine.yaml": cm("team-a", "lives-"+n.bundle, "${TEAM}")})
+	if _, err := n.eng.Rollout(ctx, n.bundle, 1); err != nil {
+		t.Fatalf("as system:serviceaccount:team-a:deployer the component may write in team-a: %v", err)
+	}
+	if got := settings(t, n, "team-a", "lives-"+n.bundle); got["value"] != "team-a's own vars" {
+		t.Fatalf("substituteFrom was not read in team-a: %v", got)
+	}
+	// Revision 2 also writes into team-b: the API server refuses team-a's account.
+	n.admit(t, 2, comp, map[string]string{"app/mine.yaml": cm("team-a", "lives-"+n.bundle, "${TEAM}"), "app/other.yaml": cm("team-b", "theirs", "team-a's now")})
+	_, err := n.eng.Rollout(ctx, n.bundle, 2)
+	if err == nil || !strings.Contains(err.Error(), "forbidden") || !strings.Contains(err.Error(), tenant) {
+		t.Fatalf("want the API server's Forbidden for %s, got %v", tenant, err)
+	}
+}
