@@ -255,3 +255,44 @@ spec:
 		t.Fatalf("Bucket: %v", err)
 	}
 }
+
+// The Flux multi-tenancy example's shape: clusters/production/tenants has a kustomization
+// with a patch file beside it that sets serviceAccountName on the tenant's Kustomization. The
+// directory is read as its kustomize build: the patch file is not an object of its own, the
+// patch applies, and the tenant component lives in its namespace. Without the kustomization,
+// the patch file is read as an object and the error names the file.
+func TestBuildFromFluxTenantOverlay(t *testing.T) {
+	files := map[string]string{
+		"clusters/production/flux-system/gotk-sync.yaml": "apiVersion: source.toolkit.fluxcd.io/v1\nkind: GitRepository\nmetadata: {name: flux-system, namespace: flux-system}\nspec: {url: \"https://git.example.com/site.git\", ref: {branch: master}}\n",
+		"clusters/production/kustomization.yaml":         "resources: [flux-system/gotk-sync.yaml, ../../tenants/team-a]\npatches: [{path: tenant-sa.yaml, target: {kind: Kustomization}}]\n",
+		"clusters/production/tenant-sa.yaml":             "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {name: not-used}\nspec: {serviceAccountName: team-a}\n",
+		"tenants/team-a/kustomization.yaml":              "resources: [sync.yaml]\n",
+		"tenants/team-a/sync.yaml": `apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: team-a, namespace: team-a}
+spec:
+  path: ./apps/team-a
+  targetNamespace: team-a
+  sourceRef: {kind: GitRepository, name: flux-system, namespace: flux-system}
+`,
+		"apps/team-a/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: shop}\n",
+	}
+	dir, _ := bundlertest.GitTree(t, files, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	res, err := Build(t.Context(), memory.New(), Options{Dir: dir, FromFlux: dir + "/clusters/production", Name: "production", Version: "1.0.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Metadata.Components) != 1 {
+		t.Fatalf("components %+v", res.Metadata.Components)
+	}
+	k := res.Metadata.Components[0].Kustomize
+	if res.Metadata.Components[0].Name != "team-a" || k.ServiceAccountName != "team-a" || k.Namespace != "team-a" || k.TargetNamespace != "team-a" {
+		t.Fatalf("tenant component %+v", k)
+	}
+	// Without the kustomization the directory's YAML files are read one by one.
+	os.Remove(filepath.Join(dir, "clusters/production/kustomization.yaml"))
+	_, err = Build(t.Context(), memory.New(), Options{Dir: dir, FromFlux: dir + "/clusters/production", Name: "production", Version: "1.0.0", AllowDirty: true})
+	if err == nil || !strings.Contains(err.Error(), "tenant-sa.yaml:1") || !strings.Contains(err.Error(), "is this file a patch?") {
+		t.Fatalf("a patch file read as a Kustomization: %v", err)
+	}
+}

@@ -49,6 +49,7 @@ type sourceRef struct {
 
 type fluxKustomization struct {
 	fluxObject `yaml:",inline"`
+	from       string // FILE:LINE it was read from, for errors
 	Spec       struct {
 		bundles.KustomizeSpec `yaml:",inline"`
 		SourceRef             sourceRef `yaml:"sourceRef"`
@@ -298,7 +299,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 	addKustomization := func(k fluxKustomization, extraDeps []bundles.DependencyRef) (bool, error) {
 		base, err := sourceDir(k.Spec.SourceRef, k.Metadata.Namespace)
 		if err != nil {
-			return false, fmt.Errorf("flux Kustomization %s: %w", k.Metadata.Name, err)
+			return false, fmt.Errorf("flux Kustomization %s (%s): %w", nsName(k.Metadata.Namespace, k.Metadata.Name), k.from, err)
 		}
 		spec := k.Spec.KustomizeSpec
 		spec.Extra = nil // Flux-only fields (interval, suspend, sourceRef…) mean nothing in a bundle
@@ -528,6 +529,7 @@ func (o2 *fluxObjects) add(docs []fluxDoc) error {
 			if err := d.node.Decode(&k); err != nil {
 				return fmt.Errorf("%s:%d: Kustomization: %w", d.file, d.node.Line, err)
 			}
+			k.from = fmt.Sprintf("%s:%d", d.file, d.node.Line)
 			o2.ks = append(o2.ks, k)
 		case group == "helm.toolkit.fluxcd.io" && o.Kind == "HelmRelease":
 			h, err := decodeHelmRelease(d.node)
