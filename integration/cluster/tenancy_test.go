@@ -2,13 +2,18 @@ package cluster
 
 import (
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"oras.land/oras-go/v2/content/memory"
 
 	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/bundler"
+	"github.com/ferrygitops/ferry/bundler/bundlertest"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/store"
 )
@@ -312,5 +317,61 @@ func TestComponentLivesInItsNamespace(t *testing.T) {
 	_, err := n.eng.Rollout(ctx, n.bundle, 2)
 	if err == nil || !strings.Contains(err.Error(), "forbidden") || !strings.Contains(err.Error(), tenant) {
 		t.Fatalf("want the API server's Forbidden for %s, got %v", tenant, err)
+	}
+}
+
+// TestFluxTenantRunsAsItsServiceAccount: the Flux multi-tenancy shape built with --from-flux —
+// a tenant Kustomization living in team-a with serviceAccountName deployer — is applied on the
+// testbed's RBAC API server as system:serviceaccount:team-a:deployer: its own namespace is
+// written, and a write into team-b is the server's Forbidden for that account.
+func TestFluxTenantRunsAsItsServiceAccount(t *testing.T) {
+	n := newNode(t, "flux-tenant", apply.Options{})
+	tenants(t, n)
+	ctx := ctxTimeout(t, 2*time.Minute)
+	tree := func(extra string) map[string]string {
+		return map[string]string{
+			"clusters/production/flux-system/gotk-sync.yaml": "apiVersion: source.toolkit.fluxcd.io/v1\nkind: GitRepository\nmetadata: {name: flux-system, namespace: flux-system}\nspec: {url: \"https://git.example.com/site.git\", ref: {branch: master}}\n",
+			"clusters/production/team-a.yaml": `apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: team-a-apps, namespace: team-a}
+spec:
+  path: ./tenants/team-a
+  prune: true
+  serviceAccountName: deployer
+  sourceRef: {kind: GitRepository, name: flux-system, namespace: flux-system}
+`,
+			"tenants/team-a/kustomization.yaml": "resources: [shop.yaml" + extra + "]\n",
+			"tenants/team-a/shop.yaml":          cm("team-a", "flux-shop", "v1"),
+			"tenants/team-a/other.yaml":         cm("team-b", "theirs", "team-a's now"),
+		}
+	}
+	for rev, extra := range []string{"", ", other.yaml"} {
+		dir, _ := bundlertest.GitTree(t, tree(extra), time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+		mem := memory.New()
+		res, err := bundler.Build(ctx, mem, bundler.Options{Dir: dir, FromFlux: filepath.Join(dir, "clusters", "production"), Name: "flux-tenant", Version: "1.0." + itoa(uint64(rev+1)), Revision: uint64(rev + 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := bundles.Open(ctx, mem, res.Descriptor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n.st.Admit(ctx, mem, store.Admission{Name: "flux-tenant", Revision: uint64(rev + 1), Version: b.Metadata.Version, Manifest: res.Descriptor,
+			Blobs: append([]ocispec.Descriptor{b.Manifest.Config}, b.Manifest.Layers...)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := n.eng.Rollout(ctx, "flux-tenant", 1); err != nil {
+		t.Fatalf("as %s the tenant may write in team-a: %v", tenant, err)
+	}
+	if n.get(t, configMaps, "team-a", "flux-shop") == nil {
+		t.Fatal("the tenant's ConfigMap was not created")
+	}
+	_, err := n.eng.Rollout(ctx, "flux-tenant", 2)
+	if err == nil || !strings.Contains(err.Error(), "forbidden") || !strings.Contains(err.Error(), tenant) {
+		t.Fatalf("want the API server's Forbidden for %s, got %v", tenant, err)
+	}
+	if got := settings(t, n, "team-b", "theirs"); got["value"] != "team-b's" {
+		t.Fatalf("the other team's object changed: %v", got)
 	}
 }
