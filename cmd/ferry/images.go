@@ -104,11 +104,9 @@ func (m *mirrorFlags) plan(cmd *cobra.Command) (changes []images.FileChange, not
 	// A node without k3s has neither of its directories: say so instead of creating them.
 	for _, p := range []*string{&hostsDir, &registries} {
 		if *p == images.K3sHostsDir || *p == images.K3sRegistries {
-			parent := *p
+			parent := "/etc/rancher/k3s"
 			if *p == images.K3sHostsDir {
 				parent = "/var/lib/rancher/k3s/agent/etc/containerd"
-			} else {
-				parent = "/etc/rancher/k3s"
 			}
 			if _, err := os.Stat(parent); err != nil {
 				notes = append(notes, fmt.Sprintf("%s not written: %s does not exist (is k3s installed? name another place with --hosts-dir or --k3s-registries)", *p, parent))
