@@ -296,3 +296,28 @@ spec:
 		t.Fatalf("a patch file read as a Kustomization: %v", err)
 	}
 }
+
+// Every source kind a HelmRelease or Kustomization may name is built or refused in one line
+// naming the object.
+func TestFluxSourceKindsRefused(t *testing.T) {
+	for kind, want := range map[string]string{
+		"Kustomization:ExternalArtifact": "ExternalArtifact is produced in a cluster",
+		"Kustomization:HelmChart":        "cannot take a HelmChart",
+		"Kustomization:HelmRepository":   "cannot take a HelmRepository",
+		"HelmRelease:Bucket":             "a Bucket source is not built",
+		"HelmRelease:HelmChart":          "HelmReleases take charts from",
+	} {
+		t.Run(kind, func(t *testing.T) {
+			obj, src, _ := strings.Cut(kind, ":")
+			doc := "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {name: x, namespace: flux-system}\nspec: {path: ./, sourceRef: {kind: " + src + ", name: s}}\n"
+			if obj == "HelmRelease" {
+				doc = "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: {name: x, namespace: flux-system}\nspec: {chart: {spec: {chart: c, sourceRef: {kind: " + src + ", name: s}}}}\n"
+			}
+			dir := bundlertest.WriteTree(t, map[string]string{"clusters/c/x.yaml": doc})
+			_, err := Build(t.Context(), memory.New(), Options{Dir: dir, FromFlux: dir + "/clusters/c", Name: "c", Version: "1.0.0", AllowDirty: true, Revision: 1, Created: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)})
+			if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "x") || strings.Count(err.Error(), "\n") > 0 {
+				t.Fatalf("err = %v, want one line with %q", err, want)
+			}
+		})
+	}
+}

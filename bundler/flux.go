@@ -453,8 +453,12 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 			}
 			base = b
 			spec.Chart = "./" + strings.TrimPrefix(filepath.ToSlash(filepath.Clean(spec.Chart)), "./")
+		case "Bucket":
+			return fmt.Errorf("flux HelmRelease %s: chart sourceRef Bucket %s: a Bucket source is not built; copy the chart into the repository and point chart.spec.sourceRef at its GitRepository (or --source-override the Bucket's name to a directory holding the chart and use a GitRepository)",
+				nsName(h.Metadata.Namespace, h.Metadata.Name), nsName(firstNonEmpty(cs.SourceRef.Namespace, h.Metadata.Namespace), cs.SourceRef.Name))
 		default:
-			return fmt.Errorf("flux HelmRelease %s: chart source %q is not built", h.Metadata.Name, cs.SourceRef.Kind)
+			return fmt.Errorf("flux HelmRelease %s: chart sourceRef %s %q: HelmReleases take charts from a HelmRepository, a GitRepository or an OCIRepository (chartRef)",
+				nsName(h.Metadata.Namespace, h.Metadata.Name), firstNonEmpty(cs.SourceRef.Kind, "(no kind)"), cs.SourceRef.Name)
 		}
 		if err := addName(h.Metadata.Name); err != nil {
 			return err
