@@ -666,3 +666,22 @@ spec:
 		t.Fatalf("maxHistory 2 kept: %s", statuses(h))
 	}
 }
+
+// TestHelmValuesFromInItsNamespace: a HelmRelease living in one namespace (its namespace, as
+// --from-flux imports metadata.namespace) that installs into another reads valuesFrom without
+// a namespace where it lives, as helm-controller does.
+func TestHelmValuesFromInItsNamespace(t *testing.T) {
+	n := newNode(t, "hvhome", apply.Options{})
+	ctx := ctxTimeout(t, 2*time.Minute)
+	const target, home = "hvhome-target", "hvhome-home"
+	n.createNamespace(t, home)
+	n.createObject(t, configMaps, home, map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": "release-values"},
+		"data": map[string]any{"values.yaml": "settings: {from: home}\n"}})
+	n.admit(t, 1, helmComponent("web", target, "namespace: "+home+"\nvaluesFrom: [{kind: ConfigMap, name: release-values}]"), chart("1.0.0"))
+	if _, err := n.eng.Rollout(ctx, "hvhome", 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := settings(t, n, target, target+"-web-settings"); got["from"] != "home" { // release [targetNamespace-]name
+		t.Fatalf("valuesFrom not read in the release's own namespace: %v", got)
+	}
+}
