@@ -161,6 +161,7 @@ func CheckArchive(path string) error {
 		return fmt.Errorf("%s: %d bytes, over the %d-byte limit", path, fi.Size(), int64(MaxArchiveBytes))
 	}
 	tr := tar.NewReader(f)
+	seen := map[string]bool{}
 	for n := 0; ; n++ {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -185,6 +186,13 @@ func CheckArchive(path string) error {
 		if name != "oci-layout" && name != "index.json" && name != "blobs" && !strings.HasPrefix(name, "blobs/") {
 			return fmt.Errorf("%s: entry %q is not part of an OCI layout", path, hdr.Name)
 		}
+		// Readers disagree on which of two entries of one name counts (the last, for oras):
+		// an archive that says two things is refused.
+		key := strings.TrimSuffix(name, "/")
+		if seen[key] {
+			return fmt.Errorf("%s: entry %q appears twice", path, hdr.Name)
+		}
+		seen[key] = true
 	}
 }
 

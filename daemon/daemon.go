@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -225,7 +227,7 @@ func serve(ctx context.Context, s *http.Server, ln net.Listener) error {
 
 // listenUnix listens on path, owner-only: the directory 0700 and the socket 0600.
 func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := socketDir(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("socket: %w", err)
 	}
 	if fi, err := os.Lstat(path); err == nil {
@@ -243,6 +245,32 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("socket: %w", err)
 	}
 	return ln, nil
+}
+
+// socketDir makes the socket's directory 0700, owned by this process's user, or refuses one
+// that exists otherwise: in a directory others may write to, another user could rename the
+// daemon's socket and put one of their own in its place, and the root CLI would talk to it.
+func socketDir(dir string) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("%s is not a directory (a symlink?); remove it so the daemon can create it 0700", dir)
+	case !ok || int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("%s is owned by uid %d, not by this daemon's user (uid %d); remove it, or chown it and chmod 0700", dir, st.Uid, os.Geteuid())
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("%s has mode %04o: others could replace the socket in it; chmod 0700 %s (or remove it)", dir, fi.Mode().Perm(), dir)
+	}
+	return nil
 }
 
 // pollSource polls one source until ctx is done. A poll error (a registry or bucket out of

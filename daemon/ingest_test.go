@@ -300,6 +300,8 @@ func TestHostileArchivesAreRefusedBeforeIngest(t *testing.T) {
 		{"device", []func(*tar.Writer){layout, entry("blobs/dev", tar.TypeBlock, "")}, 0, "not allowed"},
 		{"foreign file", []func(*tar.Writer){layout, entry("install.sh", tar.TypeReg, "rm -rf /")}, 0, "not part of an OCI layout"},
 		{"truncated", []func(*tar.Writer){layout, entry("index.json", tar.TypeReg, strings.Repeat("{}", 600))}, 1500, "not a complete tar"},
+		{"two index.json", []func(*tar.Writer){layout, entry("index.json", tar.TypeReg, `{"manifests":[]}`), entry("index.json", tar.TypeReg, `{"manifests":[]}`)}, 0, "appears twice"},
+		{"two index.json, one with ./", []func(*tar.Writer){layout, entry("./index.json", tar.TypeReg, `{}`), entry("index.json", tar.TypeReg, `{}`)}, 0, "appears twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
