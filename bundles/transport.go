@@ -90,7 +90,7 @@ func OpenSource(ctx context.Context, a Address, o Options) (Source, ocispec.Desc
 		if fi, err := os.Stat(a.Path); err != nil || !fi.IsDir() {
 			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: not an OCI layout directory", a.Path)
 		}
-		s, err := oci.NewFromFS(ctx, os.DirFS(a.Path))
+		s, err := oci.NewFromFS(ctx, NewLayoutFS(a.Path))
 		if err != nil {
 			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: %w", a.Path, err)
 		}
@@ -148,7 +148,7 @@ const MaxArchiveEntries = 100_000
 // (oci-layout, index.json, blobs/…), within the size and count limits. Nothing is extracted
 // either way: blobs are read from the archive by digest and checked as they are.
 func CheckArchive(path string) error {
-	f, err := os.Open(path)
+	f, err := OpenRegular(path)
 	if err != nil {
 		return err
 	}

@@ -47,10 +47,11 @@
 //     applies it again.
 //   - The stick is read-only. The USB scan follows no symlink and offers only regular .tar
 //     files and directories holding an oci-layout file; it writes to a stick only when
-//     ReceiptDir is configured, and then only the receipt. (A layout directory is then read
-//     through os.DirFS, which does follow symlinks inside it; what it reads is
-//     digest-checked all the same.)
-//   - The API socket is owner-only: its directory 0700, the socket 0600.
+//     ReceiptDir is configured, and then only the receipt. A layout directory is read through
+//     bundles.LayoutFS and an archive opened with bundles.OpenRegular: regular files only,
+//     no symlink followed, no hard link, a FIFO or device refused without being opened.
+//   - The API socket is owner-only: its directory 0700 (refused when found wider or owned
+//     by another user), the socket 0600.
 //
 // What it does not do: render, apply, prune or roll back itself (package apply does, with
 // its transaction in the store); parse trust policies or check signatures (package verify);
