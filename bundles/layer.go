@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"unicode/utf8"
 	"time"
 )
 
@@ -279,6 +280,9 @@ func cleanEntryName(name string) (string, error) {
 	}
 	if strings.ContainsAny(name, "\\\x00") {
 		return "", fmt.Errorf("%w: backslash or NUL in name", ErrUnsafePath)
+	}
+	if !utf8.ValidString(name) {
+		return "", fmt.Errorf("%w: not UTF-8", ErrUnsafePath)
 	}
 	trimmed := strings.TrimSuffix(name, "/")
 	if path.IsAbs(trimmed) || trimmed == "" {

@@ -29,6 +29,13 @@ func Ingest(ctx context.Context, st *store.Store, src bundles.Source, desc ocisp
 	if err := res.Scoped(b.Metadata.Name); err != nil {
 		return nil, err
 	}
+	// Verify before write covers what the layers hold: each is read with the reader render
+	// uses (names, types, sizes, no links, UTF-8), so a revision that is admitted can be read.
+	for i := range b.Metadata.Components {
+		if _, err := b.Layer(ctx, src, i); err != nil {
+			return nil, fmt.Errorf("ingest %s revision %d: %w", b.Metadata.Name, b.Metadata.Revision, err)
+		}
+	}
 	record, err := json.Marshal(res)
 	if err != nil {
 		return nil, err

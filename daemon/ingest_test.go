@@ -3,6 +3,7 @@ package daemon
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto"
 	"encoding/json"
@@ -229,7 +230,7 @@ func TestIngestRefusalsLeaveStoreUnchanged(t *testing.T) {
 			evil := make([]byte, layer.Size)
 			_, err = Ingest(t.Context(), st, forging{memSource{src}, layer.Digest, evil}, d, trusted.policy, "test")
 			return err
-		}, store.ErrDigestMismatch, "digest"},
+		}, content.ErrMismatchedDigest, "digest"}, // caught by the layer check, before the store
 		{"downgrade", func(t *testing.T, st *store.Store) error {
 			src := memory.New()
 			d := makeBundle(t, src, "site", 4, "old but validly signed")
@@ -390,5 +391,65 @@ func TestIngestRefusesBundlesOutsideTheKeyScope(t *testing.T) {
 	}
 	if !strings.Contains(string(rev.Verification), `"namespaces":["team-a"]`) {
 		t.Fatalf("the scope is not recorded: %s", rev.Verification)
+	}
+}
+
+// Hostile layers signed by a trusted key are refused at ingest, before anything is written,
+// by the same reader render uses: a symlink entry, a non-UTF-8 name, a path that leaves the
+// layer, a duplicate.
+func TestIngestRefusesHostileLayersOfASignedBundle(t *testing.T) {
+	k := newKey(t)
+	gz := func(entries ...*tar.Header) []byte {
+		var raw bytes.Buffer
+		zw := gzip.NewWriter(&raw)
+		tw := tar.NewWriter(zw)
+		for _, h := range entries {
+			if h.Typeflag == tar.TypeReg {
+				h.Size = 2
+			}
+			tw.WriteHeader(h)
+			if h.Typeflag == tar.TypeReg {
+				tw.Write([]byte("{}"))
+			}
+		}
+		tw.Close()
+		zw.Close()
+		return raw.Bytes()
+	}
+	kust := &tar.Header{Name: "kustomization.yaml", Typeflag: tar.TypeReg, Mode: 0o644}
+	for name, tc := range map[string]struct {
+		layer []byte
+		want  string
+	}{
+		"symlink":   {gz(kust, &tar.Header{Name: "cm.yaml", Typeflag: tar.TypeSymlink, Linkname: "/etc/shadow"}), "not allowed"},
+		"non-UTF-8": {gz(kust, &tar.Header{Name: "bad-\xff\xfe.yaml", Typeflag: tar.TypeReg, Mode: 0o644}), "not UTF-8"},
+		"dotdot":    {gz(kust, &tar.Header{Name: "../escape.yaml", Typeflag: tar.TypeReg, Mode: 0o644}), "unsafe path"},
+		"duplicate": {gz(kust, &tar.Header{Name: "kustomization.yaml", Typeflag: tar.TypeReg, Mode: 0o644}), "duplicate"},
+		"not gzip":  {[]byte("plain text, not a layer"), "not gzip"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			src := memory.New()
+			m := &bundles.Metadata{SchemaVersion: bundles.SchemaVersion, Name: "hostile", Version: "1.0.1", Revision: 1,
+				Created:    time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC),
+				Components: []bundles.Component{{Name: "app", Type: "kustomize", Kustomize: &bundles.KustomizeSpec{Path: "."}}}}
+			desc, err := bundles.Pack(t.Context(), src, m, [][]byte{tc.layer})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sign(t, src, desc, k)
+			st := openStore(t, t.TempDir())
+			defer st.Close()
+			before := snapshot(t, st, "hostile")
+			err = ingestErr(t, st, src, desc, k)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "component app") {
+				t.Fatalf("err = %v, want the component named and %q", err, tc.want)
+			}
+			if name == "non-UTF-8" && strings.Contains(err.Error(), "\xff") {
+				t.Errorf("raw non-UTF-8 bytes in the error: %q", err)
+			}
+			if after := snapshot(t, st, "hostile"); after != before {
+				t.Fatalf("the store changed:\n%s\n%s", before, after)
+			}
+		})
 	}
 }

@@ -374,3 +374,24 @@ func TestWriteBlobSizes(t *testing.T) {
 		t.Errorf("tmp/ keeps %d files", len(left))
 	}
 }
+
+// A blob the node already holds is not read from the source again; the Admitted event says
+// how many were taken from the store.
+func TestAdmitSaysWhichBlobsWereHeld(t *testing.T) {
+	s := open(t, t.TempDir(), Options{})
+	src, a := admission(t, "site", 1, "shared layer")
+	if _, err := s.Admit(t.Context(), src, a); err != nil {
+		t.Fatal(err)
+	}
+	src2, a2 := admission(t, "site", 2, "shared layer") // same blob, new manifest
+	if _, err := s.Admit(t.Context(), src2, a2); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := s.Events(0, 10)
+	if err != nil || len(evs) != 2 {
+		t.Fatalf("events %v %v", evs, err)
+	}
+	if strings.Contains(evs[0].Message, "already on the node") || !strings.Contains(evs[1].Message, "1 of 2 blobs were already on the node") {
+		t.Errorf("Admitted events:\n%s\n%s", evs[0].Message, evs[1].Message)
+	}
+}
