@@ -2,9 +2,12 @@ package apply
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"oras.land/oras-go/v2/content/memory"
 
 	"github.com/ferrygitops/ferry/bundles"
 )
@@ -109,5 +112,25 @@ func TestRemovePointer(t *testing.T) {
 	b, _ := json.Marshal(m)
 	if string(b) != `{"spec":{"a/b":{},"list":[null,{"x":2}]}}` {
 		t.Fatalf("got %s", b)
+	}
+}
+
+// A layer that cannot be read is named once, not "component app: component app: …".
+func TestLayerErrorNamesTheComponentOnce(t *testing.T) {
+	src := memory.New()
+	m := &bundles.Metadata{SchemaVersion: bundles.SchemaVersion, Name: "x", Version: "1.0.0", Revision: 1,
+		Created:    time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC),
+		Components: []bundles.Component{{Name: "app", Type: bundles.TypeKustomize, Kustomize: &bundles.KustomizeSpec{Path: "."}}}}
+	desc, err := bundles.Pack(t.Context(), src, m, [][]byte{[]byte("not a gzip layer")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundles.Open(t.Context(), src, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Env{}.build(t.Context(), src, b, 0)
+	if err == nil || strings.Count(err.Error(), "component app") != 1 {
+		t.Fatalf("err = %v, want the component named once", err)
 	}
 }

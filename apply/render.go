@@ -91,7 +91,7 @@ func (env Env) build(ctx context.Context, src content.Fetcher, b *bundles.Bundle
 	c := b.Metadata.Components[i]
 	files, err := b.Layer(ctx, src, i)
 	if err != nil {
-		return nil, fmt.Errorf("component %s: %w", c.Name, err)
+		return nil, err // Layer names the component
 	}
 	if env.NoDecrypt {
 		// A preview: encrypted files are rendered as they are.
@@ -120,7 +120,7 @@ func (env Env) helmChart(ctx context.Context, src content.Fetcher, b *bundles.Bu
 	c := b.Metadata.Components[i]
 	files, err := b.Layer(ctx, src, i)
 	if err != nil {
-		return nil, fmt.Errorf("component %s: %w", c.Name, err)
+		return nil, err // Layer names the component
 	}
 	for _, f := range files {
 		if decrypt.IsEncrypted(f.Name, f.Data) {
