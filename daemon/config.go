@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -59,6 +60,9 @@ type Config struct {
 	// that containerd uses as a mirror (ferry images configure); loopback only (default
 	// 127.0.0.1:9796); "off" disables it.
 	ImagesAddress string `yaml:"imagesAddress"`
+	// SpaceMargin is the free space an admission must leave in stateDir, as a size with a
+	// unit ("64MiB", "1GiB", "512KiB"; default 64MiB).
+	SpaceMargin string `yaml:"spaceMargin"`
 	// Retention is how many revisions of each bundle are kept (default 10, plus the current
 	// and last good ones).
 	Retention int `yaml:"retention"`
@@ -233,6 +237,11 @@ func (c *Config) validate() error {
 	if c.Retention < 1 {
 		bad("retention", "must be at least 1")
 	}
+	if c.SpaceMargin != "" {
+		if _, err := ParseSize(c.SpaceMargin); err != nil {
+			bad("spaceMargin", "%v", err)
+		}
+	}
 	if !namespaceName.MatchString(c.Namespace) {
 		bad("namespace", "%q is not a valid namespace name", c.Namespace)
 	}
@@ -299,4 +308,24 @@ func (c *Config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ParseSize reads a size with a binary unit: "64MiB", "1GiB", "512KiB", or plain bytes.
+func ParseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}, {"", 1}}
+	for _, u := range units {
+		v, ok := strings.CutSuffix(s, u.suffix)
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil || n < 0 || n > (1<<62)/u.mult {
+			break
+		}
+		return n * u.mult, nil
+	}
+	return 0, fmt.Errorf("%q is not a size (like 64MiB or 1GiB)", s)
 }

@@ -1,8 +1,13 @@
 package daemon
 
 import (
+	"errors"
 	"strings"
 	"testing"
+
+	"oras.land/oras-go/v2/content/memory"
+
+	"github.com/ferrygitops/ferry/store"
 )
 
 // TestConfigRefusals: each bad field is an error naming it; nothing is half-accepted.
@@ -22,6 +27,7 @@ func TestConfigRefusals(t *testing.T) {
 		"s3 no bucket":      {base + "sources: [{name: a, s3: {}}]\n", "s3.bucket"},
 		"s3 bad endpoint":   {base + "sources: [{name: a, s3: {bucket: b, endpoint: \"ftp://x\"}}]\n", "s3.endpoint"},
 		"metrics exposed":   {base + "metricsAddress: 0.0.0.0:9795\nsources: [{name: a, usb: {}}]\n", "metricsAddress"},
+		"bad margin":        {base + "spaceMargin: lots\nsources: [{name: a, usb: {}}]\n", "spaceMargin"},
 		"images exposed":    {base + "imagesAddress: \"[::]:9796\"\nsources: [{name: a, usb: {}}]\n", "imagesAddress"},
 		"images on metrics": {base + "imagesAddress: 127.0.0.1:9795\nsources: [{name: a, usb: {}}]\n", "is also metricsAddress"},
 		"bad interval":      {base + "sources: [{name: a, usb: {interval: soon}}]\n", "positive duration"},
@@ -61,4 +67,34 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("accepted a config without trust or sources: %+v", c)
 		}
 	})
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"64MiB": 64 << 20, "1GiB": 1 << 30, "512KiB": 512 << 10, "100": 100, "7B": 7} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "lots", "-1MiB", "1.5GiB", "99999999999999GiB"} {
+		if _, err := ParseSize(bad); err == nil {
+			t.Errorf("ParseSize(%q) accepted", bad)
+		}
+	}
+}
+
+// A state dir smaller than the default margin admits bundles once spaceMargin is lowered;
+// a margin it cannot meet refuses, naming the field.
+func TestSpaceMarginFromConfig(t *testing.T) {
+	k := newKey(t)
+	src := memory.New()
+	d := makeBundle(t, src, "site", 1, "x")
+	sign(t, src, d, k)
+	st, err := store.Open(t.TempDir(), store.Options{SpaceMargin: 1 << 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := Ingest(t.Context(), st, memSource{src}, d, k.policy, "test"); !errors.Is(err, store.ErrNoSpace) || !strings.Contains(err.Error(), "spaceMargin") {
+		t.Fatalf("want ErrNoSpace naming spaceMargin, got %v", err)
+	}
 }

@@ -79,7 +79,8 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("stateDir: %w", err)
 	}
-	st, err := store.Open(cfg.StateDir, store.Options{Keep: cfg.Retention, Log: log})
+	margin, _ := ParseSize(cfg.SpaceMargin) // validated with the config; "" is the default
+	st, err := store.Open(cfg.StateDir, store.Options{Keep: cfg.Retention, Log: log, SpaceMargin: margin})
 	if err != nil {
 		return nil, fmt.Errorf("stateDir: %w", err)
 	}

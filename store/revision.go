@@ -294,7 +294,7 @@ func (s *Store) checkSpace(need int64) error {
 	}
 	free := int64(st.Bavail) * int64(st.Bsize)
 	if need+s.opts.SpaceMargin > free {
-		return fmt.Errorf("%w: need %d bytes plus a %d-byte margin, %d free in %s", ErrNoSpace, need, s.opts.SpaceMargin, free, s.dir)
+		return fmt.Errorf("%w: need %d bytes plus a %d-byte margin, %d free in %s (free space, or lower the margin with spaceMargin in the daemon's config)", ErrNoSpace, need, s.opts.SpaceMargin, free, s.dir)
 	}
 	return nil
 }
