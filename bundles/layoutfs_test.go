@@ -126,3 +126,39 @@ func TestArchiveThatIsNotAFile(t *testing.T) {
 		t.Fatalf("symlink archive: %v", err)
 	}
 }
+
+// An archive is read from the file that was checked: swapping the path on the stick for a
+// FIFO after it was opened changes nothing and blocks nothing.
+func TestArchiveReadFromTheCheckedFile(t *testing.T) {
+	store, desc, _ := packed(t)
+	path := filepath.Join(t.TempDir(), "b.tar")
+	dst, _ := ParseAddress(path)
+	if _, err := Copy(t.Context(), memSource{store}, desc, dst, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	src, got, err := OpenSource(t.Context(), dst, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	os.Remove(path)
+	if err := unix.Mkfifo(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		b, err := Open(t.Context(), src, got)
+		if err == nil {
+			err = b.Check(t.Context(), src)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("reading the opened archive after its path was swapped: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the source reopened the path and blocked on the FIFO")
+	}
+}

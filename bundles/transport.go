@@ -96,14 +96,11 @@ func OpenSource(ctx context.Context, a Address, o Options) (Source, ocispec.Desc
 		}
 		src = nopCloser{s}
 	case KindTar:
-		if err := CheckArchive(a.Path); err != nil {
+		s, err := openArchive(ctx, a.Path)
+		if err != nil {
 			return nil, ocispec.Descriptor{}, err
 		}
-		s, err := oci.NewFromTar(ctx, a.Path)
-		if err != nil {
-			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: %w", a.Path, err)
-		}
-		src = nopCloser{s}
+		src = s
 	case KindS3:
 		if !strings.HasSuffix(a.Key, ".tar") {
 			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: name the bundle object (s3://bucket/key.tar)", a)
@@ -153,6 +150,42 @@ func CheckArchive(path string) error {
 		return err
 	}
 	defer f.Close()
+	return checkArchive(f, path)
+}
+
+// openArchive checks the archive at path and opens it as a source bound to the file that was
+// checked: oras reopens the archive for every blob, and it is given /proc/self/fd/N, which
+// reopens that same file however the path is swapped on the stick afterwards (for a FIFO, a
+// symlink, another archive).
+func openArchive(ctx context.Context, path string) (Source, error) {
+	f, err := OpenRegular(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkArchive(f, path); err != nil {
+		f.Close()
+		return nil, err
+	}
+	s, err := oci.NewFromTar(ctx, fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return fileSource{nopCloser{s}, f}, nil
+}
+
+// fileSource is a source that holds a file open until it is closed.
+type fileSource struct {
+	nopCloser
+	f *os.File
+}
+
+func (s fileSource) Close() error { return s.f.Close() }
+
+func checkArchive(f *os.File, path string) error {
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
 	fi, err := f.Stat()
 	if err != nil {
 		return err
