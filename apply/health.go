@@ -36,6 +36,7 @@ func (c *cluster) waitHealthy(ctx context.Context, bundle string, applied, check
 	}
 	failedSince := map[string]time.Time{}
 	last := map[string]string{}
+	var readErr error // the last read's error, if it was one that decides
 	for {
 		var ownRefs, otherRefs []ObjectRef
 		for k, r := range pending {
@@ -45,16 +46,27 @@ func (c *cluster) waitHealthy(ctx context.Context, bundle string, applied, check
 				otherRefs = append(otherRefs, r)
 			}
 		}
+		// A read that fails is the verdict only when it fails twice in a row before the end
+		// of the wait: near the deadline client-go's rate limiter refuses to wait, with an
+		// error of its own, and the verdict is then the timeout and what was pending.
 		live, err := c.live(ctx, bundle, ownRefs)
-		if err != nil && ctx.Err() == nil && !isTransient(err) {
-			return err
+		if live == nil {
+			live = map[string]*unstructured.Unstructured{}
 		}
 		for _, r := range otherRefs {
-			if u, err := c.get(ctx, r); err == nil {
+			if u, gerr := c.get(ctx, r); gerr == nil {
 				live[r.key()] = u
-			} else if !apierrors.IsNotFound(err) && !isTransient(err) && ctx.Err() == nil {
-				return fmt.Errorf("health check %s: %w", r, err)
+			} else if !apierrors.IsNotFound(gerr) && err == nil {
+				err = fmt.Errorf("health check %s: %w", r, gerr)
 			}
+		}
+		switch {
+		case err == nil || isTransient(err) || endOfWait(ctx, c.poll):
+			readErr = nil
+		case readErr != nil:
+			return err
+		default:
+			readErr = err
 		}
 		now := time.Now()
 		for k, r := range pending {
@@ -94,6 +106,17 @@ func (c *cluster) waitHealthy(ctx context.Context, bundle string, applied, check
 		case <-time.After(c.poll):
 		}
 	}
+}
+
+// endOfWait reports a wait whose deadline has passed or falls within the next poll: a read
+// that fails then (client-go's rate limiter refuses to wait past the deadline, with an error
+// of its own) must not stand for the verdict, which is the timeout and what was pending.
+func endOfWait(ctx context.Context, poll time.Duration) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && time.Until(d) <= poll
 }
 
 func describePending(pending map[string]ObjectRef, last map[string]string) string {
