@@ -4,6 +4,7 @@
 //	build   ferry bundle build (carries the image)     oras copy --to-oci-layout of the image
 //	push    ferry bundle push (layout → registry)       oras copy --from-oci-layout of the image
 //	export  ferry bundle export (layout → tar)          tar -cf of the same layout (GNU tar)
+//	upload  ferry bundle upload (layout → tar → S3)     minio-go FPutObject of the same tar
 //	verify  ferry bundle verify of the tar               openssl dgst -sha256 of the tar
 //	ingest  ferry daemon admits the tar from a stick     openssl dgst -sha256 of the tar
 //	pull    ctr images pull through the node's endpoint  ctr images pull from distribution
@@ -30,6 +31,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/minio/minio-go/v7"
 
 	"github.com/ferrygitops/ferry/bench/measure"
 	"github.com/ferrygitops/ferry/daemon"
@@ -78,7 +81,7 @@ func run(ctx context.Context, ferry string, size int64, nLayers int) error {
 		return err
 	}
 	defer os.RemoveAll(work)
-	tb, err := testbed.Start(ctx, testbed.Options{Services: testbed.Kube | testbed.Registry | testbed.Containerd, Timeout: 5 * time.Minute})
+	tb, err := testbed.Start(ctx, testbed.Options{Services: testbed.Kube | testbed.Registry | testbed.S3 | testbed.Containerd, Timeout: 5 * time.Minute})
 	if err != nil {
 		return err
 	}
@@ -178,6 +181,22 @@ func run(ctx context.Context, ferry string, size int64, nLayers int) error {
 	if err := peerRun("verify", "openssl dgst -sha256", size, exec.Command("openssl", "dgst", "-sha256", tarPath)); err != nil {
 		return err
 	}
+	// Upload: ferry writes the tar (as export does) and puts it; the peer is the raw client,
+	// minio-go's FPutObject of the same tar, in this process (its memory is not this row's).
+	s3env := []string{"AWS_ACCESS_KEY_ID=" + tb.S3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + tb.S3.SecretKey}
+	env = append(env, s3env...)
+	if err := ferryRun("upload", size, "bundle", "upload", dist, "s3://"+tb.S3.Bucket+"/bench", "--s3-endpoint", tb.S3.URL, "--s3-region", tb.S3.Region); err != nil {
+		return err
+	}
+	mc, err := tb.S3Client()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if _, err := mc.FPutObject(ctx, tb.S3.Bucket, "peer/big.tar", tarPath, minio.PutObjectOptions{}); err != nil {
+		return fmt.Errorf("minio-go FPutObject: %w", err)
+	}
+	rows = append(rows, row{"upload", "minio-go FPutObject of the tar (raw client)", size, time.Since(start), 0})
 
 	// The node: the daemon admits the tar from a stick, then serves the image to containerd.
 	n, err := startDaemon(ctx, tb, ferry, filepath.Join(work, "node"))
@@ -188,7 +207,7 @@ func run(ctx context.Context, ferry string, size int64, nLayers int) error {
 	baseKiB := n.hwm()
 	media := filepath.Join(work, "node", "media", "usb0")
 	os.MkdirAll(media, 0o755)
-	start := time.Now()
+	start = time.Now()
 	// A rename onto the watched mount: the tar appears whole, as a finished copy does.
 	if err := os.Rename(tarPath, filepath.Join(media, "big.tar")); err != nil {
 		return err
