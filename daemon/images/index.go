@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"sort"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/registry"
 
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/store"
@@ -68,10 +70,40 @@ func (a rank) beats(b rank) bool {
 	return a.bundle < b.bundle
 }
 
-// buildIndex reads every kept revision's metadata and walks its images' graphs in st.
-// A revision whose records cannot be read contributes nothing and is reported in errs; the
-// rest of the node's images are still served.
-func buildIndex(ctx context.Context, st Store) (*index, []error) {
+// carriedImage is one image a revision carries, with its graph: what a revision's manifest
+// says, which never changes for a digest, so it is read once per manifest.
+type carriedImage struct {
+	ref   registry.Reference
+	root  ocispec.Descriptor
+	graph []ocispec.Descriptor
+}
+
+// carriedBy reads the images a bundle manifest carries and walks their graphs in st.
+func carriedBy(ctx context.Context, st Store, manifest ocispec.Descriptor) ([]carriedImage, error) {
+	bun, err := bundles.Open(ctx, st, manifest)
+	if err != nil {
+		return nil, err
+	}
+	var out []carriedImage
+	for _, im := range bun.Metadata.Images {
+		ref, err := bundles.NormalizeImage(im.Name)
+		if err != nil {
+			return nil, err
+		}
+		graph, err := bundles.ImageBlobs(ctx, st, im.Descriptor)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, carriedImage{ref: ref, root: im.Descriptor, graph: graph})
+	}
+	return out, nil
+}
+
+// buildIndex reads every kept revision's record and the images it carries (through cache,
+// by manifest digest; entries of revisions no longer kept are dropped from it). A revision
+// whose records cannot be read contributes nothing and is reported in errs; the rest of the
+// node's images are still served.
+func buildIndex(ctx context.Context, st Store, cache map[digest.Digest][]carriedImage) (*index, []error) {
 	idx := &index{repos: map[string]*repo{}, paths: map[string][]string{}}
 	var errs []error
 	bs, err := st.Bundles()
@@ -83,6 +115,11 @@ func buildIndex(ctx context.Context, st Store) (*index, []error) {
 		digest    digest.Digest
 	}
 	heldAt := map[heldKey]*Held{}
+	used := map[digest.Digest][]carriedImage{}
+	defer func() {
+		clear(cache)
+		maps.Copy(cache, used)
+	}()
 	for _, b := range bs {
 		revs, err := st.Revisions(b.Name)
 		if err != nil {
@@ -90,24 +127,18 @@ func buildIndex(ctx context.Context, st Store) (*index, []error) {
 			continue
 		}
 		for _, r := range revs {
-			bun, err := bundles.Open(ctx, st, r.Manifest)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s revision %d: %w", r.Name, r.Revision, err))
-				continue
+			ims, ok := cache[r.Manifest.Digest]
+			if !ok {
+				if ims, err = carriedBy(ctx, st, r.Manifest); err != nil {
+					errs = append(errs, fmt.Errorf("%s revision %d: %w", r.Name, r.Revision, err))
+					continue
+				}
 			}
+			used[r.Manifest.Digest] = ims
 			current := r.Revision == b.Current
 			serves := current || r.State == store.StateHealthy
-			for _, im := range bun.Metadata.Images {
-				ref, err := bundles.NormalizeImage(im.Name)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("%s revision %d: %w", r.Name, r.Revision, err))
-					continue
-				}
-				graph, err := bundles.ImageBlobs(ctx, st, im.Descriptor)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("%s revision %d: %w", r.Name, r.Revision, err))
-					continue
-				}
+			for _, ci := range ims {
+				ref, graph, im := ci.ref, ci.graph, bundles.Image{Descriptor: ci.root}
 				name := ref.Registry + "/" + ref.Repository
 				rp := idx.repos[name]
 				if rp == nil {

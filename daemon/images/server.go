@@ -48,9 +48,10 @@ type Server struct {
 	st  Store
 	log *slog.Logger
 
-	mu  sync.Mutex
-	gen uint64
-	idx *index
+	mu    sync.Mutex
+	gen   uint64
+	idx   *index
+	cache map[digest.Digest][]carriedImage // by bundle manifest digest
 }
 
 // NewServer returns the endpoint for st; log may be nil.
@@ -58,7 +59,7 @@ func NewServer(st Store, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{st: st, log: log}
+	return &Server{st: st, log: log, cache: map[digest.Digest][]carriedImage{}}
 }
 
 // Run serves the endpoint on ln until ctx is done.
@@ -103,7 +104,7 @@ func (s *Server) current(ctx context.Context) (*index, error) {
 	if s.idx != nil && gen == s.gen {
 		return s.idx, nil
 	}
-	idx, errs := buildIndex(ctx, s.st)
+	idx, errs := buildIndex(ctx, s.st, s.cache)
 	for _, e := range errs {
 		s.log.Warn("image endpoint: revision not served", "err", e)
 	}

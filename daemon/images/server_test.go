@@ -678,3 +678,34 @@ func TestImagesFollowRetention(t *testing.T) {
 		}
 	}
 }
+
+// A store write that changes no revision (an event, an inventory) rebuilds the index from the
+// cache: no bundle manifest is read again.
+func TestIndexRebuildUsesCache(t *testing.T) {
+	f := newFixture(t)
+	c := &countingStore{Store: f.st}
+	s := NewServer(c, nil)
+	if !s.Holds(t.Context(), "web:1.0") {
+		t.Fatal("web:1.0 not held")
+	}
+	first := c.fetches
+	if err := f.st.AddEvent(store.Event{Bundle: "shop", Reason: "Test"}); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Holds(t.Context(), "web:1.0") {
+		t.Fatal("web:1.0 not held after an event")
+	}
+	if c.fetches != first {
+		t.Errorf("the rebuild after an event read %d blobs again", c.fetches-first)
+	}
+}
+
+type countingStore struct {
+	*store.Store
+	fetches int
+}
+
+func (c *countingStore) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	c.fetches++
+	return c.Store.Fetch(ctx, d)
+}
