@@ -35,6 +35,44 @@ func NewProgress(w io.Writer, label string, total int64) *Progress {
 	return p
 }
 
+// SetTotal sets the total once it is known.
+func (p *Progress) SetTotal(total int64) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.total = total
+}
+
+// Snapshot returns the bytes done and the total, for a progress reported elsewhere (the
+// daemon's import, drawn by the CLI).
+func (p *Progress) Snapshot() (done, total int64) {
+	if p == nil {
+		return 0, 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.done, p.total
+}
+
+// CountedFetcher is Counted for a plain fetcher.
+func CountedFetcher(f content.Fetcher, p *Progress) content.Fetcher {
+	if p == nil {
+		return f
+	}
+	return countingFetcher{f, p}
+}
+
+type countingFetcher struct {
+	content.Fetcher
+	p *Progress
+}
+
+func (c countingFetcher) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	return countedFetch(ctx, c.Fetcher, d, c.p)
+}
+
 // Add counts n more bytes done.
 func (p *Progress) Add(n int64) {
 	if p == nil || n == 0 {

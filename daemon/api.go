@@ -105,6 +105,9 @@ func (d *Daemon) apiHandler() http.Handler {
 		rev, err := d.Import(r.Context(), req.Ref)
 		reply(w, rev, err)
 	})
+	mux.HandleFunc("GET /v1/import/progress", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, d.importProgress(), nil)
+	})
 	mux.HandleFunc("GET /v1/images", func(w http.ResponseWriter, r *http.Request) {
 		held, err := d.images.Held(r.Context())
 		if held == nil && err == nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -58,7 +59,9 @@ type Daemon struct {
 	started context.Context          // the Run context, for loops started later
 	group   *errgroup.Group
 	handled map[string]bool // candidate keys already verified (or refused for good)
-	refused map[string]bool // candidate keys a Refused event was written for
+	// importing counts the bytes of the `ferry import` in progress, if any.
+	importing *bundles.Progress
+	refused   map[string]bool // candidate keys a Refused event was written for
 }
 
 // New loads what the config names (trust policy, age key, kubeconfig) and opens the store.
@@ -330,7 +333,7 @@ func (d *Daemon) ingest(ctx context.Context, sourceName string, c candidate) (*s
 	if err == nil {
 		defer src.Close()
 		var rev *store.Revision
-		rev, err = Ingest(ctx, d.st, src, desc, d.policy, sourceName+": "+c.addr.String())
+		rev, err = IngestCounted(ctx, d.st, src, desc, d.policy, sourceName+": "+c.addr.String(), c.progress)
 		if err == nil {
 			var n int64
 			for _, b := range rev.Blobs {
@@ -541,7 +544,36 @@ func (d *Daemon) Import(ctx context.Context, ref string) (*store.Revision, error
 	if err != nil {
 		return nil, err
 	}
-	return d.ingest(ctx, "import", candidate{addr: addr})
+	p := bundles.NewProgress(io.Discard, "import "+ref, 0)
+	d.mu.Lock()
+	d.importing = p
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		if d.importing == p {
+			d.importing = nil
+		}
+		d.mu.Unlock()
+	}()
+	return d.ingest(ctx, "import", candidate{addr: addr, progress: p})
+}
+
+// ImportProgress is the import in progress, for `ferry import`'s progress line.
+type ImportProgress struct {
+	Active bool  `json:"active"`
+	Done   int64 `json:"done"`
+	Total  int64 `json:"total"`
+}
+
+func (d *Daemon) importProgress() ImportProgress {
+	d.mu.Lock()
+	p := d.importing
+	d.mu.Unlock()
+	if p == nil {
+		return ImportProgress{}
+	}
+	done, total := p.Snapshot()
+	return ImportProgress{Active: true, Done: done, Total: total}
 }
 
 // RollbackTo applies a stored revision again (ferry rollback) and marks the newer revisions

@@ -18,6 +18,12 @@ import (
 // digest-checked), then let the store copy the blobs, each checked while it streams, and
 // apply the anti-downgrade rule. source names where the bundle came from, for the record.
 func Ingest(ctx context.Context, st *store.Store, src bundles.Source, desc ocispec.Descriptor, policy verify.Policy, source string) (*store.Revision, error) {
+	return IngestCounted(ctx, st, src, desc, policy, source, nil)
+}
+
+// IngestCounted is Ingest that counts the bytes it copies into the store in p (its total set
+// to what the store lacks), for a progress line; p may be nil.
+func IngestCounted(ctx context.Context, st *store.Store, src bundles.Source, desc ocispec.Descriptor, policy verify.Policy, source string, p *bundles.Progress) (*store.Revision, error) {
 	res, err := verify.Bundle(ctx, src, desc, policy)
 	if err != nil {
 		return nil, err
@@ -49,7 +55,14 @@ func Ingest(ctx context.Context, st *store.Store, src bundles.Source, desc ocisp
 		}
 		blobs = append(blobs, graph...)
 	}
-	rev, err := st.Admit(ctx, src, store.Admission{
+	var need int64
+	for _, d := range append([]ocispec.Descriptor{desc}, blobs...) {
+		if !st.HasBlob(d.Digest) {
+			need += d.Size
+		}
+	}
+	p.SetTotal(need)
+	rev, err := st.Admit(ctx, bundles.CountedFetcher(src, p), store.Admission{
 		Name: b.Metadata.Name, Revision: b.Metadata.Revision, Version: b.Metadata.Version,
 		Manifest: desc, Blobs: blobs, Source: source, Verification: record,
 	})

@@ -453,3 +453,36 @@ func TestIngestRefusesHostileLayersOfASignedBundle(t *testing.T) {
 		})
 	}
 }
+
+// The import's progress counts the bytes copied into the store, of the total the store
+// lacked: all of them for a new bundle, none of what it already held for the next.
+func TestIngestCountsProgress(t *testing.T) {
+	k := newKey(t)
+	src := memory.New()
+	d1 := makeBundle(t, src, "site", 1, "payload one")
+	sign(t, src, d1, k)
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+	p := bundles.NewProgress(io.Discard, "import", 0)
+	rev, err := IngestCounted(t.Context(), st, memSource{src}, d1, k.policy, "test", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all int64
+	for _, b := range rev.Blobs {
+		all += b.Size
+	}
+	if done, total := p.Snapshot(); total != all || done != total {
+		t.Fatalf("progress %d of %d, want %d of %d", done, total, all, all)
+	}
+	// The same layer again in revision 2: only what is new is counted.
+	d2 := makeBundle(t, src, "site", 2, "payload one")
+	sign(t, src, d2, k)
+	p2 := bundles.NewProgress(io.Discard, "import", 0)
+	if _, err := IngestCounted(t.Context(), st, memSource{src}, d2, k.policy, "test", p2); err != nil {
+		t.Fatal(err)
+	}
+	if done, total := p2.Snapshot(); total >= all || done != total || total == 0 {
+		t.Fatalf("second import: progress %d of %d (first was %d)", done, total, all)
+	}
+}

@@ -23,6 +23,8 @@ type candidate struct {
 	key string
 	// admitted, when set, runs after the bundle was admitted (the USB receipt).
 	admitted func(*store.Revision)
+	// progress, when set, counts the bytes copied into the store (ferry import).
+	progress *bundles.Progress
 }
 
 // source finds candidates; poll is called every interval.

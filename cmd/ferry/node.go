@@ -16,8 +16,10 @@ import (
 	"log/slog"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/daemon"
 	"github.com/ferrygitops/ferry/store"
 	"github.com/ferrygitops/ferry/systemd"
@@ -223,7 +225,10 @@ func newImportCommand() *cobra.Command {
 				ref = abs
 			}
 			var rev store.Revision
-			if err := n.do(cmd, http.MethodPost, "/v1/import", map[string]string{"ref": ref}, &rev); err != nil {
+			stop := n.importProgress(cmd, ref)
+			err := n.do(cmd, http.MethodPost, "/v1/import", map[string]string{"ref": ref}, &rev)
+			stop()
+			if err != nil {
 				return err
 			}
 			return n.p.print(cmd.OutOrStdout(), rev, func(w *tabwriter.Writer) {
@@ -233,6 +238,41 @@ func newImportCommand() *cobra.Command {
 	}
 	n.flags(cmd)
 	return cmd
+}
+
+// importProgress draws the daemon's progress on the import on a terminal (bytes copied into
+// the store of the total, rate, time left) until the returned stop is called; nothing when
+// CI is set or stderr is not a terminal.
+func (n *nodeClient) importProgress(cmd *cobra.Command, ref string) (stop func()) {
+	if os.Getenv("CI") != "" || !term.IsTerminal(int(os.Stderr.Fd())) || n.p.format != "table" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		var p *bundles.Progress
+		var last int64
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var ip daemon.ImportProgress
+			if err := daemon.NewClient(n.socket).Do(cmd.Context(), http.MethodGet, "/v1/import/progress", nil, &ip); err == nil && ip.Active && ip.Total > 0 {
+				if p == nil {
+					p = bundles.NewProgress(cmd.ErrOrStderr(), "import "+filepath.Base(ref), ip.Total)
+				}
+				p.Add(ip.Done - last)
+				last = ip.Done
+			}
+			select {
+			case <-done:
+				p.Finish()
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }
 
 func newEventsCommand() *cobra.Command {

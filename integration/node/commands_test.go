@@ -91,6 +91,11 @@ func TestTechnicianCommands(t *testing.T) {
 	if err := c.Do(t.Context(), "POST", "/v1/import", map[string]string{"ref": elsewhere}, &rev); err == nil {
 		t.Fatal("importing the same revision again was accepted")
 	}
+	// ferry import's progress line reads this while an import runs; none runs now.
+	var ip daemon.ImportProgress
+	if err := c.Do(t.Context(), "GET", "/v1/import/progress", nil, &ip); err != nil || ip.Active {
+		t.Fatalf("import progress with no import running: %+v %v", ip, err)
+	}
 
 	// A hand edit is drift: corrected at the next drift check (2s here) and recorded as an event.
 	cs, err := kubernetes.NewForConfig(tb.REST)
