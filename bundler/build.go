@@ -308,6 +308,16 @@ func packKustomizeDir(dir, root string, w io.Writer) (string, error) {
 	return inLayer, bundles.PackFiles(filepath.Join(dir, filepath.FromSlash(lr)), inLayer, extra, w)
 }
 
+// kustomizationIn returns the name of the kustomization file in dir on disk, "" if none.
+func kustomizationIn(dir string) string {
+	for _, k := range []string{"kustomization.yaml", "kustomization.yml", "Kustomization"} {
+		if fi, err := os.Stat(filepath.Join(dir, k)); err == nil && fi.Mode().IsRegular() {
+			return k
+		}
+	}
+	return ""
+}
+
 // closureOf returns what the kustomization in the component directory root (a resolved path
 // inside the tree dir) reads outside it, relative to dir, and root relative to dir. A
 // directory without a kustomization reads nothing else (Flux lists its manifests).
@@ -321,13 +331,7 @@ func closureOf(dir, root string) (extra []string, comp string, err error) {
 		return nil, "", err
 	}
 	comp = filepath.ToSlash(rel)
-	has := false
-	for _, k := range []string{"kustomization.yaml", "kustomization.yml", "Kustomization"} {
-		if fi, err := os.Stat(filepath.Join(root, k)); err == nil && fi.Mode().IsRegular() {
-			has = true
-		}
-	}
-	if !has {
+	if kustomizationIn(root) == "" {
 		return nil, comp, nil
 	}
 	extra, err = kustomizeClosure(realDir, comp)
@@ -501,7 +505,7 @@ func carryImages(ctx context.Context, dst content.Storage, remote bundles.Option
 				}
 			}
 			prog = bundles.NewProgress(remote.Progress, "carry "+name, total)
-			fetchFrom = bundles.CountedStorage(repo, prog)
+			fetchFrom = bundles.Counted(repo, prog)
 		}
 		err = oras.CopyGraph(ctx, fetchFrom, dst, desc, oras.DefaultCopyGraphOptions)
 		prog.Finish()

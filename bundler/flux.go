@@ -604,20 +604,19 @@ func fluxObjectsIn(base, path string) ([]fluxDoc, []bundles.Patch, error) {
 // dir has a kustomization, its kustomize build (patch files and plain manifests beside it are
 // not objects of their own; its patches are applied); otherwise every YAML document under it.
 func fluxDirDocs(repoRoot, dir string) ([]fluxDoc, error) {
-	for _, k := range []string{"kustomization.yaml", "kustomization.yml", "Kustomization"} {
-		if fi, err := os.Stat(filepath.Join(dir, k)); err == nil && fi.Mode().IsRegular() {
-			rel, err := filepath.Rel(repoRoot, dir)
-			if err != nil {
-				return nil, err
-			}
-			docs, _, err := fluxObjectsIn(repoRoot, filepath.ToSlash(rel))
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", filepath.Join(rel, k), err)
-			}
-			return docs, nil
-		}
+	k := kustomizationIn(dir)
+	if k == "" {
+		return readFluxDocs(dir)
 	}
-	return readFluxDocs(dir)
+	rel, err := filepath.Rel(repoRoot, dir)
+	if err != nil {
+		return nil, err
+	}
+	docs, _, err := fluxObjectsIn(repoRoot, filepath.ToSlash(rel))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(rel, k), err)
+	}
+	return docs, nil
 }
 
 type fluxDoc struct {

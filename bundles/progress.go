@@ -56,23 +56,6 @@ func (p *Progress) Snapshot() (done, total int64) {
 	return p.done, p.total
 }
 
-// CountedFetcher is Counted for a plain fetcher.
-func CountedFetcher(f content.Fetcher, p *Progress) content.Fetcher {
-	if p == nil {
-		return f
-	}
-	return countingFetcher{f, p}
-}
-
-type countingFetcher struct {
-	content.Fetcher
-	p *Progress
-}
-
-func (c countingFetcher) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
-	return countedFetch(ctx, c.Fetcher, d, c.p)
-}
-
 // Add counts n more bytes done.
 func (p *Progress) Add(n int64) {
 	if p == nil || n == 0 {
@@ -128,16 +111,8 @@ func bytesIEC(n int64) string {
 	return fmt.Sprintf("%d B", n)
 }
 
-// Counted returns src with every byte read from its blobs counted in p.
-func Counted(src Source, p *Progress) Source {
-	if p == nil {
-		return src
-	}
-	return countingSource{src, p}
-}
-
-// CountedStorage is Counted for a store that is not a Source (a registry repository).
-func CountedStorage(s content.ReadOnlyStorage, p *Progress) content.ReadOnlyStorage {
+// Counted returns s with every byte read from its blobs counted in p (s itself when p is nil).
+func Counted(s content.ReadOnlyStorage, p *Progress) content.ReadOnlyStorage {
 	if p == nil {
 		return s
 	}
@@ -150,31 +125,11 @@ type countingStorage struct {
 }
 
 func (c countingStorage) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
-	return countedFetch(ctx, c.ReadOnlyStorage, d, c.p)
-}
-
-// TransferSize is what reading or copying the bundle desc and its images moves: every blob of
-// their graphs (signatures, a few KiB, are left out).
-func TransferSize(ctx context.Context, src Source, desc ocispec.Descriptor, images []Image) int64 {
-	return transferSize(ctx, src, desc, images)
-}
-
-// countingSource counts the bytes read from every blob fetched from it.
-type countingSource struct {
-	Source
-	p *Progress
-}
-
-func (c countingSource) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
-	return countedFetch(ctx, c.Source, d, c.p)
-}
-
-func countedFetch(ctx context.Context, f content.Fetcher, d ocispec.Descriptor, p *Progress) (io.ReadCloser, error) {
-	rc, err := f.Fetch(ctx, d)
+	rc, err := c.ReadOnlyStorage.Fetch(ctx, d)
 	if err != nil {
 		return nil, err
 	}
-	return countingReader{rc, p}, nil
+	return countingReader{rc, c.p}, nil
 }
 
 type countingReader struct {
@@ -188,9 +143,9 @@ func (r countingReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// transferSize is what copying the bundle desc and its images moves: every blob of their
-// graphs (signatures, a few KiB, are left out of the total).
-func transferSize(ctx context.Context, src Source, desc ocispec.Descriptor, images []Image) int64 {
+// TransferSize is what reading or copying the bundle desc and its images moves: every blob of
+// their graphs (signatures, a few KiB, are left out).
+func TransferSize(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor, images []Image) int64 {
 	var total int64
 	seen := map[string]bool{}
 	for _, root := range append([]ocispec.Descriptor{desc}, imageRoots(images)...) {

@@ -365,8 +365,8 @@ func copyWithSignatures(ctx context.Context, src Source, dst oras.Target, desc o
 	// signatures below are read from src itself (counted hides its referrers API).
 	var counted content.ReadOnlyStorage = src
 	if progress != nil {
-		p := NewProgress(progress, "copy "+tag, transferSize(ctx, src, desc, images))
-		counted = countingSource{src, p}
+		p := NewProgress(progress, "copy "+tag, TransferSize(ctx, src, desc, images))
+		counted = Counted(src, p)
 		// Blobs the destination already has count as done without being read.
 		opts.OnCopySkipped = func(_ context.Context, d ocispec.Descriptor) error { p.Add(d.Size); return nil }
 		defer p.Finish()

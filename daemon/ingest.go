@@ -62,7 +62,7 @@ func IngestCounted(ctx context.Context, st *store.Store, src bundles.Source, des
 		}
 	}
 	p.SetTotal(need)
-	rev, err := st.Admit(ctx, bundles.CountedFetcher(src, p), store.Admission{
+	rev, err := st.Admit(ctx, bundles.Counted(src, p), store.Admission{
 		Name: b.Metadata.Name, Revision: b.Metadata.Revision, Version: b.Metadata.Version,
 		Manifest: desc, Blobs: blobs, Source: source, Verification: record,
 	})
