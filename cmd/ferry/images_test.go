@@ -60,3 +60,18 @@ func TestImagesConfigure(t *testing.T) {
 		t.Fatalf("imagesAddress off: %v", err)
 	}
 }
+
+// A mistyped subcommand fails with "did you mean", for every command group, instead of
+// printing help and exiting 0.
+func TestUnknownSubcommandFails(t *testing.T) {
+	for args, want := range map[string]string{"images lst": "did you mean list?", "bundle biuld": "did you mean build?",
+		"keys genrate": "did you mean generate?", "service strat": "did you mean start"} {
+		_, err := runFerry(t, strings.Fields(args)...)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ferry %s: %v, want an error with %q", args, err, want)
+		}
+	}
+	if _, err := runFerry(t, "images"); err != nil {
+		t.Errorf("ferry images (help): %v", err)
+	}
+}
