@@ -164,10 +164,19 @@ func TestIngestSurvivesSIGKILL(t *testing.T) {
 			t.Fatal(err)
 		}
 		rec, _ := st.GetBundle("crash")
+		listed := map[string]bool{}
 		for _, r := range revs {
 			if r.Revision > rec.Newest || r.State != store.StateVerified {
 				t.Fatalf("run %d: revision %d half-admitted (newest %d, state %s)", i, r.Revision, rec.Newest, r.State)
 			}
+			for _, b := range r.Blobs {
+				listed[b.Digest.Encoded()] = true
+			}
+		}
+		// What an interrupted copy wrote is collected (its pending record names it).
+		files, _ := os.ReadDir(filepath.Join(stateDir, "blobs", "sha256"))
+		if len(files) != len(listed) {
+			t.Fatalf("run %d: %d blob files for %d listed blobs: a killed admission's copies were not collected", i, len(files), len(listed))
 		}
 		st.Close()
 		if tmp, _ := os.ReadDir(filepath.Join(stateDir, "tmp")); len(tmp) != 0 {

@@ -125,9 +125,21 @@ func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*R
 	if err := s.checkSpace(need); err != nil {
 		return nil, err
 	}
-	// Blobs this admission writes are removed again if it fails, so a refusal leaves the
-	// content store as it was. (They were absent before, so no committed revision uses them,
-	// and s.mu keeps GC and other admissions out meanwhile.)
+	// The blobs this admission will write are recorded first, as pending: they are the only
+	// files a later GC may remove without a revision record naming them (after a crash
+	// mid-copy). A refusal removes them at once, so it leaves the content store as it was.
+	// (They were absent before, so no committed revision uses them, and s.mu keeps GC and
+	// other admissions out meanwhile.)
+	pending := pendingKey(a.Name, a.Revision)
+	var toWrite []digest.Digest
+	for d := range seenOnce(blobs) {
+		if !held[d] {
+			toWrite = append(toWrite, d)
+		}
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return putJSON(tx.Bucket(bucketMeta), pending, toWrite) }); err != nil {
+		return nil, err
+	}
 	var (
 		mu        sync.Mutex
 		written   []digest.Digest
@@ -139,6 +151,9 @@ func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*R
 		}
 		for _, d := range written {
 			os.Remove(s.blobPath(d))
+		}
+		if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(pending) }); err != nil {
+			s.log.Warn("pending admission record not removed; the next GC removes it", "err", err)
 		}
 	}()
 	// Blobs are copied in parallel: each copy hashes on one core while the other's fsync
@@ -179,7 +194,7 @@ func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*R
 		Source: a.Source, Verification: a.Verification, State: StateVerified, Admitted: now,
 		History: []Transition{{State: StateVerified, Time: now}},
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		// Checked again inside the transaction: another admission may have committed while
 		// this one copied.
 		b, err := getBundle(tx, a.Name)
@@ -194,6 +209,9 @@ func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*R
 			return err
 		}
 		if err := putJSON(tx.Bucket(bucketRevisions), revisionKey(a.Name, a.Revision), rev); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketMeta).Delete(pending); err != nil {
 			return err
 		}
 		msg := fmt.Sprintf("revision %d (%s) verified and stored", a.Revision, a.Manifest.Digest)
@@ -213,6 +231,11 @@ func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*R
 		s.log.Warn("index.json not rewritten", "err", err)
 	}
 	return rev, nil
+}
+
+// pendingKey is the meta key listing the blobs an admission is writing, until it commits.
+func pendingKey(name string, rev uint64) []byte {
+	return append([]byte("pending/"), revisionKey(name, rev)...)
 }
 
 func seenOnce(ds []ocispec.Descriptor) map[digest.Digest]bool {
@@ -363,7 +386,7 @@ func (s *Store) Begin(name string, rev uint64, deadline time.Time, note string) 
 }
 
 func (s *Store) setState(name string, rev uint64, state State, note string, deadline time.Time) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		key := revisionKey(name, rev)
 		v := tx.Bucket(bucketRevisions).Get(key)
 		if v == nil {
@@ -417,7 +440,7 @@ func (s *Store) setState(name string, rev uint64, state State, note string, dead
 
 // SetSuspended suspends or resumes a bundle, recording an event.
 func (s *Store) SetSuspended(name string, suspended bool) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketBundles).Get([]byte(name)) == nil {
 			return fmt.Errorf("bundle %s: %w", name, ErrNotFound)
 		}
@@ -456,7 +479,7 @@ func (s *Store) Bundles() ([]Bundle, error) {
 // PutInventory stores what the apply engine recorded for one component of a revision (opaque
 // to the store).
 func (s *Store) PutInventory(name string, rev uint64, component string, inv []byte) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketRevisions).Get(revisionKey(name, rev)) == nil {
 			return fmt.Errorf("%s revision %d: %w", name, rev, ErrNotFound)
 		}
@@ -482,12 +505,23 @@ func inventoryKey(name string, rev uint64, component string) []byte {
 	return []byte(fmt.Sprintf("%s/%020d/%s", name, rev, component))
 }
 
-// GC applies retention and removes blobs that no kept revision lists. It returns the number of
+// GC applies retention and removes the blobs it no longer needs. It returns the number of
 // blobs removed.
+//
+// GC removes only what the database positively names as garbage: the blobs of revisions
+// retention drops now, and those of admissions that never committed (recorded as pending
+// before their copy began), when no kept revision lists them. A file in the content store
+// that no record names at all is kept: the database that would have named it may be the
+// damaged party. And when a kept revision lists a blob the store does not have (a damaged
+// record, or a file lost from blobs/), the database is not what was written, and GC
+// removes nothing, neither records nor blobs, and says so in the log and, once, as an event.
 func (s *Store) GC() (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	keep := map[digest.Digest]bool{}
+	drop := map[digest.Digest]bool{}
+	var missing []string
+	deleted := 0
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		revs := tx.Bucket(bucketRevisions)
 		byName := map[string][]Revision{}
@@ -497,9 +531,35 @@ func (s *Store) GC() (int, error) {
 				return fmt.Errorf("revision %s: %w", k, err)
 			}
 			byName[r.Name] = append(byName[r.Name], r)
+			for _, d := range r.Blobs {
+				if !s.HasBlob(d.Digest) {
+					missing = append(missing, fmt.Sprintf("%s revision %d: %s", r.Name, r.Revision, d.Digest))
+				}
+			}
 			return nil
 		}); err != nil {
 			return err
+		}
+		if len(missing) > 0 {
+			return errGCHeld
+		}
+		meta := tx.Bucket(bucketMeta)
+		var stale [][]byte
+		c := meta.Cursor()
+		for k, v := c.Seek([]byte("pending/")); k != nil && strings.HasPrefix(string(k), "pending/"); k, v = c.Next() {
+			var ds []digest.Digest
+			if err := json.Unmarshal(v, &ds); err != nil {
+				return fmt.Errorf("meta %s: %w", k, err)
+			}
+			for _, d := range ds {
+				drop[d] = true
+			}
+			stale = append(stale, append([]byte(nil), k...))
+		}
+		for _, k := range stale {
+			if err := meta.Delete(k); err != nil {
+				return err
+			}
 		}
 		for name, rs := range byName {
 			b, err := getBundle(tx, name)
@@ -514,43 +574,70 @@ func (s *Store) GC() (int, error) {
 					}
 					continue
 				}
+				for _, d := range r.Blobs {
+					drop[d.Digest] = true
+				}
 				if err := revs.Delete(revisionKey(name, r.Revision)); err != nil {
 					return err
 				}
 				if err := deletePrefix(tx.Bucket(bucketInventories), inventoryKey(name, r.Revision, "")); err != nil {
 					return err
 				}
+				deleted++
 			}
 		}
 		return nil
 	})
+	if errors.Is(err, errGCHeld) {
+		s.holdGC(missing)
+		return 0, nil
+	}
 	if err != nil {
 		return 0, err
 	}
-	dir := filepath.Join(s.dir, "blobs", "sha256")
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return 0, err
+	if deleted > 0 {
+		s.backup()
 	}
 	removed := 0
-	for _, e := range entries {
-		d := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
-		if d.Validate() == nil && keep[d] {
+	for d := range drop {
+		if keep[d] || d.Validate() != nil || d.Algorithm() != digest.SHA256 {
 			continue
 		}
-		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+		err := os.Remove(s.blobPath(d))
+		switch {
+		case err == nil:
+			removed++
+		case !errors.Is(err, os.ErrNotExist):
 			return removed, err
 		}
-		removed++
 	}
 	if err := s.writeIndex(); err != nil {
 		return removed, err
 	}
 	if removed > 0 {
-		s.log.Info("collected unreferenced blobs", "blobs", removed)
-		return removed, syncDir(dir)
+		s.log.Info("collected blobs", "blobs", removed)
+		return removed, syncDir(filepath.Join(s.dir, "blobs", "sha256"))
 	}
 	return 0, nil
+}
+
+var errGCHeld = errors.New("gc held")
+
+// holdGC reports a GC that removed nothing because the database names blobs the content
+// store lacks: in the log each time, in the event log once per Open.
+func (s *Store) holdGC(missing []string) {
+	first := missing[0]
+	if len(missing) > 1 {
+		first += fmt.Sprintf(" and %d more", len(missing)-1)
+	}
+	msg := "garbage collection removed nothing: the state database lists blobs the content store does not have (" + first +
+		"); blobs are kept until the database and the content store agree again (restore the missing files, or stop ferry and compare ferry.db with ferry.db.backup)"
+	s.log.Error("store GC held", "missing", len(missing), "first", missing[0])
+	if s.gcHeld.CompareAndSwap(false, true) {
+		if err := s.AddEvent(Event{Reason: "GCHeld", Message: msg}); err != nil {
+			s.log.Warn("event", "err", err)
+		}
+	}
 }
 
 // Check verifies the store's invariants: every blob a revision lists exists and matches its

@@ -8,10 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // DefaultDir is the state directory of an edge node unless configured otherwise.
@@ -54,11 +54,15 @@ type Options struct {
 type Store struct {
 	// mu serialises Admit and GC: GC would otherwise remove blobs an admission has copied
 	// but not yet recorded.
-	mu   sync.Mutex
-	dir  string
-	db   *bolt.DB
-	opts Options
-	log  *slog.Logger
+	mu sync.Mutex
+	// backupMu makes backups one at a time, each of the newest committed state.
+	backupMu sync.Mutex
+	dir      string
+	db       *bolt.DB
+	lock     *os.File // flock on ferry.lock, held while open
+	gcHeld   atomic.Bool
+	opts     Options
+	log      *slog.Logger
 }
 
 // Open opens (creating if needed) the state directory dir, checks the database, removes what
@@ -81,41 +85,55 @@ func Open(dir string, opts Options) (*Store, error) {
 			return nil, err
 		}
 	}
-	path := filepath.Join(dir, "ferry.db")
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("%s: %w (waited %s; is another ferry daemon running?)", path, ErrLocked, opts.LockTimeout)
-	}
+	lock, err := lockDir(dir, opts.LockTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, err
 	}
-	s := &Store{dir: dir, db: db, opts: opts, log: opts.Log}
+	db, restored, err := openDB(dir, opts)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	s := &Store{dir: dir, db: db, lock: lock, opts: opts, log: opts.Log}
+	fail := func(err error) (*Store, error) {
+		db.Close()
+		lock.Close()
+		return nil, err
+	}
+	if restored != "" {
+		s.log.Error("state database restored from its backup", "reason", restored)
+		if err := s.AddEvent(Event{Reason: "StateRestored", Message: restored}); err != nil {
+			return fail(err)
+		}
+	}
 	layout := filepath.Join(dir, "oci-layout")
 	if _, err := os.Stat(layout); os.IsNotExist(err) {
 		if err := WriteFileAtomic(layout, []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o600); err != nil {
-			db.Close()
-			return nil, err
+			return fail(err)
 		}
 	}
-	if err := s.init(); err != nil {
-		db.Close()
-		return nil, err
-	}
 	if err := s.recover(); err != nil {
-		db.Close()
-		return nil, err
+		return fail(err)
 	}
+	// A node that ran before this backup existed, or whose last one failed, gets one now.
+	s.backup()
 	return s, nil
 }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// Close closes the database and releases the state directory.
+func (s *Store) Close() error {
+	err := s.db.Close()
+	s.lock.Close()
+	return err
+}
 
 // Dir is the state directory.
 func (s *Store) Dir() string { return s.dir }
 
-func (s *Store) init() error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// initBuckets creates the buckets and the schema version in a database bbolt has just
+// created.
+func initBuckets(db *bolt.DB) error {
+	return db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMeta, bucketBundles, bucketRevisions, bucketInventories, bucketEvents} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
@@ -134,18 +152,9 @@ func (s *Store) init() error {
 	})
 }
 
-// recover checks the database, empties tmp/ (half-written blobs of an interrupted copy) and
+// recover empties tmp/ (half-written blobs of an interrupted copy) and
 // collects blobs no revision references (the copies of an admission that never committed).
 func (s *Store) recover() error {
-	if err := s.db.View(func(tx *bolt.Tx) error {
-		var errs []error
-		for err := range tx.Check() {
-			errs = append(errs, err)
-		}
-		return errors.Join(errs...)
-	}); err != nil {
-		return fmt.Errorf("state database check: %w", err)
-	}
 	tmp := filepath.Join(s.dir, "tmp")
 	entries, err := os.ReadDir(tmp)
 	if err != nil {

@@ -179,18 +179,30 @@ func TestOpenRecoversFromACrash(t *testing.T) {
 	if _, err := s.Admit(t.Context(), src, a); err != nil {
 		t.Fatal(err)
 	}
-	s.Close()
 	// What a crash mid-admission leaves: a half-written temp file and a whole blob that no
-	// revision lists yet.
+	// revision lists yet, named in the admission's pending record.
+	orphan := digest.FromString("orphan")
+	s.db.Update(func(tx *bolt.Tx) error {
+		return putJSON(tx.Bucket(bucketMeta), pendingKey("site", 2), []digest.Digest{orphan})
+	})
+	s.Close()
 	os.WriteFile(filepath.Join(dir, "tmp", "blob-123"), []byte("half"), 0o600)
-	orphan := filepath.Join(dir, "blobs", "sha256", strings.Repeat("ab", 32))
-	os.WriteFile(orphan, []byte("orphan"), 0o600)
+	os.WriteFile(filepath.Join(dir, "blobs", "sha256", orphan.Encoded()), []byte("orphan"), 0o600)
+	// A file no record names: kept, since the record that would name it may be the damage.
+	stray := filepath.Join(dir, "blobs", "sha256", strings.Repeat("ab", 32))
+	os.WriteFile(stray, []byte("stray"), 0o600)
 	s = open(t, dir, Options{})
 	if e, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(e) != 0 {
 		t.Fatal("temp files survived recovery")
 	}
-	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
-		t.Fatal("unreferenced blob survived recovery")
+	if _, err := os.Stat(filepath.Join(dir, "blobs", "sha256", orphan.Encoded())); !os.IsNotExist(err) {
+		t.Fatal("the blob of an admission that never committed survived recovery")
+	}
+	if _, err := os.Stat(stray); err != nil {
+		t.Fatal("recovery removed a blob no record names")
+	}
+	if _, err := s.GetRevision("site", 2); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("revision 2 half-admitted: %v", err)
 	}
 	if err := s.Check(); err != nil {
 		t.Fatal(err)
