@@ -209,19 +209,36 @@ type component struct {
 // A render error fails rev before anything is sent. The sequence is recorded in the store
 // before the first object is sent, so Resume can finish it after a crash at any point.
 func (e *Engine) Rollout(ctx context.Context, name string, rev uint64) (Report, error) {
-	return e.rollout(ctx, name, rev, false)
+	return e.rollout(ctx, name, rev, rolloutNew)
 }
 
 // Retry is Rollout for a revision that failed before: a failed revision is never tried
 // again by itself, only when someone asks.
 func (e *Engine) Retry(ctx context.Context, name string, rev uint64) (Report, error) {
-	return e.rollout(ctx, name, rev, true)
+	return e.rollout(ctx, name, rev, rolloutRetry)
 }
+
+// RollbackTo is Retry for a rollback someone asked for (ferry rollback): every newer revision
+// that is verified or healthy is recorded rolled back in the transaction that opens the
+// rollout of rev, so the node stays on rev until a newer revision arrives, and a crash at any
+// point leaves either the old state or an open rollout of rev, never a newer revision
+// waiting to be applied again.
+func (e *Engine) RollbackTo(ctx context.Context, name string, rev uint64) (Report, error) {
+	return e.rollout(ctx, name, rev, rolloutManual)
+}
+
+type rolloutMode int
+
+const (
+	rolloutNew    rolloutMode = iota // a revision not tried before
+	rolloutRetry                     // a revision that may have failed before, on request
+	rolloutManual                    // ferry rollback: retry, and supersede newer revisions
+)
 
 // ErrFailedBefore is returned by Rollout for a revision that already failed.
 var ErrFailedBefore = errors.New("revision failed before; retry it explicitly")
 
-func (e *Engine) rollout(ctx context.Context, name string, rev uint64, retry bool) (Report, error) {
+func (e *Engine) rollout(ctx context.Context, name string, rev uint64, mode rolloutMode) (Report, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	rep := Report{Bundle: name, Revision: rev}
@@ -234,6 +251,11 @@ func (e *Engine) rollout(ctx context.Context, name string, rev uint64, retry boo
 		return rep, err
 	}
 	if b.Txn == nil && b.Current == rev && r.State == store.StateHealthy {
+		if mode == rolloutManual {
+			if err := e.st.Supersede(name, rev); err != nil {
+				return rep, err
+			}
+		}
 		return e.sync(ctx, name, rev)
 	}
 	lastGood := b.LastGood
@@ -247,7 +269,7 @@ func (e *Engine) rollout(ctx context.Context, name string, rev uint64, retry boo
 	if b.Txn != nil && !inTxn {
 		return rep, fmt.Errorf("%s: the rollout of revision %d is unfinished; Resume finishes it first", name, b.Txn.Revision)
 	}
-	if !retry && !inTxn && (r.State == store.StateFailed || r.State == store.StateRolledBack) {
+	if mode == rolloutNew && !inTxn && (r.State == store.StateFailed || r.State == store.StateRolledBack) {
 		return rep, fmt.Errorf("%s revision %d: %w", name, rev, ErrFailedBefore)
 	}
 	comps, err := e.render(ctx, r)
@@ -271,7 +293,11 @@ func (e *Engine) rollout(ctx context.Context, name string, rev uint64, retry boo
 		// rollout must still fall back to the last good revision in the end.
 		deadline = b.Txn.Deadline
 	}
-	if err := e.st.Begin(name, rev, deadline, fmt.Sprintf("last good %d, deadline %s", lastGood, deadline.UTC().Format(time.RFC3339))); err != nil {
+	begin := e.st.Begin
+	if mode == rolloutManual {
+		begin = e.st.BeginRollback
+	}
+	if err := begin(name, rev, deadline, fmt.Sprintf("last good %d, deadline %s", lastGood, deadline.UTC().Format(time.RFC3339))); err != nil {
 		return rep, err
 	}
 	e.log.Info("applying", "bundle", name, "revision", rev, "lastGood", lastGood)

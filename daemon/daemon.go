@@ -576,25 +576,12 @@ func (d *Daemon) importProgress() ImportProgress {
 	return ImportProgress{Active: true, Done: done, Total: total}
 }
 
-// RollbackTo applies a stored revision again (ferry rollback) and marks the newer revisions
-// rolled back, so the daemon stays on it until a newer revision arrives.
+// RollbackTo applies a stored revision again (ferry rollback); the newer revisions are
+// recorded rolled back in the same transaction that opens the rollout, so the daemon stays
+// on it until a newer revision arrives.
 func (d *Daemon) RollbackTo(ctx context.Context, name string, rev uint64) (apply.Report, error) {
-	rep, err := d.eng.Retry(ctx, name, rev)
-	if err != nil {
-		return rep, err
-	}
-	revs, err := d.st.Revisions(name)
-	if err != nil {
-		return rep, err
-	}
-	for _, r := range revs {
-		if r.Revision > rev && (r.State == store.StateVerified || r.State == store.StateHealthy) {
-			if err := d.st.SetState(name, r.Revision, store.StateRolledBack, fmt.Sprintf("manual rollback to %d", rev)); err != nil {
-				return rep, err
-			}
-		}
-	}
+	rep, err := d.eng.RollbackTo(ctx, name, rev)
 	d.refreshInfo(name)
 	d.kickNotify()
-	return rep, nil
+	return rep, err
 }

@@ -43,7 +43,7 @@
 //     be read or is refused is logged and recorded as a "Refused" event (a downgrade or
 //     replay only at debug level). Neither changes a bundle's revisions or the cluster.
 //   - A failed revision stays failed. A revision that failed or was rolled back is never
-//     picked by a loop; only [Daemon.RollbackTo] (the engine's Retry, `ferry rollback`)
+//     picked by a loop; only [Daemon.RollbackTo] (the engine's RollbackTo, `ferry rollback`)
 //     applies it again.
 //   - The stick is read-only. The USB scan follows no symlink and offers only regular .tar
 //     files and directories holding an oci-layout file; it writes to a stick only when

@@ -129,6 +129,7 @@ func recoverDB(dir string, why error) (*bolt.DB, string, error) {
 	if err := setAside(path); err != nil {
 		return nil, "", err
 	}
+	crashPoint("restore:set-aside")
 	if err := copyFile(backup, path); err != nil {
 		return nil, "", fmt.Errorf("restore %s from %s: %w", path, backup, err)
 	}

@@ -188,6 +188,7 @@ func (s *Store) Admit(ctx context.Context, src content.Fetcher, a Admission) (*R
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	crashPoint("admit:copied")
 	now := time.Now().UTC()
 	rev := &Revision{
 		Name: a.Name, Revision: a.Revision, Version: a.Version, Manifest: a.Manifest, Blobs: blobs,
@@ -385,8 +386,60 @@ func (s *Store) Begin(name string, rev uint64, deadline time.Time, note string) 
 	return s.setState(name, rev, StateApplying, note, deadline)
 }
 
-func (s *Store) setState(name string, rev uint64, state State, note string, deadline time.Time) error {
+// BeginRollback is Begin for a rollback someone asked for (ferry rollback): in the same
+// transaction every newer revision that is verified or healthy is recorded rolled back, so
+// the daemon stays on rev until a newer revision arrives. A crash can leave the rollout to
+// rev open (it is resumed) but never a newer revision waiting to be rolled out again.
+func (s *Store) BeginRollback(name string, rev uint64, deadline time.Time, note string) error {
 	return s.update(func(tx *bolt.Tx) error {
+		if err := supersede(tx, name, rev); err != nil {
+			return err
+		}
+		return setStateTx(tx, name, rev, StateApplying, note, deadline)
+	})
+}
+
+// Supersede records every revision newer than rev that is verified or healthy as rolled
+// back (a manual rollback to the revision already running), in one transaction.
+func (s *Store) Supersede(name string, rev uint64) error {
+	return s.update(func(tx *bolt.Tx) error { return supersede(tx, name, rev) })
+}
+
+func supersede(tx *bolt.Tx, name string, rev uint64) error {
+	b := tx.Bucket(bucketRevisions)
+	var newer []Revision
+	c := b.Cursor()
+	prefix := []byte(name + "/")
+	for k, v := c.Seek(revisionKey(name, rev+1)); k != nil && strings.HasPrefix(string(k), string(prefix)); k, v = c.Next() {
+		var r Revision
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("revision %s: %w", k, err)
+		}
+		if r.State == StateVerified || r.State == StateHealthy {
+			newer = append(newer, r)
+		}
+	}
+	now := time.Now().UTC()
+	note := fmt.Sprintf("manual rollback to %d", rev)
+	for _, r := range newer {
+		r.State = StateRolledBack
+		r.History = append(r.History, Transition{State: StateRolledBack, Time: now, Note: note})
+		if err := putJSON(b, revisionKey(name, r.Revision), r); err != nil {
+			return err
+		}
+		if err := appendEvent(tx, Event{Time: now, Bundle: name, Revision: r.Revision, Reason: string(StateRolledBack), Message: note}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) setState(name string, rev uint64, state State, note string, deadline time.Time) error {
+	return s.update(func(tx *bolt.Tx) error { return setStateTx(tx, name, rev, state, note, deadline) })
+}
+
+func setStateTx(tx *bolt.Tx, name string, rev uint64, state State, note string, deadline time.Time) error {
+	{
 		key := revisionKey(name, rev)
 		v := tx.Bucket(bucketRevisions).Get(key)
 		if v == nil {
@@ -435,7 +488,7 @@ func (s *Store) setState(name string, rev uint64, state State, note string, dead
 			return err
 		}
 		return appendEvent(tx, Event{Time: now, Bundle: name, Revision: rev, Reason: string(state), Message: note})
-	})
+	}
 }
 
 // SetSuspended suspends or resumes a bundle, recording an event.
@@ -586,7 +639,18 @@ func (s *Store) GC() (int, error) {
 				deleted++
 			}
 		}
-		return nil
+		// What is about to be removed is recorded as pending in the transaction that drops
+		// its records: a crash before the files are gone leaves them named, not orphaned.
+		var gone []digest.Digest
+		for d := range drop {
+			if !keep[d] {
+				gone = append(gone, d)
+			}
+		}
+		if len(gone) == 0 {
+			return nil
+		}
+		return putJSON(meta, gcPending, gone)
 	})
 	if errors.Is(err, errGCHeld) {
 		s.holdGC(missing)
@@ -598,6 +662,7 @@ func (s *Store) GC() (int, error) {
 	if deleted > 0 {
 		s.backup()
 	}
+	crashPoint("gc:records-dropped")
 	removed := 0
 	for d := range drop {
 		if keep[d] || d.Validate() != nil || d.Algorithm() != digest.SHA256 {
@@ -608,6 +673,12 @@ func (s *Store) GC() (int, error) {
 		case err == nil:
 			removed++
 		case !errors.Is(err, os.ErrNotExist):
+			return removed, err
+		}
+	}
+	crashPoint("gc:files-removed")
+	if len(drop) > 0 {
+		if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(gcPending) }); err != nil {
 			return removed, err
 		}
 	}
@@ -622,6 +693,10 @@ func (s *Store) GC() (int, error) {
 }
 
 var errGCHeld = errors.New("gc held")
+
+// gcPending lists the blobs a GC is removing, from the transaction that dropped their
+// records until the files are gone.
+var gcPending = []byte("pending/gc")
 
 // holdGC reports a GC that removed nothing because the database names blobs the content
 // store lacks: in the log each time, in the event log once per Open.

@@ -89,15 +89,19 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	opened := false
+	defer func() {
+		if !opened {
+			lock.Close() // on every way out but success, a panic included
+		}
+	}()
 	db, restored, err := openDB(dir, opts)
 	if err != nil {
-		lock.Close()
 		return nil, err
 	}
 	s := &Store{dir: dir, db: db, lock: lock, opts: opts, log: opts.Log}
 	fail := func(err error) (*Store, error) {
 		db.Close()
-		lock.Close()
 		return nil, err
 	}
 	if restored != "" {
@@ -117,6 +121,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	// A node that ran before this backup existed, or whose last one failed, gets one now.
 	s.backup()
+	opened = true
 	return s, nil
 }
 
