@@ -144,7 +144,7 @@ func (c *cluster) live(ctx context.Context, bundle string, refs []ObjectRef) (ma
 			out[refOf(&items[i]).key()] = &items[i]
 		}
 	})
-	return out, errors.Join(errs...)
+	return out, joinErrs(errs)
 }
 
 func keysOf(m map[listKey]bool) []listKey {

@@ -42,6 +42,10 @@ type Options struct {
 	FailureWindow time.Duration
 	// DefaultTimeout bounds a component's health wait when it sets no timeout; 0 means 5m.
 	DefaultTimeout time.Duration
+	// DeadlineMargin is added to the sum of a revision's health timeouts to make the
+	// rollout's deadline, past which a rollout interrupted by a crash is not resumed but
+	// rolled back; 0 means 1m.
+	DeadlineMargin time.Duration
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
 	// DefaultServiceAccount is the service account (in each component's namespace) that
@@ -99,6 +103,13 @@ func (e *Engine) Ping(ctx context.Context) error {
 // not that the revision is wrong: a rollout that meets one stays open and is resumed.
 func Transient(err error) bool { return err != nil && isTransient(err) }
 
+// Paused reports a rollout stopped by the node rather than by its revision: shutting down
+// (ctx done), the cluster out of reach, or the state directory not writable. Such a rollout
+// stays open, its revision neither failed nor rolled back, and is resumed.
+func Paused(ctx context.Context, err error) bool {
+	return err != nil && (ctx.Err() != nil || isTransient(err) || store.WriteFailed(err))
+}
+
 // builtKeep is how many revisions' builds are kept: the current one and the one being
 // rolled out or back to.
 const builtKeep = 2
@@ -126,6 +137,9 @@ func New(cfg *rest.Config, st *store.Store, opts Options) (*Engine, error) {
 	}
 	if opts.DefaultTimeout <= 0 {
 		opts.DefaultTimeout = 5 * time.Minute
+	}
+	if opts.DeadlineMargin <= 0 {
+		opts.DeadlineMargin = time.Minute
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
@@ -273,7 +287,7 @@ func (e *Engine) rollout(ctx context.Context, name string, rev uint64, mode roll
 		return rep, fmt.Errorf("%s revision %d: %w", name, rev, ErrFailedBefore)
 	}
 	comps, err := e.render(ctx, r)
-	if err != nil && (ctx.Err() != nil || isTransient(err)) {
+	if Paused(ctx, err) {
 		return rep, err
 	}
 	if err != nil {
@@ -287,11 +301,13 @@ func (e *Engine) rollout(ctx context.Context, name string, rev uint64, mode roll
 	for _, c := range comps {
 		total += c.tmo
 	}
-	deadline := time.Now().Add(total + time.Minute)
+	deadline := time.Now().Add(total + e.opts.DeadlineMargin)
 	if inTxn && b.Txn.Phase == store.StateApplying {
-		// Resuming keeps the first deadline: a node that crashes again and again during a
-		// rollout must still fall back to the last good revision in the end.
-		deadline = b.Txn.Deadline
+		// Resuming keeps the first deadline, moved on only by the time the rollout was
+		// paused (the API server or the state directory out of service): a node that
+		// crashes again and again during a rollout must still fall back to the last good
+		// revision in the end.
+		deadline = b.Txn.DeadlineAt(time.Now())
 	}
 	begin := e.st.Begin
 	if mode == rolloutManual {
@@ -324,9 +340,9 @@ func (e *Engine) rollout(ctx context.Context, name string, rev uint64, mode roll
 		e.log.Info("healthy", "bundle", name, "revision", rev, "applied", rep.Applied, "unchanged", rep.Unchanged, "pruned", rep.Pruned)
 		return rep, e.st.SetState(name, rev, store.StateHealthy, note)
 	}
-	if ctx.Err() != nil || isTransient(err) {
-		// Shutting down, or the API server went away: the transaction stays open and
-		// Resume finishes it.
+	if Paused(ctx, err) {
+		// Shutting down, the API server went away, or the state directory cannot be
+		// written: the transaction stays open and Resume finishes it.
 		return rep, err
 	}
 	e.log.Error("revision failed", "bundle", name, "revision", rev, "err", err)
@@ -383,7 +399,7 @@ func (e *Engine) Resume(ctx context.Context, name string) (Report, error) {
 	if err != nil || b.Txn == nil {
 		return Report{Bundle: name, Revision: b.Current}, err
 	}
-	if b.Txn.Phase == store.StateApplying && time.Now().After(b.Txn.Deadline) {
+	if b.Txn.Phase == store.StateApplying && time.Now().After(b.Txn.DeadlineAt(time.Now())) {
 		reason := "interrupted, and its deadline passed before the node came back"
 		if err := e.st.SetState(name, b.Txn.Revision, store.StateFailed, reason); err != nil {
 			return Report{}, err

@@ -23,9 +23,15 @@ var ErrUnhealthy = errors.New("not healthy")
 // the deadline is the component's timeout. The objects the bundle applied are read with one
 // LIST per resource and namespace, filtered by the bundle's label; others (health checks
 // naming objects Ferry did not apply) with a GET each.
+//
+// Time during which the API server cannot be reached or does not serve the reads (a k3s
+// restart) does not count against the timeout: each poll whose reads failed for that reason
+// moves the deadline on by the time since the poll before. A revision is failed by what the cluster says, not by its
+// absence.
 func (c *cluster) waitHealthy(ctx context.Context, bundle string, applied, checks []ObjectRef, timeout, window time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	deadline := time.Now().Add(timeout)
+	var away time.Duration // the time the API server was out of reach, not counted
+	lastPoll := time.Now()
 	pending := map[string]ObjectRef{}
 	own := map[string]bool{}
 	for _, r := range applied {
@@ -46,33 +52,44 @@ func (c *cluster) waitHealthy(ctx context.Context, bundle string, applied, check
 				otherRefs = append(otherRefs, r)
 			}
 		}
-		// A read that fails is the verdict only when it fails twice in a row before the end
-		// of the wait: near the deadline client-go's rate limiter refuses to wait, with an
-		// error of its own, and the verdict is then the timeout and what was pending.
-		live, err := c.live(ctx, bundle, ownRefs)
+		// A read that fails is the verdict only when it fails twice in a row, and never when
+		// the cluster did not serve it (out of reach, throttling, not answering in time):
+		// that time does not count against the timeout.
+		pctx, cancel := context.WithTimeout(ctx, healthReadTimeout)
+		live, err := c.live(pctx, bundle, ownRefs)
 		if live == nil {
 			live = map[string]*unstructured.Unstructured{}
 		}
 		for _, r := range otherRefs {
-			if u, gerr := c.get(ctx, r); gerr == nil {
+			if u, gerr := c.get(pctx, r); gerr == nil {
 				live[r.key()] = u
 			} else if !apierrors.IsNotFound(gerr) && err == nil {
 				err = fmt.Errorf("health check %s: %w", r, gerr)
 			}
 		}
+		cancel()
+		now := time.Now()
+		notServed := err != nil && ctx.Err() == nil && (isTransient(err) || errors.Is(err, context.DeadlineExceeded))
+		if notServed {
+			deadline = deadline.Add(now.Sub(lastPoll))
+			away += now.Sub(lastPoll)
+		}
+		lastPoll = now
 		switch {
-		case err == nil || isTransient(err) || endOfWait(ctx, c.poll):
+		case err == nil || notServed:
 			readErr = nil
 		case readErr != nil:
 			return err
 		default:
 			readErr = err
 		}
-		now := time.Now()
 		for k, r := range pending {
 			u := live[k]
 			if u == nil {
 				last[k] = "not found"
+				if err != nil {
+					last[k] = "not read: " + err.Error()
+				}
 				continue
 			}
 			st, err := status.Compute(u)
@@ -100,24 +117,25 @@ func (c *cluster) waitHealthy(ctx context.Context, bundle string, applied, check
 		if len(pending) == 0 {
 			return nil
 		}
+		if !time.Now().Before(deadline) {
+			note := ""
+			if away > 0 {
+				note = fmt.Sprintf(" (not counting %s with the API server out of reach or not answering)", away.Round(time.Second))
+			}
+			return fmt.Errorf("%w after %s%s: %s", ErrUnhealthy, timeout, note, describePending(pending, last))
+		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w after %s: %s", ErrUnhealthy, timeout, describePending(pending, last))
-		case <-time.After(c.poll):
+			return ctx.Err()
+		case <-time.After(min(c.poll, time.Until(deadline))):
 		}
 	}
 }
 
-// endOfWait reports a wait whose deadline has passed or falls within the next poll: a read
-// that fails then (client-go's rate limiter refuses to wait past the deadline, with an error
-// of its own) must not stand for the verdict, which is the timeout and what was pending.
-func endOfWait(ctx context.Context, poll time.Duration) bool {
-	if ctx.Err() != nil {
-		return true
-	}
-	d, ok := ctx.Deadline()
-	return ok && time.Until(d) <= poll
-}
+// healthReadTimeout bounds one poll's reads, apart from the health deadline: a read the API
+// server does not answer (a restarted one filling its caches) is the cluster not serving,
+// not the revision's verdict.
+const healthReadTimeout = 30 * time.Second
 
 func describePending(pending map[string]ObjectRef, last map[string]string) string {
 	var parts []string

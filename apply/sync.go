@@ -210,7 +210,8 @@ func containsRef(refs []ObjectRef, r ObjectRef) bool {
 }
 
 // applyAll sends the objects in parallel, at most c.concurrency in flight: a serial applier
-// pays one etcd fsync per object, parallel writes share them. Every failure is reported.
+// pays one etcd fsync per object, parallel writes share them. Failures are reported, the
+// first few by name (joinErrs).
 func (c *cluster) applyAll(ctx context.Context, objs []*object, recreate bool) ([]Entry, error) {
 	var (
 		mu      sync.Mutex
@@ -227,7 +228,7 @@ func (c *cluster) applyAll(ctx context.Context, objs []*object, recreate bool) (
 		}
 		entries = append(entries, Entry{ObjectRef: o.ref, Hash: o.hash, ResourceVersion: got.GetResourceVersion()})
 	})
-	return entries, errors.Join(errs...)
+	return entries, joinErrs(errs)
 }
 
 // dryRunAll sends every object as a server-side apply with dryRun=All: the API server runs
@@ -247,7 +248,7 @@ func (c *cluster) dryRunAll(ctx context.Context, objs []*object, recreate bool) 
 			errs = append(errs, fmt.Errorf("apply %s: %w", o.ref, err))
 		}
 	})
-	return errors.Join(errs...)
+	return joinErrs(errs)
 }
 
 // prune deletes the objects of refs that still carry the bundle's label, except those
@@ -280,7 +281,7 @@ func (c *cluster) prune(ctx context.Context, bundle string, refs []ObjectRef) ([
 			}
 		})
 	}
-	return deleted, errors.Join(errs...)
+	return deleted, joinErrs(errs)
 }
 
 func (c *cluster) pruneOne(ctx context.Context, bundle string, r ObjectRef) (bool, error) {
@@ -308,4 +309,15 @@ func (c *cluster) pruneOne(ctx context.Context, bundle string, r ObjectRef) (boo
 		return false, nil
 	}
 	return err == nil, err
+}
+
+// joinErrs joins the errors of one fan-out, naming the first few: a cluster that goes away
+// fails every request in flight with the same cause, and one message of a thousand lines
+// helps nobody (the event log, the status, a webhook).
+func joinErrs(errs []error) error {
+	const show = 3
+	if len(errs) <= show {
+		return errors.Join(errs...)
+	}
+	return errors.Join(append(errs[:show:show], fmt.Errorf("and %d more", len(errs)-show))...)
 }

@@ -54,6 +54,44 @@ type Txn struct {
 	Deadline time.Time `json:"deadline"`
 	Phase    State     `json:"phase"` // applying | failed (rolling back to LastGood)
 	Reason   string    `json:"reason,omitempty"`
+	// Paused is when the rollout stopped because the node could not go on (the API server
+	// out of reach, the state directory not writable), zero while it runs. Time paused does
+	// not count against Deadline: the rollout resumes with the budget it had.
+	Paused time.Time `json:"paused,omitzero"`
+}
+
+// DeadlineAt is the rollout's deadline as seen at now: Deadline, moved on by the time the
+// rollout has been paused.
+func (t *Txn) DeadlineAt(now time.Time) time.Time {
+	if t.Paused.IsZero() || now.Before(t.Paused) {
+		return t.Deadline
+	}
+	return t.Deadline.Add(now.Sub(t.Paused))
+}
+
+// PauseTxn records that the open rollout of a bundle stopped for a reason that is the node's,
+// not the revision's (see Txn.Paused). It does nothing when no rollout is open or it is
+// already paused.
+func (s *Store) PauseTxn(name string) error {
+	b, err := s.GetBundle(name)
+	if err != nil || b.Txn == nil || !b.Txn.Paused.IsZero() {
+		return err
+	}
+	return s.update(func(tx *bolt.Tx) error {
+		b, err := getBundle(tx, name)
+		if err != nil || b.Txn == nil || !b.Txn.Paused.IsZero() {
+			return err
+		}
+		b.Txn.Paused = time.Now().UTC()
+		return putJSON(tx.Bucket(bucketBundles), []byte(name), b)
+	})
+}
+
+// WriteFailed reports an error of the state directory itself: full, read-only, over quota,
+// or failing. A rollout that meets one is paused, never failed: the revision is not at fault.
+func WriteFailed(err error) bool {
+	return errors.Is(err, ErrNoSpace) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EROFS) ||
+		errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EIO)
 }
 
 // Revision is one admitted revision of a bundle.
@@ -465,7 +503,7 @@ func setStateTx(tx *bolt.Tx, name string, rev uint64, state State, note string, 
 			if b.Txn == nil || b.Txn.Revision != rev {
 				b.Txn = &Txn{Revision: rev, LastGood: b.LastGood}
 			}
-			b.Txn.Phase, b.Txn.Deadline, b.Txn.Reason = StateApplying, deadline.UTC(), ""
+			b.Txn.Phase, b.Txn.Deadline, b.Txn.Reason, b.Txn.Paused = StateApplying, deadline.UTC(), "", time.Time{}
 		case StateHealthy:
 			b.Current, b.LastGood = rev, rev
 			if b.Txn != nil && b.Txn.Revision == rev {

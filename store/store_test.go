@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -405,5 +406,54 @@ func TestAdmitSaysWhichBlobsWereHeld(t *testing.T) {
 	}
 	if strings.Contains(evs[0].Message, "already on the node") || !strings.Contains(evs[1].Message, "1 of 2 blobs were already on the node") {
 		t.Errorf("Admitted events:\n%s\n%s", evs[0].Message, evs[1].Message)
+	}
+}
+
+func TestPausedTimeDoesNotCountAgainstTheDeadline(t *testing.T) {
+	s := open(t, t.TempDir(), Options{})
+	src, a := admission(t, "site", 1, "one")
+	if _, err := s.Admit(t.Context(), src, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PauseTxn("site"); err != nil { // no rollout open: nothing to pause
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute).UTC().Truncate(time.Second)
+	if err := s.Begin("site", 1, deadline, ""); err != nil {
+		t.Fatal(err)
+	}
+	s.PauseTxn("site")
+	b, _ := s.GetBundle("site")
+	paused := b.Txn.Paused
+	if paused.IsZero() {
+		t.Fatal("the pause was not recorded")
+	}
+	s.PauseTxn("site") // a second report keeps the first time
+	if b, _ = s.GetBundle("site"); !b.Txn.Paused.Equal(paused) {
+		t.Fatalf("paused moved from %s to %s", paused, b.Txn.Paused)
+	}
+	// An hour away (k3s down) moves the deadline by that hour.
+	if got := b.Txn.DeadlineAt(paused.Add(time.Hour)); !got.Equal(deadline.Add(time.Hour)) {
+		t.Fatalf("deadline after an hour paused = %s, want %s", got, deadline.Add(time.Hour))
+	}
+	// Resuming opens the rollout again with the deadline it was given, and runs.
+	if err := s.Begin("site", 1, deadline.Add(time.Hour), ""); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ = s.GetBundle("site"); !b.Txn.Paused.IsZero() || !b.Txn.DeadlineAt(time.Now().Add(time.Hour)).Equal(deadline.Add(time.Hour)) {
+		t.Fatalf("txn after resuming %+v", b.Txn)
+	}
+}
+
+func TestWriteFailedNamesTheStateDirectoryErrors(t *testing.T) {
+	for _, err := range []error{syscall.ENOSPC, syscall.EROFS, syscall.EDQUOT, syscall.EIO, fmt.Errorf("put inventory: %w", syscall.ENOSPC), ErrNoSpace} {
+		if !WriteFailed(err) {
+			t.Errorf("WriteFailed(%v) = false", err)
+		}
+	}
+	for _, err := range []error{errors.New("no space left on device in a message only"), os.ErrNotExist, ErrDowngrade} {
+		if WriteFailed(err) {
+			t.Errorf("WriteFailed(%v) = true", err)
+		}
 	}
 }

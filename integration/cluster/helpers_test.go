@@ -90,7 +90,13 @@ func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { retur
 
 func newNode(t *testing.T, bundle string, opts apply.Options) *node {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "state"), store.Options{})
+	return newNodeAt(t, filepath.Join(t.TempDir(), "state"), bundle, opts)
+}
+
+// newNodeAt is newNode with its state directory at stateDir.
+func newNodeAt(t *testing.T, stateDir, bundle string, opts apply.Options) *node {
+	t.Helper()
+	st, err := store.Open(stateDir, store.Options{SpaceMargin: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

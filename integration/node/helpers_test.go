@@ -36,6 +36,12 @@ type site struct {
 	// metrics is the metrics address ("off" when empty).
 	metrics string
 	images  string // imagesAddress; empty is off
+	// timeout is the component's health timeout (default 30s, 90s with gate).
+	timeout string
+	// configMaps adds that many ConfigMaps to each build (a rollout that takes a while).
+	configMaps int
+	// margin is the engine's DeadlineMargin (0: its default).
+	margin time.Duration
 }
 
 func newSite(t *testing.T, bundle string) *site {
@@ -86,18 +92,33 @@ func (s *site) build(t *testing.T, rev uint64, fail bool) (*memory.Store, ocispe
 	if fail {
 		labels += ", " + testbed.FailLabel + ": \"true\""
 	}
-	checks := ", timeout: 30s"
-	if s.gate {
-		checks = ", timeout: 90s, healthChecks: [{apiVersion: v1, kind: ConfigMap, name: gate, namespace: " + s.ns + "}]"
+	timeout := s.timeout
+	if timeout == "" {
+		timeout = "30s"
+		if s.gate {
+			timeout = "90s"
+		}
 	}
-	dir := bundlertest.WriteTree(t, map[string]string{
+	checks := ", timeout: " + timeout
+	if s.gate {
+		checks += ", healthChecks: [{apiVersion: v1, kind: ConfigMap, name: gate, namespace: " + s.ns + "}]"
+	}
+	tree := map[string]string{
 		"ferry.yaml": fmt.Sprintf("apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: %s}\nspec:\n  version: 1.0.%d\n  components:\n"+
 			"    - name: app\n      kustomize: {path: ./app, prune: true, wait: true, postBuild: {}%s}\n", s.bundle, rev, checks),
 		"app/ns.yaml": "apiVersion: v1\nkind: Namespace\nmetadata: {name: " + s.ns + "}\n",
 		"app/cm.yaml": fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: site, namespace: %s}\ndata: {revision: \"%d\", site: \"${SITE_ID}\"}\n", s.ns, rev),
 		"app/deploy.yaml": "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: " + s.ns + "}\nspec:\n  replicas: 1\n" +
 			"  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {" + labels + "}}\n    spec: {containers: [{name: web, image: registry.local/web:1}]}\n",
-	})
+	}
+	if s.configMaps > 0 {
+		var many strings.Builder
+		for i := range s.configMaps {
+			fmt.Fprintf(&many, "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra-%d-%d, namespace: %s}\ndata: {revision: \"%d\"}\n", rev, i, s.ns, rev)
+		}
+		tree["app/extra.yaml"] = many.String()
+	}
+	dir := bundlertest.WriteTree(t, tree)
 	mem := memory.New()
 	res, err := bundler.Build(t.Context(), mem, bundler.Options{Dir: dir, AllowDirty: true, Revision: rev, Created: time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)})
 	if err != nil {
@@ -140,7 +161,7 @@ func (s *site) start(t *testing.T) *daemon.Client {
 	}
 	ready := make(chan struct{})
 	d, err := daemon.New(cfg, daemon.Options{Log: testLog(t), Ready: func() { close(ready) },
-		Apply: apply.Options{PollInterval: 200 * time.Millisecond, FailureWindow: time.Second}})
+		Apply: apply.Options{PollInterval: 200 * time.Millisecond, FailureWindow: time.Second, DeadlineMargin: s.margin}})
 	if err != nil {
 		t.Fatal(err)
 	}

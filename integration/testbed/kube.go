@@ -3,6 +3,7 @@ package testbed
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -56,7 +57,7 @@ func (tb *Testbed) startKube(ctx context.Context, nodes int, controllers, fsync 
 	}
 
 	apiURL := "https://" + hostPort(apiPort)
-	api, err := tb.run("kube-apiserver", []string{
+	tb.apiArgs = []string{
 		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
 		"--secure-port=" + strconv.Itoa(apiPort),
@@ -72,7 +73,8 @@ func (tb *Testbed) startKube(ctx context.Context, nodes int, controllers, fsync 
 		// testbed needs it.
 		"--endpoint-reconciler-type=none",
 		"--cert-dir=" + filepath.Join(tb.Dir, "apiserver-certs"),
-	})
+	}
+	api, err := tb.run("kube-apiserver", tb.apiArgs)
 	if err != nil {
 		return err
 	}
@@ -88,9 +90,11 @@ func (tb *Testbed) startKube(ctx context.Context, nodes int, controllers, fsync 
 	if err != nil {
 		return err
 	}
-	if err := api.waitReady(ctx, httpOK(adminHTTP, apiURL+"/readyz")); err != nil {
+	tb.apiReady = httpOK(adminHTTP, apiURL+"/readyz")
+	if err := api.waitReady(ctx, tb.apiReady); err != nil {
 		return err
 	}
+	tb.api = api
 	if !controllers {
 		return nil
 	}
@@ -249,3 +253,31 @@ func httpOK(c *http.Client, url string) func(context.Context) error {
 }
 
 func mustQuantity(s string) resource.Quantity { return resource.MustParse(s) }
+
+// StopAPIServer stops the API server (SIGTERM, as systemd stops k3s), leaving etcd and
+// everything else running: what a k3s restart or upgrade does to the node's clients.
+func (tb *Testbed) StopAPIServer() error {
+	tb.mu.Lock()
+	api := tb.api
+	tb.mu.Unlock()
+	if api == nil {
+		return errors.New("testbed: no API server to stop")
+	}
+	return api.stop(15 * time.Second)
+}
+
+// StartAPIServer starts the API server again, on the same port with the same flags, and
+// waits until it is ready.
+func (tb *Testbed) StartAPIServer(ctx context.Context) error {
+	api, err := tb.run("kube-apiserver", tb.apiArgs)
+	if err != nil {
+		return err
+	}
+	if err := api.waitReady(ctx, tb.apiReady); err != nil {
+		return err
+	}
+	tb.mu.Lock()
+	tb.api = api
+	tb.mu.Unlock()
+	return nil
+}

@@ -82,8 +82,12 @@ type Testbed struct {
 	// Containerd is containerd's socket, for ctr --address (see Ctr).
 	Containerd string
 
-	binDir   string
-	ownDir   bool
+	binDir string
+	ownDir bool
+	// The API server and how to start it again (StopAPIServer, StartAPIServer).
+	api      *process
+	apiArgs  []string
+	apiReady func(context.Context) error
 	log      *slog.Logger
 	mu       sync.Mutex
 	procs    []*process
