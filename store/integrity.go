@@ -414,6 +414,8 @@ func (s *Store) update(fn func(tx *bolt.Tx) error) error {
 	if err := s.db.Update(fn); err != nil {
 		return err
 	}
-	s.backup()
+	if !s.noBackup {
+		s.backup()
+	}
 	return nil
 }

@@ -61,6 +61,7 @@ type Store struct {
 	db       *bolt.DB
 	lock     *os.File // flock on ferry.lock, held while open
 	gcHeld   atomic.Bool
+	noBackup bool // the benchmark's peer: bbolt's commit alone
 	opts     Options
 	log      *slog.Logger
 }

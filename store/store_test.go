@@ -21,7 +21,7 @@ import (
 )
 
 // admission stores a manifest and one blob in a memory source and describes them.
-func admission(t *testing.T, name string, rev uint64, payload string) (*memory.Store, Admission) {
+func admission(t testing.TB, name string, rev uint64, payload string) (*memory.Store, Admission) {
 	t.Helper()
 	src := memory.New()
 	push := func(mt string, b []byte) ocispec.Descriptor {
