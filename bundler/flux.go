@@ -163,6 +163,7 @@ type fluxHelmRepository struct {
 type fluxTree struct {
 	spec    *bundles.Spec
 	bases   map[string]string // component name → directory its paths are relative to
+	origin  map[string]string // component name → the Flux object it came from, for errors
 	cleanup func()
 }
 
@@ -209,7 +210,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 		return nil, err
 	}
 	ociRepos, gitRepos, helmRepos, ks, hrs := objs.oci, objs.git, objs.helm, objs.ks, objs.hrs
-	t := &fluxTree{spec: &bundles.Spec{APIVersion: "ferry.dev/v1", Kind: "Bundle"}, bases: map[string]string{}}
+	t := &fluxTree{spec: &bundles.Spec{APIVersion: "ferry.dev/v1", Kind: "Bundle"}, bases: map[string]string{}, origin: map[string]string{}}
 	t.spec.Metadata.Name, t.spec.Spec.Version = name, version
 	var temps []string
 	t.cleanup = func() {
@@ -325,6 +326,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 		}
 		t.spec.Spec.Components = append(t.spec.Spec.Components, bundles.ComponentSpec{Name: k.Metadata.Name, Kustomize: &spec})
 		t.bases[k.Metadata.Name] = base
+		t.origin[k.Metadata.Name] = fmt.Sprintf("flux Kustomization %s (%s)", nsName(k.Metadata.Namespace, k.Metadata.Name), k.from)
 		return true, nil
 	}
 	for _, k := range ks {
@@ -363,10 +365,12 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 			t.cleanup()
 			return nil, fmt.Errorf("flux Kustomization %s: %w", c.Name, err)
 		}
-		own := append([]bundles.DependencyRef(nil), c.Kustomize.DependsOn...)
+		// What the parent depends on, with the namespace made explicit: the nested objects
+		// may live in another namespace, where an empty one would mean something else.
+		own := qualified(c.Kustomize.DependsOn, c.Kustomize.Namespace)
 		for _, h := range inner.hrs {
 			nested = append(nested, nestedRelease{h: h, deps: own})
-			c.Kustomize.DependsOn = append(c.Kustomize.DependsOn, bundles.DependencyRef{Name: h.Metadata.Name})
+			c.Kustomize.DependsOn = append(c.Kustomize.DependsOn, bundles.DependencyRef{Name: h.Metadata.Name, Namespace: h.Metadata.Namespace})
 		}
 		c.Kustomize.Patches = append(c.Kustomize.Patches, patches...)
 		for _, k := range inner.ks {
@@ -376,7 +380,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 				return nil, err
 			}
 			if added {
-				c.Kustomize.DependsOn = append(c.Kustomize.DependsOn, bundles.DependencyRef{Name: k.Metadata.Name})
+				c.Kustomize.DependsOn = append(c.Kustomize.DependsOn, bundles.DependencyRef{Name: k.Metadata.Name, Namespace: k.Metadata.Namespace})
 			}
 		}
 		if len(patches) > 0 {
@@ -413,6 +417,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 			}
 			t.spec.Spec.Components = append(t.spec.Spec.Components, bundles.ComponentSpec{Name: h.Metadata.Name, Helm: &spec})
 			t.bases[h.Metadata.Name] = repoRoot
+			t.origin[h.Metadata.Name] = "flux HelmRelease " + nsName(h.Metadata.Namespace, h.Metadata.Name)
 			return nil
 		}
 		spec.Chart, spec.Version, spec.ValuesFiles = cs.Chart, cs.Version, cs.ValuesFiles
@@ -465,6 +470,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 		}
 		t.spec.Spec.Components = append(t.spec.Spec.Components, bundles.ComponentSpec{Name: h.Metadata.Name, Helm: &spec})
 		t.bases[h.Metadata.Name] = base
+		t.origin[h.Metadata.Name] = "flux HelmRelease " + nsName(h.Metadata.Namespace, h.Metadata.Name)
 		return nil
 	}
 	for _, h := range hrs {
@@ -483,12 +489,47 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 		t.cleanup()
 		return nil, fmt.Errorf("%s: no Flux Kustomization or HelmRelease found", dir)
 	}
+	if err := t.checkDependencies(); err != nil {
+		t.cleanup()
+		return nil, err
+	}
 	// Components by name, so the bundle is the same whatever the order of files in the
 	// directory; dependsOn, not position, orders their application.
 	sort.SliceStable(t.spec.Spec.Components, func(i, j int) bool {
 		return t.spec.Spec.Components[i].Name < t.spec.Spec.Components[j].Name
 	})
 	return t, nil
+}
+
+// checkDependencies checks each component's dependsOn against the namespaces the Flux
+// objects live in, naming the Flux object and file, before the bundle spec (which would name
+// only its own generated lines) is validated.
+func (t *fluxTree) checkDependencies() error {
+	home := map[string]string{}
+	for _, c := range t.spec.Spec.Components {
+		home[c.Name] = c.HomeNamespace()
+	}
+	var errs []error
+	for _, c := range t.spec.Spec.Components {
+		for j, d := range c.DependsOn() {
+			target, ok := home[d.Name]
+			if !ok {
+				errs = append(errs, fmt.Errorf("%s: dependsOn[%d]: %q is not a Kustomization or HelmRelease under this directory", t.originOf(c.Name), j, d.Name))
+				continue
+			}
+			if err := bundles.CheckDependency(c.HomeNamespace(), d, target); err != nil {
+				errs = append(errs, fmt.Errorf("%s: dependsOn[%d].namespace %w", t.originOf(c.Name), j, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (t *fluxTree) originOf(name string) string {
+	if o, ok := t.origin[name]; ok {
+		return o
+	}
+	return "flux object " + name
 }
 
 // fluxObjects are the Flux objects found so far, by kind.
@@ -815,6 +856,17 @@ func parseOverrides(in map[string]string) (map[string]sourceOverride, error) {
 		out[key] = sourceOverride{dir: abs}
 	}
 	return out, nil
+}
+
+// qualified returns deps with each empty namespace set to ns, the namespace of the object
+// that declared them (Flux's default).
+func qualified(deps []bundles.DependencyRef, ns string) []bundles.DependencyRef {
+	out := make([]bundles.DependencyRef, len(deps))
+	for i, d := range deps {
+		d.Namespace = firstNonEmpty(d.Namespace, ns)
+		out[i] = d
+	}
+	return out
 }
 
 // unbuiltSource says what becomes of a Flux source kind that a Kustomization cannot take

@@ -299,3 +299,64 @@ func TestSameRepo(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildFromFluxDependsOnNamespaces: a tenant's Kustomization in its own namespace depends
+// on the platform's in flux-system. As in Flux, dependsOn without a namespace means the
+// tenant's own namespace, so it must say flux-system; the dependency is carried with it.
+func TestBuildFromFluxDependsOnNamespaces(t *testing.T) {
+	tree := func(dep string) string {
+		dir, _ := bundlertest.GitTree(t, map[string]string{
+			"clusters/site/infra.yaml": `apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: infra, namespace: flux-system}
+spec:
+  path: ./infra
+  sourceRef: {kind: GitRepository, name: flux-system}
+---
+apiVersion: source.toolkit.fluxcd.io/v1
+kind: GitRepository
+metadata: {name: flux-system, namespace: flux-system}
+spec: {url: "https://git.example.com/site.git"}
+`,
+			"clusters/site/team-a.yaml": `apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: team-a, namespace: apps}
+spec:
+  dependsOn: [` + dep + `]
+  serviceAccountName: team-a
+  path: ./tenants/team-a
+  sourceRef: {kind: GitRepository, name: flux-system, namespace: flux-system}
+`,
+			"infra/kustomization.yaml":          "resources: [ns.yaml]\n",
+			"infra/ns.yaml":                     "apiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n",
+			"tenants/team-a/kustomization.yaml": "resources: [cm.yaml]\n",
+			"tenants/team-a/cm.yaml":            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: team-a}\n",
+		}, time.Date(2026, 11, 8, 0, 0, 0, 0, time.UTC))
+		return dir
+	}
+	dir := tree("{name: infra, namespace: flux-system}")
+	res, err := Build(t.Context(), memory.New(), Options{Dir: dir, FromFlux: dir + "/clusters/site", Name: "site", Version: "1.0.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var team *bundles.KustomizeSpec
+	for _, c := range res.Metadata.Components {
+		if c.Name == "team-a" {
+			team = c.Kustomize
+		}
+	}
+	if team == nil || len(team.DependsOn) != 1 || team.DependsOn[0] != (bundles.DependencyRef{Name: "infra", Namespace: "flux-system"}) || team.Namespace != "apps" {
+		t.Fatalf("team-a component: %+v", team)
+	}
+
+	dir = tree("{name: infra}")
+	_, err = Build(t.Context(), memory.New(), Options{Dir: dir, FromFlux: dir + "/clusters/site", Name: "site", Version: "1.0.0"})
+	if err == nil || !strings.Contains(err.Error(), "add namespace: flux-system") || !strings.Contains(err.Error(), "team-a.yaml") {
+		t.Fatalf("dependsOn without the namespace of a component elsewhere: err = %v", err)
+	}
+	dir = tree("{name: infra, namespace: kube-system}")
+	_, err = Build(t.Context(), memory.New(), Options{Dir: dir, FromFlux: dir + "/clusters/site", Name: "site", Version: "1.0.0"})
+	if err == nil || !strings.Contains(err.Error(), `lives in namespace "flux-system"`) {
+		t.Fatalf("dependsOn naming the wrong namespace: err = %v", err)
+	}
+}

@@ -91,6 +91,9 @@ type KustomizeSpec struct {
 // DependencyRef names a component that must be healthy first (Flux: dependsOn).
 type DependencyRef struct {
 	Name string `yaml:"name" json:"name"`
+	// Namespace is where the component depended on lives (its namespace field), as in
+	// Flux: empty means the depending component's own namespace.
+	Namespace string `yaml:"namespace" json:"namespace,omitempty"`
 }
 
 // ObjectRef names an object whose health gates the component (Flux: healthChecks).
@@ -226,9 +229,9 @@ func (s *Spec) validate(file string, root *yaml.Node) error {
 	if len(comps) == 0 || len(comps) > MaxComponents {
 		bad("spec.components", "has %d entries, want 1 to %d", len(comps), MaxComponents)
 	}
-	names := map[string]bool{}
+	names := map[string]string{} // component → the namespace it lives in ("" unset)
 	for _, c := range comps {
-		names[c.Name] = true
+		names[c.Name] = c.HomeNamespace()
 	}
 	seen := map[string]bool{}
 	for i, c := range comps {
@@ -246,7 +249,7 @@ func (s *Spec) validate(file string, root *yaml.Node) error {
 			continue
 		case c.Helm != nil:
 			validateHelm(c.Helm, f+".helm", bad)
-			checkDeps(f+".helm", c.Name, c.Helm.DependsOn, names, bad)
+			checkDeps(f+".helm", c.Name, c.Helm.Namespace, c.Helm.DependsOn, names, bad)
 			continue
 		case c.Kustomize == nil:
 			bad(f, "needs kustomize or helm")
@@ -272,7 +275,7 @@ func (s *Spec) validate(file string, root *yaml.Node) error {
 		checkNamespace(f+".targetNamespace", k.TargetNamespace, bad)
 		checkNamespace(f+".namespace", k.Namespace, bad)
 		checkServiceAccount(f+".serviceAccountName", k.ServiceAccountName, bad)
-		checkDeps(f, c.Name, k.DependsOn, names, bad)
+		checkDeps(f, c.Name, k.Namespace, k.DependsOn, names, bad)
 		for j, h := range k.HealthChecks {
 			if h.Kind == "" || h.Name == "" {
 				bad(fmt.Sprintf("%s.healthChecks[%d]", f, j), "needs kind and name")
@@ -319,16 +322,50 @@ func checkServiceAccount(f, sa string, bad func(field, format string, a ...any))
 	}
 }
 
-func checkDeps(f, self string, deps []DependencyRef, names map[string]bool, bad func(field, format string, a ...any)) {
+// checkDeps checks a component's dependsOn: each names another component and, as Flux reads
+// it, that component's namespace (the reference's, default the depending component's own),
+// when both are known.
+func checkDeps(f, self, selfNS string, deps []DependencyRef, names map[string]string, bad func(field, format string, a ...any)) {
 	for j, d := range deps {
-		df := fmt.Sprintf("%s.dependsOn[%d].name", f, j)
+		df := fmt.Sprintf("%s.dependsOn[%d]", f, j)
+		home, ok := names[d.Name]
 		switch {
 		case d.Name == self:
-			bad(df, "a component cannot depend on itself")
-		case !names[d.Name]:
-			bad(df, "%q is not a component of this bundle", d.Name)
+			bad(df+".name", "a component cannot depend on itself")
+		case !ok:
+			bad(df+".name", "%q is not a component of this bundle", d.Name)
+		default:
+			if err := CheckDependency(selfNS, d, home); err != nil {
+				bad(df+".namespace", "%v", err)
+			}
 		}
 	}
+}
+
+// CheckDependency checks that dependency d of a component living in selfNS names the
+// namespace its target lives in (targetNS), as Flux reads dependsOn: a reference without a
+// namespace means the depending component's own. Unknown namespaces ("") are not checked.
+func CheckDependency(selfNS string, d DependencyRef, targetNS string) error {
+	want := firstNonEmpty(d.Namespace, selfNS)
+	switch {
+	case want == "" || targetNS == "" || want == targetNS:
+		return nil
+	case d.Namespace != "":
+		return fmt.Errorf("is %q, but component %q lives in namespace %q", d.Namespace, d.Name, targetNS)
+	}
+	return fmt.Errorf("is not set, so it means %q (the depending component's own, as in Flux), but %q lives in namespace %q: add namespace: %s", want, d.Name, targetNS, targetNS)
+}
+
+// HomeNamespace is the namespace the component lives in (its namespace field), "" when it
+// sets none.
+func (c ComponentSpec) HomeNamespace() string {
+	switch {
+	case c.Kustomize != nil:
+		return c.Kustomize.Namespace
+	case c.Helm != nil:
+		return c.Helm.Namespace
+	}
+	return ""
 }
 
 // DependsOn returns the names the component depends on, whatever its type.
