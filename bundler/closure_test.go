@@ -301,7 +301,7 @@ spec:
 // naming the object.
 func TestFluxSourceKindsRefused(t *testing.T) {
 	for kind, want := range map[string]string{
-		"Kustomization:ExternalArtifact": "ExternalArtifact is produced in a cluster",
+		"Kustomization:ExternalArtifact": "no ArtifactGenerator under",
 		"Kustomization:HelmChart":        "cannot take a HelmChart",
 		"Kustomization:HelmRepository":   "cannot take a HelmRepository",
 		"HelmRelease:Bucket":             "a Bucket source is not built",

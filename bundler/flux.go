@@ -205,11 +205,11 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 	if err != nil {
 		return nil, err
 	}
-	objs := fluxObjects{oci: map[string]fluxOCIRepository{}, git: map[string]fluxGitRepository{}, helm: map[string]fluxHelmRepository{}}
+	objs := fluxObjects{oci: map[string]fluxOCIRepository{}, git: map[string]fluxGitRepository{}, helm: map[string]fluxHelmRepository{}, artifacts: map[string]generated{}}
 	if err := objs.add(docs); err != nil {
 		return nil, err
 	}
-	ociRepos, gitRepos, helmRepos, ks, hrs := objs.oci, objs.git, objs.helm, objs.ks, objs.hrs
+	ociRepos, gitRepos, helmRepos, artifacts, ks, hrs := objs.oci, objs.git, objs.helm, objs.artifacts, objs.ks, objs.hrs
 	t := &fluxTree{spec: &bundles.Spec{APIVersion: "ferry.dev/v1", Kind: "Bundle"}, bases: map[string]string{}, origin: map[string]string{}}
 	t.spec.Metadata.Name, t.spec.Spec.Version = name, version
 	var temps []string
@@ -219,9 +219,37 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 		}
 	}
 	clones := map[string]string{}
-	// sourceDir is where a GitRepository's files are: this repository, or a clone.
-	sourceDir := func(ref sourceRef, ns string) (string, error) {
+	// sourceDir is where a source's files are: this repository, a clone, a pulled OCI
+	// artifact, or an ExternalArtifact composed by an ArtifactGenerator from those.
+	var sourceDir func(ref sourceRef, ns string) (string, error)
+	sourceDir = func(ref sourceRef, ns string) (string, error) {
 		k := nsName(firstNonEmpty(ref.Namespace, ns), ref.Name)
+		if ref.Kind == "ExternalArtifact" {
+			ga, ok := artifacts[k]
+			if !ok {
+				return "", fmt.Errorf("sourceRef ExternalArtifact %s: no ArtifactGenerator under %s produces it; %s", k, dir, unbuiltSource(ref.Kind))
+			}
+			if d, ok := clones["ExternalArtifact/"+k]; ok {
+				return d, nil
+			}
+			d, err := os.MkdirTemp("", "ferry-flux-artifact-*")
+			if err != nil {
+				return "", err
+			}
+			temps = append(temps, d)
+			resolve := func(kind, name, ns string) (string, error) {
+				if kind == "ExternalArtifact" {
+					return "", errors.New("an ArtifactGenerator takes GitRepository, OCIRepository and Bucket sources")
+				}
+				return sourceDir(sourceRef{Kind: kind, Name: name, Namespace: ns}, ns)
+			}
+			if err := composeArtifact(ga.g, ga.a, resolve, d); err != nil {
+				return "", err
+			}
+			log.Info("composed ExternalArtifact", "artifact", k, "generator", nsName(ga.g.Metadata.Namespace, ga.g.Metadata.Name))
+			clones["ExternalArtifact/"+k] = d
+			return d, nil
+		}
 		o, overridden := ov[k]
 		if overridden && o.dir != "" && (ref.Kind == "GitRepository" || ref.Kind == "OCIRepository") {
 			log.Info("source overridden by a local directory", "source", k, "dir", o.dir)
@@ -360,7 +388,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 			t.cleanup()
 			return nil, fmt.Errorf("flux Kustomization %s: %w", c.Name, err)
 		}
-		inner := fluxObjects{oci: ociRepos, git: gitRepos, helm: helmRepos}
+		inner := fluxObjects{oci: ociRepos, git: gitRepos, helm: helmRepos, artifacts: artifacts}
 		if err := inner.add(found); err != nil {
 			t.cleanup()
 			return nil, fmt.Errorf("flux Kustomization %s: %w", c.Name, err)
@@ -537,8 +565,16 @@ type fluxObjects struct {
 	oci  map[string]fluxOCIRepository
 	git  map[string]fluxGitRepository
 	helm map[string]fluxHelmRepository
-	ks   []fluxKustomization
-	hrs  []fluxHelmRelease
+	// artifacts are the ExternalArtifacts ArtifactGenerators produce, by namespace/name.
+	artifacts map[string]generated
+	ks        []fluxKustomization
+	hrs       []fluxHelmRelease
+}
+
+// generated is one ExternalArtifact and the ArtifactGenerator that makes it.
+type generated struct {
+	g fluxArtifactGenerator
+	a fluxOutputArtifact
 }
 
 // add sorts documents into o by kind; objects of other kinds are ignored.
@@ -569,6 +605,19 @@ func (o2 *fluxObjects) add(docs []fluxDoc) error {
 				return fmt.Errorf("%s:%d: HelmRepository: %w", d.file, d.node.Line, err)
 			}
 			o2.helm[key()] = h
+		case group == artifactGroup && o.Kind == "ArtifactGenerator":
+			var g fluxArtifactGenerator
+			if err := d.node.Decode(&g); err != nil {
+				return fmt.Errorf("%s:%d: ArtifactGenerator: %w", d.file, d.node.Line, err)
+			}
+			g.from = fmt.Sprintf("%s:%d", d.file, d.node.Line)
+			for _, a := range g.Spec.Artifacts {
+				k := nsName(o.Metadata.Namespace, a.Name)
+				if prev, dup := o2.artifacts[k]; dup {
+					return fmt.Errorf("%s: ArtifactGenerator %s: ExternalArtifact %s is also produced by %s", g.from, o.Metadata.Name, k, prev.g.from)
+				}
+				o2.artifacts[k] = generated{g: g, a: a}
+			}
 		case group == "kustomize.toolkit.fluxcd.io" && o.Kind == "Kustomization":
 			var k fluxKustomization
 			if err := d.node.Decode(&k); err != nil {
@@ -589,7 +638,7 @@ func (o2 *fluxObjects) add(docs []fluxDoc) error {
 }
 
 // fluxGroups are the API groups whose objects a Ferry node does not apply as they are.
-var fluxGroups = []string{"source.toolkit.fluxcd.io", "kustomize.toolkit.fluxcd.io", "helm.toolkit.fluxcd.io"}
+var fluxGroups = []string{"source.toolkit.fluxcd.io", "kustomize.toolkit.fluxcd.io", "helm.toolkit.fluxcd.io", artifactGroup}
 
 // fluxObjectsIn renders the kustomization at base/path and returns the Flux objects in it, and
 // a delete patch for each, which keeps them out of the component.
@@ -876,7 +925,7 @@ func unbuiltSource(kind string) string {
 	case "Bucket":
 		return "a Bucket source is not built: copy the bucket's content into the repository (or a directory) and name it with --source-override NAME=PATH"
 	case "ExternalArtifact":
-		return "an ExternalArtifact is produced in a cluster by another controller and cannot be built offline; vendor its content and point the Kustomization at a GitRepository or --source-override NAME=PATH"
+		return "an ExternalArtifact is built only when an ArtifactGenerator in the Flux directory composes it (from GitRepository or OCIRepository sources); one produced in a cluster by another controller cannot be built offline: vendor its content and name it with --source-override NAME=PATH"
 	case "HelmChart", "HelmRepository":
 		return "a Kustomization cannot take a " + kind + " as its source (Flux refuses it too); use a HelmRelease"
 	case "":
