@@ -2,10 +2,13 @@ package bundles
 
 import (
 	"bytes"
+	"crypto/rand"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -75,4 +78,60 @@ func BenchmarkPackDir(b *testing.B) {
 			b.ReportMetric(float64(peerSize), "tar-gzip-bytes")
 		})
 	}
+}
+
+// BenchmarkStallReader reads one file of FERRY_BENCH_MIB MiB (default 256) in $TMPDIR, in the
+// page cache, once through the stall reader a stick's blobs are read with, and in the same
+// iteration once with plain read(2) calls on the *os.File (the peer), each into a 1 MiB buffer
+// as the store copies a blob: the cost of the deadline is the difference, not hidden by a slow
+// disk (a USB stick reads at 30–400 MB/s).
+func BenchmarkStallReader(b *testing.B) {
+	mib := 256
+	if v, err := strconv.Atoi(os.Getenv("FERRY_BENCH_MIB")); err == nil && v > 0 {
+		mib = v
+	}
+	path := filepath.Join(b.TempDir(), "blob")
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	rand.Read(chunk)
+	for range mib {
+		if _, err := f.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	f.Close()
+	size := int64(mib) << 20
+	read := func(r io.Reader) time.Duration {
+		start := time.Now()
+		n, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{r}, make([]byte, 1<<20))
+		if err != nil || n != size {
+			b.Fatalf("read %d bytes: %v", n, err)
+		}
+		return time.Since(start)
+	}
+	var stallT, plainT time.Duration
+	for i := 0; b.Loop(); i++ {
+		f, err := os.Open(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := newStallReader(b.Context(), path, f, 0, size, time.Minute)
+		if i%2 == 0 { // each goes first every other time
+			plainT += read(f)
+			stallT += read(r)
+		} else {
+			stallT += read(r)
+			f.Seek(0, io.SeekStart)
+			plainT += read(f)
+		}
+		r.Close()
+		f.Close()
+	}
+	mbps := func(d time.Duration) float64 { return float64(size) * float64(b.N) / 1e6 / d.Seconds() }
+	b.ReportMetric(mbps(stallT), "stall-MB/s")
+	b.ReportMetric(mbps(plainT), "plain-MB/s")
+	b.ReportMetric(float64(stallT)/float64(plainT), "stall/plain-time")
 }

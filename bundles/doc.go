@@ -8,6 +8,10 @@
 //     validated type, with size and count limits named below, and refused with an error that
 //     names the file and field rather than skipped or truncated.
 //   - No path read from a layer or a ferry.yaml can leave the directory it belongs to.
+//   - A layout directory or archive (a USB stick) is read with a deadline on every open,
+//     stat and read (stall.go, stick.go): a call that does not answer fails with ErrStalled
+//     and is left to return on its own goroutine, holding only its own buffer and the file.
+//     An archive is read from the one file that was checked, at the offsets the check found.
 //
 // It does not verify signatures (package verify), build from Git (package bundler) or talk to
 // the cluster (package apply), and imports none of them.

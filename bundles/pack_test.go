@@ -311,7 +311,9 @@ func FuzzOpen(f *testing.F) {
 }
 
 // FuzzCheckArchive: whatever tar bytes a stick holds, the archive check refuses them or
-// accepts only clean layout paths, regular files and directories.
+// accepts only clean layout paths, regular files and directories, the same through the
+// stick's reader as through the file; and each file lies where the check says, so a blob read
+// at its offset is what tar reads.
 func FuzzCheckArchive(f *testing.F) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -320,12 +322,31 @@ func FuzzCheckArchive(f *testing.F) {
 	tw.Close()
 	f.Add(buf.Bytes())
 	f.Add([]byte("not a tar"))
+	buf.Reset()
+	tw = tar.NewWriter(&buf)
+	long := "blobs/sha256/" + strings.Repeat("ab", 60) // a PAX header before its data
+	for _, e := range []struct{ name, data string }{{"oci-layout", "{}"}, {"blobs/", ""}, {long, strings.Repeat("x", 700)}, {"index.json", "[]"}} {
+		h := &tar.Header{Name: e.name, Typeflag: tar.TypeReg, Size: int64(len(e.data)), Mode: 0o644}
+		if strings.HasSuffix(e.name, "/") {
+			h.Typeflag = tar.TypeDir
+		}
+		tw.WriteHeader(h)
+		tw.Write([]byte(e.data))
+	}
+	tw.Close()
+	f.Add(buf.Bytes())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		path := filepath.Join(t.TempDir(), "a.tar")
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if CheckArchive(path) != nil {
+		r := newStallReader(t.Context(), path, bytes.NewReader(b), 0, int64(len(b)), time.Minute)
+		defer r.Close()
+		entries, err := checkArchive(r, int64(len(b)), path)
+		if ferr := CheckArchive(path); (err == nil) != (ferr == nil) {
+			t.Fatalf("the stick's reader says %v, the file %v", err, ferr)
+		}
+		if err != nil {
 			return
 		}
 		tr := tar.NewReader(bytes.NewReader(b))
@@ -337,8 +358,16 @@ func FuzzCheckArchive(f *testing.F) {
 			if h.Typeflag != tar.TypeReg && h.Typeflag != tar.TypeDir {
 				t.Fatalf("accepted entry type %q", h.Typeflag)
 			}
-			if _, err := cleanEntryName(strings.TrimPrefix(h.Name, "./")); err != nil {
+			name, err := cleanEntryName(strings.TrimPrefix(h.Name, "./"))
+			if err != nil {
 				t.Fatalf("accepted entry %q", h.Name)
+			}
+			if h.Typeflag == tar.TypeReg {
+				data, err := io.ReadAll(tr)
+				e, ok := entries[name]
+				if err != nil || !ok || !bytes.Equal(b[e.off:e.off+e.size], data) {
+					t.Fatalf("entry %q: the bytes at its offset are not what tar reads (%v)", h.Name, err)
+				}
 			}
 		}
 	})

@@ -59,6 +59,10 @@ type Options struct {
 	// "default"), read when the environment has no keys; "" means the AWS defaults
 	// (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials and ~/.aws/config).
 	S3CredentialsFile string
+	// StallTimeout bounds each open, stat and read of a layout directory or archive (a USB
+	// stick): one that does not answer in time fails with ErrStalled (0 means
+	// DefaultStallTimeout). Registries and S3 have their network timeouts instead.
+	StallTimeout time.Duration
 }
 
 // Source is a store a bundle can be read from.
@@ -75,7 +79,8 @@ func SignatureTag(d ocispec.Descriptor) string {
 }
 
 // OpenSource opens the store at a and resolves the bundle manifest it names. A layout or
-// tar without a reference must hold exactly one bundle.
+// tar without a reference must hold exactly one bundle. Reads of a layout or tar are bound to
+// ctx as well as to the context of each Fetch, and each has o.StallTimeout to answer.
 func OpenSource(ctx context.Context, a Address, o Options) (Source, ocispec.Descriptor, error) {
 	var src Source
 	ref := a.Reference
@@ -87,16 +92,13 @@ func OpenSource(ctx context.Context, a Address, o Options) (Source, ocispec.Desc
 		}
 		src, ref = nopCloser{repo}, a.Ref.Reference
 	case KindLayout:
-		if fi, err := os.Stat(a.Path); err != nil || !fi.IsDir() {
-			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: not an OCI layout directory", a.Path)
-		}
-		s, err := oci.NewFromFS(ctx, NewLayoutFS(a.Path))
+		s, err := openLayout(ctx, a.Path, NewGuard(o.StallTimeout))
 		if err != nil {
-			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: %w", a.Path, err)
+			return nil, ocispec.Descriptor{}, err
 		}
-		src = nopCloser{s}
+		src = s
 	case KindTar:
-		s, err := openArchive(ctx, a.Path)
+		s, err := openArchive(ctx, a.Path, NewGuard(o.StallTimeout))
 		if err != nil {
 			return nil, ocispec.Descriptor{}, err
 		}
@@ -109,11 +111,7 @@ func OpenSource(ctx context.Context, a Address, o Options) (Source, ocispec.Desc
 		if err != nil {
 			return nil, ocispec.Descriptor{}, err
 		}
-		if err := CheckArchive(tmp); err != nil {
-			os.Remove(tmp)
-			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: %w", a, err)
-		}
-		s, err := oci.NewFromTar(ctx, tmp)
+		s, err := openArchive(ctx, tmp, NewGuard(o.StallTimeout))
 		if err != nil {
 			os.Remove(tmp)
 			return nil, ocispec.Descriptor{}, fmt.Errorf("%s: %w", a, err)
@@ -150,82 +148,75 @@ func CheckArchive(path string) error {
 		return err
 	}
 	defer f.Close()
-	return checkArchive(f, path)
-}
-
-// openArchive checks the archive at path and opens it as a source bound to the file that was
-// checked: oras reopens the archive for every blob, and it is given /proc/self/fd/N, which
-// reopens that same file however the path is swapped on the stick afterwards (for a FIFO, a
-// symlink, another archive).
-func openArchive(ctx context.Context, path string) (Source, error) {
-	f, err := OpenRegular(path)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkArchive(f, path); err != nil {
-		f.Close()
-		return nil, err
-	}
-	s, err := oci.NewFromTar(ctx, fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return fileSource{nopCloser{s}, f}, nil
-}
-
-// fileSource is a source that holds a file open until it is closed.
-type fileSource struct {
-	nopCloser
-	f *os.File
-}
-
-func (s fileSource) Close() error { return s.f.Close() }
-
-func checkArchive(f *os.File, path string) error {
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
 	fi, err := f.Stat()
 	if err != nil {
 		return err
 	}
-	if fi.Size() > MaxArchiveBytes {
-		return fmt.Errorf("%s: %d bytes, over the %d-byte limit", path, fi.Size(), int64(MaxArchiveBytes))
+	_, err = checkArchive(f, fi.Size(), path)
+	return err
+}
+
+// checkArchive is CheckArchive of the size bytes of r; it returns where each regular file
+// lies in the archive.
+func checkArchive(r io.ReadSeeker, size int64, path string) (map[string]archiveEntry, error) {
+	if _, err := r.Seek(0, io.SeekStart); err != nil {
+		return nil, err
 	}
-	tr := tar.NewReader(f)
+	if size > MaxArchiveBytes {
+		return nil, fmt.Errorf("%s: %d bytes, over the %d-byte limit", path, size, int64(MaxArchiveBytes))
+	}
+	tr := tar.NewReader(r)
 	seen := map[string]bool{}
+	files := map[string]archiveEntry{}
 	for n := 0; ; n++ {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
 			if n == 0 {
-				return fmt.Errorf("%s: empty archive", path)
+				return nil, fmt.Errorf("%s: empty archive", path)
 			}
-			return nil
+			return files, nil
 		}
 		if err != nil {
-			return fmt.Errorf("%s: not a complete tar archive: %w", path, err)
+			return nil, fmt.Errorf("%s: not a complete tar archive: %w", path, err)
 		}
 		if n >= MaxArchiveEntries {
-			return fmt.Errorf("%s: more than %d entries", path, MaxArchiveEntries)
+			return nil, fmt.Errorf("%s: more than %d entries", path, MaxArchiveEntries)
 		}
 		name, err := cleanEntryName(strings.TrimPrefix(hdr.Name, "./"))
 		if err != nil {
-			return fmt.Errorf("%s: entry %q: %w", path, hdr.Name, err)
+			return nil, fmt.Errorf("%s: entry %q: %w", path, hdr.Name, err)
 		}
 		if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeDir {
-			return fmt.Errorf("%s: entry %q: type %q not allowed (regular files and directories only)", path, hdr.Name, string(hdr.Typeflag))
+			return nil, fmt.Errorf("%s: entry %q: type %q not allowed (regular files and directories only)", path, hdr.Name, string(hdr.Typeflag))
 		}
 		if name != "oci-layout" && name != "index.json" && name != "blobs" && !strings.HasPrefix(name, "blobs/") {
-			return fmt.Errorf("%s: entry %q is not part of an OCI layout", path, hdr.Name)
+			return nil, fmt.Errorf("%s: entry %q is not part of an OCI layout", path, hdr.Name)
+		}
+		// A PAX sparse file's bytes in the archive are not its content: blobs are read from
+		// the archive as they lie in it.
+		for k := range hdr.PAXRecords {
+			if strings.HasPrefix(k, "GNU.sparse.") {
+				return nil, fmt.Errorf("%s: entry %q: a sparse file (not allowed)", path, hdr.Name)
+			}
 		}
 		// Readers disagree on which of two entries of one name counts (the last, for oras):
 		// an archive that says two things is refused.
 		key := strings.TrimSuffix(name, "/")
 		if seen[key] {
-			return fmt.Errorf("%s: entry %q appears twice", path, hdr.Name)
+			return nil, fmt.Errorf("%s: entry %q appears twice", path, hdr.Name)
 		}
 		seen[key] = true
+		if hdr.Typeflag == tar.TypeReg {
+			// tar.Reader has read the header blocks and nothing of the data.
+			off, err := r.Seek(0, io.SeekCurrent)
+			if err != nil {
+				return nil, err
+			}
+			if hdr.Size < 0 || off+hdr.Size > size {
+				return nil, fmt.Errorf("%s: not a complete tar archive: entry %q ends %d bytes past its end", path, hdr.Name, off+hdr.Size-size)
+			}
+			files[key] = archiveEntry{off: off, size: hdr.Size, info: hdr.FileInfo()}
+		}
 	}
 }
 
@@ -286,12 +277,19 @@ func (n nopCloser) Tags(ctx context.Context, last string, fn func([]string) erro
 	return errors.New("cannot list tags")
 }
 
+// tempSource is a source read from a temporary file, removed when it is closed.
 type tempSource struct {
-	*oci.ReadOnlyStore
+	stickSource
 	path string
 }
 
-func (t tempSource) Close() error { return os.Remove(t.path) }
+func (t tempSource) Close() error {
+	err := t.stickSource.Close()
+	if rerr := os.Remove(t.path); err == nil {
+		err = rerr
+	}
+	return err
+}
 
 // Copy copies the bundle desc and its signatures from src to the address dst, tagging it
 // there with dst's tag or, when dst names none, the bundle's version. It returns where the

@@ -109,7 +109,14 @@ type USBSource struct {
 	// ReceiptDir, relative to the stick's root or absolute, is where a receipt is written
 	// after a bundle is admitted; empty (the default) never writes to a stick.
 	ReceiptDir string `yaml:"receiptDir"`
+	// StallTimeout is how long one call on a stick (a listing, a stat, an open, a read of up
+	// to 1 MiB) may go unanswered before the stick is taken as stuck (default 60s, at least
+	// 1s): the scan leaves it out, and its bundle is refused until the stuck call returns.
+	StallTimeout Duration `yaml:"stallTimeout"`
 }
+
+// minStallTimeout keeps a typo ("60ms") from refusing every healthy but slow stick.
+const minStallTimeout = time.Second
 
 // S3Source polls a bucket for bundle archives.
 type S3Source struct {
@@ -286,6 +293,9 @@ func (c *Config) validate() error {
 			n++
 			for j, p := range u.Paths {
 				abs(fmt.Sprintf("%s.usb.paths[%d]", f, j), p, true)
+			}
+			if d := u.StallTimeout.Duration; d != 0 && d < minStallTimeout {
+				bad(f+".usb.stallTimeout", "%s is under %s: a healthy stick may take that long", d, minStallTimeout)
 			}
 		}
 		if s3 := s.S3; s3 != nil {

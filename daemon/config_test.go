@@ -31,6 +31,7 @@ func TestConfigRefusals(t *testing.T) {
 		"images exposed":    {base + "imagesAddress: \"[::]:9796\"\nsources: [{name: a, usb: {}}]\n", "imagesAddress"},
 		"images on metrics": {base + "imagesAddress: 127.0.0.1:9795\nsources: [{name: a, usb: {}}]\n", "is also metricsAddress"},
 		"bad interval":      {base + "sources: [{name: a, usb: {interval: soon}}]\n", "positive duration"},
+		"short stall":       {base + "sources: [{name: a, usb: {stallTimeout: 60ms}}]\n", "sources[0].usb.stallTimeout: 60ms is under 1s"},
 		"bad variable":      {base + "variables: {1X: a}\nsources: [{name: a, usb: {}}]\n", "variables.1X"},
 		"webhook scheme":    {base + "sources: [{name: a, usb: {}}]\nwebhook: {url: \"ftp://x\"}\n", "webhook"},
 		"empty":             {"", "empty config"},

@@ -62,6 +62,7 @@ type Daemon struct {
 	// importing counts the bytes of the `ferry import` in progress, if any.
 	importing *bundles.Progress
 	refused   map[string]bool // candidate keys a Refused event was written for
+	paused    map[string]bool // bundles whose rollout is paused (one RolloutPaused event each time)
 }
 
 // New loads what the config names (trust policy, age key, kubeconfig) and opens the store.
@@ -97,7 +98,7 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, opts: opts, log: log, st: st, eng: eng, policy: policy, m: newMetrics(), images: imgs,
-		loops: map[string]chan struct{}{}, lastErr: map[string]string{}, handled: map[string]bool{}, refused: map[string]bool{}}
+		loops: map[string]chan struct{}{}, lastErr: map[string]string{}, handled: map[string]bool{}, refused: map[string]bool{}, paused: map[string]bool{}}
 	if cfg.Webhook != nil {
 		if d.notify, err = NewNotifier(st, *cfg.Webhook, log); err != nil {
 			st.Close()
@@ -200,8 +201,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 		g.Go(func() error { return d.notify.Run(ctx) })
 	}
 	for _, s := range d.cfg.Sources {
-		g.Go(func() error { d.pollSource(ctx, s.Name, newSource(s)); return nil })
+		g.Go(func() error { d.pollSource(ctx, s.Name, sourceOf(s)); return nil })
 	}
+	// A poller's pass that shutdown stopped waiting for may still admit a bundle and kick its
+	// loop: once ctx is done, kicks start no loop, so nothing is added to g after it drains.
+	g.Go(func() error {
+		<-ctx.Done()
+		d.mu.Lock()
+		d.started = nil
+		d.mu.Unlock()
+		return nil
+	})
 	bs, err := d.st.Bundles()
 	if err != nil {
 		return err
@@ -278,9 +288,19 @@ func socketDir(dir string) error {
 }
 
 // pollSource polls one source until ctx is done. A poll error (a registry or bucket out of
-// reach) is logged and retried at the next interval; it never touches what runs.
+// reach, a stick that stopped answering) is logged and retried at the next interval; it never
+// touches what runs.
+//
+// Each pass runs on a goroutine of its own, and pollSource stops waiting for it when ctx is
+// done: a read(2) on a failing USB device can block in the kernel for ever, and Run, which
+// waits for its pollers, must still return. Every call on a stick has a deadline and honours
+// ctx (bundles.Guard and the readers behind bundles.OpenSource), so a pass ends soon after;
+// only a call that never returns is left behind, holding its own buffer and its file. A
+// candidate whose read stalled is not read again until that read has returned (the stick
+// answered again or was pulled): another read would stall as well.
 func (d *Daemon) pollSource(ctx context.Context, name string, s source) {
-	for {
+	stalled := map[string]<-chan struct{}{} // candidate key → closed when its stuck read returned
+	pass := func() {
 		cands, err := s.poll(ctx)
 		if err != nil && ctx.Err() == nil {
 			d.log.Warn("source poll failed", "source", name, "err", err)
@@ -292,12 +312,35 @@ func (d *Daemon) pollSource(ctx context.Context, name string, s source) {
 			if done {
 				continue
 			}
-			if _, err := d.ingest(ctx, name, c); err != nil && (ctx.Err() != nil || retryable(err) || unsignedYet(c, err)) {
+			if stuck, ok := stalled[c.key]; ok {
+				select {
+				case <-stuck:
+					delete(stalled, c.key)
+				default:
+					continue
+				}
+			}
+			_, err := d.ingest(ctx, name, c)
+			var se *bundles.StallError
+			if errors.As(err, &se) {
+				stalled[c.key] = se.Done()
+				continue
+			}
+			if err != nil && (ctx.Err() != nil || retryable(err) || unsignedYet(c, err)) {
 				continue // a registry, bucket or disk problem: try again at the next poll
 			}
 			d.mu.Lock()
 			d.handled[c.key] = true
 			d.mu.Unlock()
+		}
+	}
+	for {
+		done := make(chan struct{})
+		go func() { defer close(done); pass() }()
+		select {
+		case <-ctx.Done():
+			return
+		case <-done:
 		}
 		select {
 		case <-ctx.Done():
@@ -417,6 +460,11 @@ func (d *Daemon) loop(ctx context.Context, name string, kick <-chan struct{}) {
 			}
 			failures++
 			backoff := min(time.Second<<min(failures-1, 9), 5*time.Minute)
+			if errors.Is(err, errWaitingForAPI) || apply.Paused(ctx, err) {
+				// The node's own trouble (k3s restarting, a full disk): tried again soon,
+				// so a rollout resumes within seconds of it being over.
+				backoff = min(backoff, pausedRetry)
+			}
 			d.log.Warn("reconcile failed; will retry", "bundle", name, "in", backoff.String(), "err", err)
 			select {
 			case <-ctx.Done():
@@ -427,6 +475,12 @@ func (d *Daemon) loop(ctx context.Context, name string, kick <-chan struct{}) {
 		}
 	}
 }
+
+var errWaitingForAPI = errors.New("waiting for the API server")
+
+// pausedRetry bounds the wait between attempts while the API server is away or the state
+// directory cannot be written.
+const pausedRetry = 5 * time.Second
 
 // reconcile does what the bundle needs now: finish an interrupted rollout, roll out the
 // newest admitted revision, or check the current one for drift. It returns an error only
@@ -441,7 +495,10 @@ func (d *Daemon) reconcile(ctx context.Context, name string) error {
 		return nil
 	}
 	if err := d.eng.Ping(ctx); err != nil {
-		err = fmt.Errorf("waiting for the API server: %w", err)
+		err = fmt.Errorf("%w: %w", errWaitingForAPI, err)
+		if b.Txn != nil && ctx.Err() == nil {
+			d.pause(name, err)
+		}
 		d.mu.Lock()
 		d.lastErr[name] = err.Error()
 		d.mu.Unlock()
@@ -466,6 +523,11 @@ func (d *Daemon) reconcile(ctx context.Context, name string) error {
 		rep, err = d.eng.Sync(ctx, name)
 	default:
 		return nil
+	}
+	if op != "sync" && ctx.Err() == nil && apply.Paused(ctx, err) {
+		d.pause(name, err)
+	} else if err == nil || rep.State != "" {
+		d.resumed(name)
 	}
 	d.m.reconcileDuration.WithLabelValues(name, op).Observe(time.Since(begin).Seconds())
 	d.m.drift.WithLabelValues(name).Add(float64(len(rep.Drift)))
@@ -496,6 +558,39 @@ func (d *Daemon) reconcile(ctx context.Context, name string) error {
 		d.lastErr[name] = err.Error()
 		return err
 	}
+}
+
+// pause records that the open rollout of a bundle stopped for the node's reasons (the API
+// server out of reach, the state directory not writable): its deadline stops running, and
+// one RolloutPaused event says why. The rollout is resumed by the loop's next attempt. Both
+// writes are best effort: on a full disk they may fail too, and the log still says it.
+func (d *Daemon) pause(name string, cause error) {
+	if err := d.st.PauseTxn(name); err != nil {
+		d.log.Warn("rollout pause not recorded", "bundle", name, "err", err)
+	}
+	d.mu.Lock()
+	first := !d.paused[name]
+	d.paused[name] = true
+	d.mu.Unlock()
+	if !first {
+		return
+	}
+	what := "the API server is out of reach"
+	if store.WriteFailed(cause) {
+		what = "the state directory cannot be written"
+	}
+	d.log.Warn("rollout paused", "bundle", name, "because", what, "err", cause)
+	msg := fmt.Sprintf("rollout paused: %s (%v); it resumes when that is over, and the time paused does not count against its deadline", what, cause)
+	if err := d.st.AddEvent(store.Event{Bundle: name, Reason: "RolloutPaused", Message: msg}); err != nil {
+		d.log.Warn("event", "err", err)
+	}
+	d.kickNotify()
+}
+
+func (d *Daemon) resumed(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.paused, name)
 }
 
 // driftEvent records drift in the event log (and so on the webhook): how many objects, how

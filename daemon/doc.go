@@ -13,7 +13,8 @@
 //     goroutine and offers candidates with a key that changes when the copy changes (a
 //     digest, a key and ETag, a path with size and time). A key is ingested once per run:
 //     again only when the error looked transient to [apply.Transient] (a connection
-//     refused or reset, an i/o timeout…).
+//     refused or reset, an i/o timeout…), or when a read of it stalled
+//     ([bundles.ErrStalled]) and that stuck read has since returned.
 //   - Ingest (ingest.go, [Ingest]): verify, then copy. [Daemon.Import] is the same path for
 //     `ferry import`.
 //   - The reconcile loop (daemon.go): one goroutine per bundle, woken by a kick (a revision
@@ -50,6 +51,12 @@
 //     ReceiptDir is configured, and then only the receipt. A layout directory is read through
 //     bundles.LayoutFS and an archive opened with bundles.OpenRegular: regular files only,
 //     no symlink followed, no hard link, a FIFO or device refused without being opened.
+//   - A stick that hangs holds nothing. Every call on a stick (scan, open, read, receipt)
+//     has the source's stallTimeout (bundles.Guard and the readers behind
+//     bundles.OpenSource); a stick whose call is stuck is left out until it returns, and its
+//     candidate is not read again before then. A pass of a poller runs on a goroutine that
+//     pollSource abandons when the context is done, so Run returns even while a read is
+//     stuck in the kernel.
 //   - The API socket is owner-only: its directory 0700 (refused when found wider or owned
 //     by another user), the socket 0600.
 //

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -38,11 +39,14 @@ func newSource(c SourceConfig) source {
 	case c.Registry != nil:
 		return registrySource{c.Registry}
 	case c.USB != nil:
-		return &usbSource{cfg: c.USB, seen: map[string]stamp{}}
+		return &usbSource{cfg: c.USB, seen: map[string]stamp{}, guard: bundles.NewGuard(c.USB.StallTimeout.Duration)}
 	default:
 		return s3Source{c.S3}
 	}
 }
+
+// sourceOf builds the poller of a configured source; a test puts in one that never answers.
+var sourceOf = newSource
 
 type registrySource struct{ cfg *RegistrySource }
 
@@ -103,15 +107,21 @@ func (s s3Source) poll(ctx context.Context) ([]candidate, error) {
 }
 
 // usbSource scans mount points for bundle archives and OCI layouts. It only reads: a
-// receipt is written only when ReceiptDir is configured.
+// receipt is written only when ReceiptDir is configured. Every call on a stick (listing, stat,
+// open, read, the receipt) goes through guard with the source's stall deadline, and a
+// stick whose call is stuck is left out of the scans until that call returns, so one stick
+// that stops answering neither stops the scan of the others nor leaves a goroutine behind
+// at each scan.
 type usbSource struct {
-	cfg  *USBSource
-	seen map[string]stamp // last scan: path → size and time
+	cfg   *USBSource
+	seen  map[string]stamp // last scan: path → size and time
+	guard *bundles.Guard
 }
 
 type stamp struct {
-	size  int64
-	mtime time.Time
+	size   int64
+	mtime  time.Time
+	layout bool // an OCI layout directory, not an archive
 }
 
 // maxUSBDepth bounds how deep a stick is searched; maxUSBEntries how much of it is looked at.
@@ -123,80 +133,133 @@ const (
 func (u *usbSource) interval() time.Duration { return u.cfg.Interval.or(2 * time.Second) }
 
 // poll returns the archives and layouts whose size and time did not change since the last
-// scan: a file still being copied is left for a later scan.
+// scan: a file still being copied is left for a later scan. The error reports the calls on
+// a stick that stopped answering during this scan (not those left out for an earlier one).
 func (u *usbSource) poll(ctx context.Context) ([]candidate, error) {
-	now := map[string]stamp{}
-	var out []candidate
+	s := scan{ctx: ctx, guard: u.guard, now: map[string]stamp{}}
 	for _, root := range u.cfg.Paths {
-		entries := 0
-		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-			if err != nil || ctx.Err() != nil {
-				return filepath.SkipDir
-			}
-			if entries++; entries > maxUSBEntries {
-				return filepath.SkipAll
-			}
-			rel, _ := filepath.Rel(root, p)
-			depth := strings.Count(rel, string(filepath.Separator))
-			if d.IsDir() {
-				if depth > maxUSBDepth || (strings.HasPrefix(d.Name(), ".") && p != root) {
-					return filepath.SkipDir
-				}
-				if st, ok := layoutStamp(p); ok {
-					now[p] = st
-					return filepath.SkipDir
-				}
-				return nil
-			}
-			// Symlinks are not followed: a stick must not point the daemon at node files.
-			if !d.Type().IsRegular() || !strings.HasSuffix(d.Name(), ".tar") || strings.HasPrefix(d.Name(), ".") {
-				return nil
-			}
-			if fi, err := d.Info(); err == nil {
-				now[p] = stamp{fi.Size(), fi.ModTime()}
-			}
-			return nil
-		})
+		s.entries = 0
+		s.dir(root, 0)
 	}
-	for p, st := range now {
+	var out []candidate
+	for p, st := range s.now {
 		if prev, ok := u.seen[p]; !ok || prev != st {
 			continue // new or still changing
 		}
-		addr, err := bundles.ParseAddress(p)
-		if err != nil {
-			continue
+		// Not ParseAddress, which stats the path: the scan knows what it found.
+		addr := bundles.Address{Kind: bundles.KindTar, Raw: p, Path: p}
+		if st.layout {
+			addr.Kind = bundles.KindLayout
 		}
-		c := candidate{addr: addr, key: fmt.Sprintf("%s:%d:%d", p, st.size, st.mtime.UnixNano())}
+		c := candidate{addr: addr, opts: bundles.Options{StallTimeout: u.guard.Timeout()},
+			key: fmt.Sprintf("%s:%d:%d", p, st.size, st.mtime.UnixNano())}
 		if u.cfg.ReceiptDir != "" {
 			c.admitted = u.receipt(p)
 		}
 		out = append(out, c)
 	}
-	u.seen = now
-	return out, nil
+	u.seen = s.now
+	return out, errors.Join(s.stalls...)
 }
 
-// layoutStamp identifies an OCI layout directory by its index and blobs.
-func layoutStamp(dir string) (stamp, bool) {
-	if _, err := os.Lstat(filepath.Join(dir, "oci-layout")); err != nil {
-		return stamp{}, false
+// scan is one scan of a source's mount points.
+type scan struct {
+	ctx     context.Context
+	guard   *bundles.Guard
+	now     map[string]stamp
+	entries int
+	stalls  []error
+}
+
+// failed keeps err if it is a stick that stopped answering now; other errors (a stick pulled
+// during the scan, a permission) and calls left out for an earlier stall are skipped quietly.
+func (s *scan) failed(err error) {
+	var se *bundles.StallError
+	if errors.As(err, &se) && se.Stuck == "" {
+		s.stalls = append(s.stalls, err)
 	}
-	var st stamp
-	for _, p := range []string{filepath.Join(dir, "index.json"), filepath.Join(dir, "blobs", "sha256")} {
-		_ = filepath.WalkDir(p, func(_ string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return nil
+}
+
+// dir looks at the directory p, depth levels below a mount point: an OCI layout is a
+// candidate, anything else is searched for archives and layouts, down to directories
+// maxUSBDepth+1 levels below the mount point (/media/a/b/c/d). Symlinks are not followed: a
+// stick must not point the daemon at node files.
+func (s *scan) dir(p string, depth int) {
+	if s.ctx.Err() != nil {
+		return
+	}
+	if s.entries++; s.entries > maxUSBEntries {
+		return
+	}
+	if st, ok, err := layoutStamp(s.ctx, s.guard, p); err != nil {
+		s.failed(err)
+		return
+	} else if ok {
+		s.now[p] = st
+		return
+	}
+	entries, err := s.guard.ReadDir(s.ctx, p, maxUSBEntries+1)
+	if err != nil {
+		s.failed(err)
+		return
+	}
+	for _, e := range entries {
+		if s.ctx.Err() != nil || s.entries >= maxUSBEntries {
+			return
+		}
+		child := filepath.Join(p, e.Name())
+		hidden := strings.HasPrefix(e.Name(), ".")
+		switch {
+		case e.IsDir():
+			if depth <= maxUSBDepth && !hidden {
+				s.dir(child, depth+1)
+				continue
 			}
-			if fi, err := d.Info(); err == nil {
-				st.size += fi.Size()
-				if fi.ModTime().After(st.mtime) {
-					st.mtime = fi.ModTime()
-				}
+		case e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".tar") && !hidden:
+			// Not e.Info(), which would stat outside the guard.
+			if fi, err := s.guard.Lstat(s.ctx, child); err != nil {
+				s.failed(err)
+			} else if fi.Mode().IsRegular() {
+				s.now[child] = stamp{size: fi.Size(), mtime: fi.ModTime()}
 			}
+		}
+		s.entries++
+	}
+}
+
+// layoutStamp identifies an OCI layout directory by its index and blobs, in one guarded
+// call: a stall anywhere in it leaves the layout out.
+func layoutStamp(ctx context.Context, g *bundles.Guard, dir string) (stamp, bool, error) {
+	var (
+		st stamp
+		ok bool
+	)
+	err := g.Do(ctx, "scan", dir, func() error {
+		if _, err := os.Lstat(filepath.Join(dir, "oci-layout")); err != nil {
 			return nil
-		})
+		}
+		ok = true
+		for _, p := range []string{filepath.Join(dir, "index.json"), filepath.Join(dir, "blobs", "sha256")} {
+			_ = filepath.WalkDir(p, func(_ string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return nil
+				}
+				if fi, err := d.Info(); err == nil {
+					st.size += fi.Size()
+					if fi.ModTime().After(st.mtime) {
+						st.mtime = fi.ModTime()
+					}
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+	if err != nil || !ok {
+		return stamp{}, false, err
 	}
-	return st, true
+	st.layout = true
+	return st, true, nil
 }
 
 // receipt writes <ReceiptDir>/<name>-<revision>.json on the stick the bundle came from: a
@@ -219,8 +282,14 @@ func (u *usbSource) receipt(path string) func(*store.Revision) {
 		host, _ := os.Hostname()
 		b, _ := json.MarshalIndent(map[string]any{"node": host, "bundle": r.Name, "revision": r.Revision, "version": r.Version,
 			"digest": r.Manifest.Digest, "admitted": r.Admitted, "from": path}, "", "  ")
-		if err := os.MkdirAll(dir, 0o755); err == nil {
-			_ = store.WriteFileAtomic(filepath.Join(dir, fmt.Sprintf("%s-%d.json", r.Name, r.Revision)), b, 0o644)
-		}
+		// Best effort, as before, and bounded: a stick that stops answering while it is
+		// written to holds neither the poller nor shutdown (the deadline is the bound; the
+		// callback has no context).
+		_ = u.guard.Do(context.Background(), "write receipt", dir, func() error {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+			return store.WriteFileAtomic(filepath.Join(dir, fmt.Sprintf("%s-%d.json", r.Name, r.Revision)), b, 0o644)
+		})
 	}
 }

@@ -57,7 +57,7 @@ func (tb *Testbed) startKube(ctx context.Context, nodes int, controllers, fsync 
 	}
 
 	apiURL := "https://" + hostPort(apiPort)
-	tb.apiArgs = []string{
+	apiArgs := []string{
 		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
 		"--secure-port=" + strconv.Itoa(apiPort),
@@ -74,7 +74,7 @@ func (tb *Testbed) startKube(ctx context.Context, nodes int, controllers, fsync 
 		"--endpoint-reconciler-type=none",
 		"--cert-dir=" + filepath.Join(tb.Dir, "apiserver-certs"),
 	}
-	api, err := tb.run("kube-apiserver", tb.apiArgs)
+	api, err := tb.run("kube-apiserver", apiArgs)
 	if err != nil {
 		return err
 	}
@@ -90,11 +90,11 @@ func (tb *Testbed) startKube(ctx context.Context, nodes int, controllers, fsync 
 	if err != nil {
 		return err
 	}
-	tb.apiReady = httpOK(adminHTTP, apiURL+"/readyz")
-	if err := api.waitReady(ctx, tb.apiReady); err != nil {
+	apiReady := httpOK(adminHTTP, apiURL+"/readyz")
+	if err := api.waitReady(ctx, apiReady); err != nil {
 		return err
 	}
-	tb.api = api
+	tb.control = append(tb.control, &restartable{name: "kube-apiserver", args: apiArgs, ready: apiReady, proc: api})
 	if !controllers {
 		return nil
 	}
@@ -103,7 +103,7 @@ func (tb *Testbed) startKube(ctx context.Context, nodes int, controllers, fsync 
 	// self-signed certificate; the check only needs the status code.
 	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, Timeout: 2 * time.Second}
 	kc := "--kubeconfig=" + tb.Kubeconfig
-	cm, err := tb.run("kube-controller-manager", []string{
+	cmArgs := []string{
 		kc, "--authentication-kubeconfig=" + tb.Kubeconfig, "--authorization-kubeconfig=" + tb.Kubeconfig,
 		"--leader-elect=false",
 		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(cmPort),
@@ -117,25 +117,31 @@ func (tb *Testbed) startKube(ctx context.Context, nodes int, controllers, fsync 
 		// never makes a pod Ready again), which reads as a failed rollout. The testbed
 		// watches its processes itself, so a long grace period hides nothing.
 		"--node-monitor-grace-period=5m",
-	})
+	}
+	cm, err := tb.run("kube-controller-manager", cmArgs)
 	if err != nil {
 		return err
 	}
-	sched, err := tb.run("kube-scheduler", []string{
+	schedArgs := []string{
 		kc, "--authentication-kubeconfig=" + tb.Kubeconfig, "--authorization-kubeconfig=" + tb.Kubeconfig,
 		"--leader-elect=false",
 		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(schedPort),
 		"--cert-dir=" + filepath.Join(tb.Dir, "scheduler-certs"),
-	})
+	}
+	sched, err := tb.run("kube-scheduler", schedArgs)
 	if err != nil {
 		return err
 	}
-	if err := cm.waitReady(ctx, httpOK(insecure, "https://"+hostPort(cmPort)+"/healthz")); err != nil {
+	cmReady, schedReady := httpOK(insecure, "https://"+hostPort(cmPort)+"/healthz"), httpOK(insecure, "https://"+hostPort(schedPort)+"/healthz")
+	if err := cm.waitReady(ctx, cmReady); err != nil {
 		return err
 	}
-	if err := sched.waitReady(ctx, httpOK(insecure, "https://"+hostPort(schedPort)+"/healthz")); err != nil {
+	if err := sched.waitReady(ctx, schedReady); err != nil {
 		return err
 	}
+	tb.control = append(tb.control,
+		&restartable{name: "kube-controller-manager", args: cmArgs, ready: cmReady, proc: cm},
+		&restartable{name: "kube-scheduler", args: schedArgs, ready: schedReady, proc: sched})
 
 	stages := filepath.Join(tb.Dir, "kwok-stages.yaml")
 	if err := writeStages(tb.stageDir(), stages); err != nil {
@@ -254,30 +260,49 @@ func httpOK(c *http.Client, url string) func(context.Context) error {
 
 func mustQuantity(s string) resource.Quantity { return resource.MustParse(s) }
 
-// StopAPIServer stops the API server (SIGTERM, as systemd stops k3s), leaving etcd and
-// everything else running: what a k3s restart or upgrade does to the node's clients.
-func (tb *Testbed) StopAPIServer() error {
-	tb.mu.Lock()
-	api := tb.api
-	tb.mu.Unlock()
-	if api == nil {
-		return errors.New("testbed: no API server to stop")
-	}
-	return api.stop(15 * time.Second)
+// restartable is a control-plane process StopControlPlane and StartControlPlane stop and
+// start again with the same flags.
+type restartable struct {
+	name  string
+	args  []string
+	ready func(context.Context) error
+	proc  *process
 }
 
-// StartAPIServer starts the API server again, on the same port with the same flags, and
-// waits until it is ready.
-func (tb *Testbed) StartAPIServer(ctx context.Context) error {
-	api, err := tb.run("kube-apiserver", tb.apiArgs)
-	if err != nil {
-		return err
-	}
-	if err := api.waitReady(ctx, tb.apiReady); err != nil {
-		return err
-	}
+// StopControlPlane stops the API server, the controller manager and the scheduler (SIGTERM,
+// as systemd stops k3s), leaving etcd and the kwok nodes running: what a k3s restart or
+// upgrade does to the clients on the node.
+func (tb *Testbed) StopControlPlane() error {
 	tb.mu.Lock()
-	tb.api = api
+	control := tb.control
 	tb.mu.Unlock()
+	if len(control) == 0 {
+		return errors.New("testbed: no control plane to stop")
+	}
+	var errs []error
+	for i := len(control) - 1; i >= 0; i-- {
+		errs = append(errs, control[i].proc.stop(15*time.Second))
+	}
+	return errors.Join(errs...)
+}
+
+// StartControlPlane starts what StopControlPlane stopped, on the same ports with the same
+// flags, each once the one before is ready.
+func (tb *Testbed) StartControlPlane(ctx context.Context) error {
+	tb.mu.Lock()
+	control := tb.control
+	tb.mu.Unlock()
+	for _, r := range control {
+		p, err := tb.run(r.name, r.args)
+		if err != nil {
+			return err
+		}
+		if err := p.waitReady(ctx, r.ready); err != nil {
+			return err
+		}
+		tb.mu.Lock()
+		r.proc = p
+		tb.mu.Unlock()
+	}
 	return nil
 }

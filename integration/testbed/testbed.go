@@ -84,10 +84,8 @@ type Testbed struct {
 
 	binDir string
 	ownDir bool
-	// The API server and how to start it again (StopAPIServer, StartAPIServer).
-	api      *process
-	apiArgs  []string
-	apiReady func(context.Context) error
+	// control is the control plane, in start order (StopControlPlane, StartControlPlane).
+	control  []*restartable
 	log      *slog.Logger
 	mu       sync.Mutex
 	procs    []*process
