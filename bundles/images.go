@@ -91,7 +91,7 @@ func ImageBlobs(ctx context.Context, src content.Fetcher, root ocispec.Descripto
 // image's manifests, configs and layers, streamed.
 func (b *Bundle) Check(ctx context.Context, src content.Fetcher) error {
 	for i := range b.Metadata.Components {
-		if _, err := b.Layer(ctx, src, i); err != nil {
+		if err := b.CheckLayer(ctx, src, i); err != nil {
 			return err
 		}
 	}

@@ -195,10 +195,41 @@ func (fs Files) Get(name string) (File, bool) {
 // names, no duplicates, regular files and directories only, and the size and count limits. The
 // layer is refused whole on the first violation; the error names the entry.
 func ReadLayer(r io.Reader) (Files, error) {
+	var files Files
+	err := walkLayer(r, func(name string, mode int64, size int64, data io.Reader) error {
+		var buf bytes.Buffer
+		buf.Grow(int(size))
+		if _, err := io.Copy(&buf, data); err != nil {
+			return err
+		}
+		files = append(files, File{Name: name, Mode: mode, Data: buf.Bytes()})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].Name < files[j].Name })
+	return files, nil
+}
+
+// CheckLayer applies ReadLayer's checks (one gzip member, names, types, sizes, nothing
+// after the archive) to a layer streamed from r, keeping none of its content: what ingest
+// and `ferry bundle verify` run, in constant memory, whatever the layer's size.
+func CheckLayer(r io.Reader) error {
+	buf := make([]byte, 64<<10)
+	return walkLayer(r, func(_ string, _ int64, _ int64, data io.Reader) error {
+		_, err := io.CopyBuffer(io.Discard, data, buf)
+		return err
+	})
+}
+
+// walkLayer reads a component layer and hands each regular file to file, in archive order,
+// refusing what ReadLayer documents.
+func walkLayer(r io.Reader, file func(name string, mode, size int64, data io.Reader) error) error {
 	br := bufio.NewReader(r)
 	gz, err := gzip.NewReader(br)
 	if err != nil {
-		return nil, fmt.Errorf("layer: not gzip: %w", err)
+		return fmt.Errorf("layer: not gzip: %w", err)
 	}
 	defer gz.Close()
 	// One gzip member only: Go would otherwise join concatenated members silently, and a
@@ -207,7 +238,6 @@ func ReadLayer(r io.Reader) (Files, error) {
 	// Bound the decompressed stream too: a gzip bomb stops at the limit, not at the disk.
 	limited := &io.LimitedReader{R: gz, N: MaxLayerBytes + 64<<20}
 	tr := tar.NewReader(limited)
-	var files Files
 	seen := map[string]bool{}
 	var total int64
 	for n := 0; ; n++ {
@@ -217,19 +247,19 @@ func ReadLayer(r io.Reader) (Files, error) {
 		}
 		if err != nil {
 			if limited.N <= 0 {
-				return nil, fmt.Errorf("layer: over the %d-byte limit", MaxLayerBytes)
+				return fmt.Errorf("layer: over the %d-byte limit", MaxLayerBytes)
 			}
-			return nil, fmt.Errorf("layer: %w", err)
+			return fmt.Errorf("layer: %w", err)
 		}
 		if n >= MaxLayerEntries {
-			return nil, fmt.Errorf("layer: more than %d entries", MaxLayerEntries)
+			return fmt.Errorf("layer: more than %d entries", MaxLayerEntries)
 		}
 		name, err := cleanEntryName(hdr.Name)
 		if err != nil {
-			return nil, fmt.Errorf("layer entry %q: %w", hdr.Name, err)
+			return fmt.Errorf("layer entry %q: %w", hdr.Name, err)
 		}
 		if seen[name] {
-			return nil, fmt.Errorf("layer entry %q: duplicate", hdr.Name)
+			return fmt.Errorf("layer entry %q: duplicate", hdr.Name)
 		}
 		seen[name] = true
 		switch hdr.Typeflag {
@@ -237,39 +267,35 @@ func ReadLayer(r io.Reader) (Files, error) {
 			continue
 		case tar.TypeReg:
 		default:
-			return nil, fmt.Errorf("layer entry %q: type %q not allowed (regular files and directories only)", hdr.Name, string(hdr.Typeflag))
+			return fmt.Errorf("layer entry %q: type %q not allowed (regular files and directories only)", hdr.Name, string(hdr.Typeflag))
 		}
 		if hdr.Size < 0 || hdr.Size > MaxFileBytes {
-			return nil, fmt.Errorf("layer entry %q: size %d over the %d-byte limit", hdr.Name, hdr.Size, MaxFileBytes)
+			return fmt.Errorf("layer entry %q: size %d over the %d-byte limit", hdr.Name, hdr.Size, MaxFileBytes)
 		}
 		if total += hdr.Size; total > MaxLayerBytes {
-			return nil, fmt.Errorf("layer: over the %d-byte limit", MaxLayerBytes)
-		}
-		var buf bytes.Buffer
-		buf.Grow(int(hdr.Size))
-		if _, err := io.Copy(&buf, tr); err != nil {
-			return nil, fmt.Errorf("layer entry %q: %w", hdr.Name, err)
+			return fmt.Errorf("layer: over the %d-byte limit", MaxLayerBytes)
 		}
 		mode := int64(0o644)
 		if hdr.Mode&0o100 != 0 {
 			mode = 0o755
 		}
-		files = append(files, File{Name: name, Mode: mode, Data: buf.Bytes()})
+		if err := file(name, mode, hdr.Size, tr); err != nil {
+			return fmt.Errorf("layer entry %q: %w", hdr.Name, err)
+		}
 	}
 	// The tar's end-of-archive blocks may be followed by zero padding, nothing else; after the
 	// gzip member, nothing at all.
 	rest, err := io.ReadAll(io.LimitReader(gz, 1<<20+1))
 	if err != nil {
-		return nil, fmt.Errorf("layer: %w", err)
+		return fmt.Errorf("layer: %w", err)
 	}
 	if len(rest) > 1<<20 || bytes.ContainsFunc(rest, func(r rune) bool { return r != 0 }) {
-		return nil, errors.New("layer: data after the end of the tar archive")
+		return errors.New("layer: data after the end of the tar archive")
 	}
 	if _, err := br.ReadByte(); err == nil {
-		return nil, errors.New("layer: data after the gzip stream")
+		return errors.New("layer: data after the gzip stream")
 	}
-	sort.Slice(files, func(i, j int) bool { return files[i].Name < files[j].Name })
-	return files, nil
+	return nil
 }
 
 // cleanEntryName checks a tar entry name against SPEC §3 and returns it without a trailing

@@ -138,6 +138,43 @@ func (b *Bundle) Layer(ctx context.Context, src content.Fetcher, i int) (Files, 
 	return files, nil
 }
 
+// CheckLayer streams component layer i from src through its digest check and CheckLayer's
+// checks, keeping nothing: a revision admitted is one whose layers can be read, at a memory
+// cost that does not grow with the layer.
+func (b *Bundle) CheckLayer(ctx context.Context, src content.Fetcher, i int) error {
+	if i < 0 || i >= len(b.Manifest.Layers) {
+		return fmt.Errorf("bundle %s: no component %d", b.Metadata.Name, i)
+	}
+	desc := b.Manifest.Layers[i]
+	name := b.Metadata.Components[i].Name
+	if desc.Size < 0 || desc.Size > MaxLayerBytes {
+		return fmt.Errorf("component %s: %s: size %d over the %d-byte limit", name, desc.Digest, desc.Size, MaxLayerBytes)
+	}
+	if err := desc.Digest.Validate(); err != nil || desc.Digest.Algorithm() != digest.SHA256 {
+		return fmt.Errorf("component %s: %q: not a sha256 digest", name, desc.Digest)
+	}
+	rc, err := src.Fetch(ctx, desc)
+	if err != nil {
+		return fmt.Errorf("component %s: %w", name, err)
+	}
+	defer rc.Close()
+	vr := content.NewVerifyReader(rc, desc)
+	lerr := CheckLayer(vr)
+	// What the layer check left unread (it stops at the gzip stream's end, or at what it
+	// refused) is read too: bytes that are not the signed ones are the first thing to say.
+	_, err = io.Copy(io.Discard, vr)
+	if err == nil {
+		err = vr.Verify()
+	}
+	if err != nil {
+		return fmt.Errorf("component %s: %s: %w", name, desc.Digest, err)
+	}
+	if lerr != nil {
+		return fmt.Errorf("component %s: %w", name, lerr)
+	}
+	return nil
+}
+
 // FetchLimited fetches desc from src into memory, refusing a descriptor over limit and
 // content whose size or digest differs from the descriptor's.
 func FetchLimited(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor, limit int64) ([]byte, error) {

@@ -25,8 +25,8 @@ import (
 	"github.com/ferrygitops/ferry/verify"
 )
 
-// benchLayout writes a signed bundle of `layers` layers of `size` random bytes each into an
-// OCI layout. Ingest never expands layers, so raw bytes stand in for gzip here.
+// benchLayout writes a signed bundle of `layers` layers holding `size` random bytes each into
+// an OCI layout.
 func benchLayout(b *testing.B, layers int, size int64) (dir, pub string, blobFiles []string) {
 	b.Helper()
 	root := b.TempDir()
@@ -47,20 +47,37 @@ func benchLayout(b *testing.B, layers int, size int64) (dir, pub string, blobFil
 	var descs []ocispec.Descriptor
 	rng := mrand.NewChaCha8([32]byte{1})
 	for i := range layers {
-		// Write the layer to a file, then push it streamed: no 256 MiB buffers.
+		// A real component layer (ingest checks every layer's tar), of incompressible files
+		// of at most 32 MiB, written to a file and pushed streamed: no 256 MiB buffers.
+		tree := filepath.Join(root, fmt.Sprintf("tree-%d", i))
+		os.MkdirAll(tree, 0o755)
+		for j, left := 0, size; left > 0; j++ {
+			n := min(left, 32<<20)
+			ff, err := os.Create(filepath.Join(tree, fmt.Sprintf("data-%03d.bin", j)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.CopyN(ff, rng, n); err != nil {
+				b.Fatal(err)
+			}
+			ff.Close()
+			left -= n
+		}
 		f, err := os.CreateTemp(root, "layer-*")
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := io.CopyN(f, rng, size); err != nil {
+		if err := bundles.PackDir(tree, f); err != nil {
 			b.Fatal(err)
 		}
+		os.RemoveAll(tree)
 		f.Seek(0, io.SeekStart)
 		d, err := digest.SHA256.FromReader(f)
 		if err != nil {
 			b.Fatal(err)
 		}
-		desc := ocispec.Descriptor{MediaType: bundles.ComponentType, Digest: d, Size: size,
+		fi, _ := f.Stat()
+		desc := ocispec.Descriptor{MediaType: bundles.ComponentType, Digest: d, Size: fi.Size(),
 			Annotations: map[string]string{ocispec.AnnotationTitle: fmt.Sprintf("c%d", i)}}
 		f.Seek(0, io.SeekStart)
 		if err := layout.Push(b.Context(), desc, f); err != nil {

@@ -38,7 +38,7 @@ func IngestCounted(ctx context.Context, st *store.Store, src bundles.Source, des
 	// Verify before write covers what the layers hold: each is read with the reader render
 	// uses (names, types, sizes, no links, UTF-8), so a revision that is admitted can be read.
 	for i := range b.Metadata.Components {
-		if _, err := b.Layer(ctx, src, i); err != nil {
+		if err := b.CheckLayer(ctx, src, i); err != nil {
 			return nil, fmt.Errorf("ingest %s revision %d: %w", b.Metadata.Name, b.Metadata.Revision, err)
 		}
 	}
