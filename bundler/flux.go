@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -161,10 +162,12 @@ type fluxHelmRepository struct {
 
 // fluxSources maps a source's namespace/name to where its files are on disk.
 type fluxTree struct {
-	spec    *bundles.Spec
-	bases   map[string]string // component name → directory its paths are relative to
-	origin  map[string]string // component name → the Flux object it came from, for errors
-	cleanup func()
+	spec   *bundles.Spec
+	bases  map[string]string // component name → directory its paths are relative to
+	origin map[string]string // component name → the Flux object it came from, for errors
+	// children are the Flux objects found inside a Kustomization's directory, by its name.
+	children map[string][]string
+	cleanup  func()
 }
 
 // loadFlux reads the Flux objects under dir and turns them into a bundle spec: every
@@ -210,7 +213,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 		return nil, err
 	}
 	ociRepos, gitRepos, helmRepos, artifacts, ks, hrs := objs.oci, objs.git, objs.helm, objs.artifacts, objs.ks, objs.hrs
-	t := &fluxTree{spec: &bundles.Spec{APIVersion: "ferry.dev/v1", Kind: "Bundle"}, bases: map[string]string{}, origin: map[string]string{}}
+	t := &fluxTree{spec: &bundles.Spec{APIVersion: "ferry.dev/v1", Kind: "Bundle"}, bases: map[string]string{}, origin: map[string]string{}, children: map[string][]string{}}
 	t.spec.Metadata.Name, t.spec.Spec.Version = name, version
 	var temps []string
 	t.cleanup = func() {
@@ -366,9 +369,8 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 	// Flux objects often live inside a Kustomization's path: the Flux guide's HelmReleases
 	// in infrastructure/controllers, or Kustomizations that fan out further. Each kustomize
 	// component is rendered once, its Flux objects are taken out of it with delete patches
-	// and converted like top-level ones (inheriting its dependencies), and the component
-	// depends on them, so what depended on it still waits for them. Components appended here
-	// are scanned in turn.
+	// and converted like top-level ones (after it, inheriting its dependencies), and what
+	// depends on it waits for them too. Components appended here are scanned in turn.
 	type nestedRelease struct {
 		h    fluxHelmRelease
 		deps []bundles.DependencyRef // the parent's own dependencies
@@ -393,12 +395,16 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 			t.cleanup()
 			return nil, fmt.Errorf("flux Kustomization %s: %w", c.Name, err)
 		}
-		// What the parent depends on, with the namespace made explicit: the nested objects
-		// may live in another namespace, where an empty one would mean something else.
-		own := qualified(c.Kustomize.DependsOn, c.Kustomize.Namespace)
+		// The nested objects come after their parent, as in a cluster, where the parent
+		// applies them (and what they need: a tenant's namespace, service account and
+		// RoleBinding, a release's namespace): each depends on the parent and on what the
+		// parent depends on, with namespaces made explicit, since a nested object may live
+		// in another namespace, where an empty one would mean something else. What depends
+		// on the parent is made to wait for them too (expandNested).
+		own := append(qualified(c.Kustomize.DependsOn, c.Kustomize.Namespace), bundles.DependencyRef{Name: c.Name, Namespace: c.Kustomize.Namespace})
 		for _, h := range inner.hrs {
 			nested = append(nested, nestedRelease{h: h, deps: own})
-			c.Kustomize.DependsOn = append(c.Kustomize.DependsOn, bundles.DependencyRef{Name: h.Metadata.Name, Namespace: h.Metadata.Namespace})
+			t.children[c.Name] = append(t.children[c.Name], h.Metadata.Name)
 		}
 		c.Kustomize.Patches = append(c.Kustomize.Patches, patches...)
 		for _, k := range inner.ks {
@@ -408,7 +414,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 				return nil, err
 			}
 			if added {
-				c.Kustomize.DependsOn = append(c.Kustomize.DependsOn, bundles.DependencyRef{Name: k.Metadata.Name, Namespace: k.Metadata.Namespace})
+				t.children[c.Name] = append(t.children[c.Name], k.Metadata.Name)
 			}
 		}
 		if len(patches) > 0 {
@@ -517,6 +523,7 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 		t.cleanup()
 		return nil, fmt.Errorf("%s: no Flux Kustomization or HelmRelease found", dir)
 	}
+	t.expandNested()
 	if err := t.checkDependencies(); err != nil {
 		t.cleanup()
 		return nil, err
@@ -527,6 +534,49 @@ func loadFlux(ctx context.Context, remote bundles.Options, dir string, co checko
 		return t.spec.Spec.Components[i].Name < t.spec.Spec.Components[j].Name
 	})
 	return t, nil
+}
+
+// expandNested makes what depends on a Kustomization also depend on the Flux objects nested
+// in it (and theirs): in a cluster, a Kustomization that applies a HelmRelease or another
+// Kustomization is ready once they are, and its dependents wait for that.
+func (t *fluxTree) expandNested() {
+	home := map[string]string{}
+	for _, c := range t.spec.Spec.Components {
+		home[c.Name] = c.HomeNamespace()
+	}
+	var subtree func(name string, into map[string]bool)
+	subtree = func(name string, into map[string]bool) {
+		for _, n := range t.children[name] {
+			if !into[n] {
+				into[n] = true
+				subtree(n, into)
+			}
+		}
+	}
+	for _, c := range t.spec.Spec.Components {
+		var deps *[]bundles.DependencyRef
+		switch {
+		case c.Kustomize != nil:
+			deps = &c.Kustomize.DependsOn
+		case c.Helm != nil:
+			deps = &c.Helm.DependsOn
+		default:
+			continue
+		}
+		for _, d := range slices.Clone(*deps) {
+			below := map[string]bool{}
+			subtree(d.Name, below)
+			if below[c.Name] {
+				continue // c is nested in d: it already comes after it
+			}
+			names := slices.Sorted(maps.Keys(below))
+			for _, n := range names {
+				if !slices.ContainsFunc(*deps, func(x bundles.DependencyRef) bool { return x.Name == n }) {
+					*deps = append(*deps, bundles.DependencyRef{Name: n, Namespace: home[n]})
+				}
+			}
+		}
+	}
 }
 
 // checkDependencies checks each component's dependsOn against the namespaces the Flux

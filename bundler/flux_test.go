@@ -250,13 +250,19 @@ spec:
 	if h := byName["ingress-nginx"].Helm; h.TargetNamespace != "ingress-nginx" || h.ReleaseName != "ingress-nginx" {
 		t.Fatalf("release %q in %q", h.ReleaseName, h.TargetNamespace)
 	}
-	infra := byName["infra-controllers"].Kustomize
-	var deps []string
-	for _, d := range infra.DependsOn {
-		deps = append(deps, d.Name)
+	// The nested objects come after the Kustomization that holds them (it creates the
+	// release's namespace), and what depends on it waits for them too, as in a cluster.
+	depsOf := func(c bundles.Component) string { return strings.Join(c.DependsOn(), ",") }
+	if got := depsOf(byName["infra-controllers"]); got != "" {
+		t.Fatalf("infra-controllers depends on %q, want nothing", got)
 	}
-	if strings.Join(deps, ",") != "ingress-nginx,monitoring" {
-		t.Fatalf("infra-controllers should wait for its HelmRelease and its Kustomization: %v", deps)
+	for _, n := range []string{"ingress-nginx", "monitoring"} {
+		if got := depsOf(byName[n]); got != "infra-controllers" {
+			t.Fatalf("%s depends on %q, want infra-controllers, which applies it in a cluster", n, got)
+		}
+	}
+	if got := depsOf(byName["apps"]); got != "infra-controllers,ingress-nginx,monitoring" {
+		t.Fatalf("apps depends on %q: it must wait for what infra-controllers holds too", got)
 	}
 	if m := byName["monitoring"].Kustomize; m == nil || !m.Prune {
 		t.Fatalf("nested Kustomization: %+v", byName["monitoring"])

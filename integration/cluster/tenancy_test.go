@@ -377,3 +377,95 @@ spec:
 		t.Fatalf("the other team's object changed: %v", got)
 	}
 }
+
+// TestFluxMultiTenancyRepository: the shape of Flux's multi-tenancy example, built with
+// --from-flux and applied on the testbed's RBAC API server with nothing set up beforehand. The
+// platform's Kustomization "tenants" (run as Ferry, the platform admin) creates the tenant's
+// namespace, service account and RoleBinding, and holds the tenant's GitRepository and
+// Kustomization (run as system:serviceaccount:dev-team:dev-team, from the tenant's own
+// repository, here a local copy named with --source-override). The tenant's component must come
+// after the platform's, since its identity exists only then; a write outside its namespace is
+// the API server's Forbidden for that identity.
+func TestFluxMultiTenancyRepository(t *testing.T) {
+	n := newNode(t, "fleet", apply.Options{})
+	ctx := ctxTimeout(t, 3*time.Minute)
+	if n.get(t, namespaces, "", "platform-only") == nil {
+		n.createNamespace(t, "platform-only")
+	}
+	platform, _ := bundlertest.GitTree(t, map[string]string{
+		"clusters/production/flux-system/gotk-sync.yaml": "apiVersion: source.toolkit.fluxcd.io/v1\nkind: GitRepository\nmetadata: {name: flux-system, namespace: flux-system}\nspec: {url: \"https://git.example.com/site.git\", ref: {branch: master}}\n",
+		"clusters/production/tenants.yaml": `apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: tenants, namespace: flux-system}
+spec:
+  path: ./tenants/production
+  prune: true
+  sourceRef: {kind: GitRepository, name: flux-system}
+`,
+		"tenants/production/kustomization.yaml": "resources: [../base/dev-team]\n",
+		"tenants/base/dev-team/kustomization.yaml": "namespace: dev-team\nresources: [rbac.yaml, sync.yaml]\n",
+		"tenants/base/dev-team/rbac.yaml": `apiVersion: v1
+kind: Namespace
+metadata: {name: dev-team, labels: {toolkit.fluxcd.io/tenant: dev-team}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: dev-team, namespace: dev-team}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: gotk-reconciler, namespace: dev-team}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: admin}
+subjects: [{kind: ServiceAccount, name: dev-team, namespace: dev-team}]
+`,
+		"tenants/base/dev-team/sync.yaml": `apiVersion: source.toolkit.fluxcd.io/v1
+kind: GitRepository
+metadata: {name: dev-team, namespace: dev-team}
+spec: {url: "https://git.example.com/dev-team.git", ref: {branch: main}}
+---
+apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata: {name: dev-team, namespace: dev-team}
+spec:
+  serviceAccountName: dev-team
+  path: ./
+  prune: true
+  sourceRef: {kind: GitRepository, name: dev-team}
+`,
+	}, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+	for rev, extra := range []string{"", ", outside.yaml"} {
+		teamRepo := bundlertest.WriteTree(t, map[string]string{
+			"kustomization.yaml": "resources: [app.yaml" + extra + "]\n",
+			"app.yaml":           cm("dev-team", "dev-app", "v1"),
+			"outside.yaml":       cm("platform-only", "dev-was-here", "no"),
+		})
+		mem := memory.New()
+		res, err := bundler.Build(ctx, mem, bundler.Options{Dir: platform, FromFlux: filepath.Join(platform, "clusters", "production"),
+			Name: "fleet", Version: "1.0." + itoa(uint64(rev+1)), Revision: uint64(rev + 1),
+			SourceOverrides: map[string]string{"dev-team/dev-team": teamRepo}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := bundles.Open(ctx, mem, res.Descriptor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n.st.Admit(ctx, mem, store.Admission{Name: "fleet", Revision: uint64(rev + 1), Version: b.Metadata.Version, Manifest: res.Descriptor,
+			Blobs: append([]ocispec.Descriptor{b.Manifest.Config}, b.Manifest.Layers...)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := n.eng.Rollout(ctx, "fleet", 1); err != nil {
+		t.Fatalf("the platform creates the tenant's identity, then the tenant applies as it: %v", err)
+	}
+	if n.get(t, serviceAccounts, "dev-team", "dev-team") == nil || n.get(t, configMaps, "dev-team", "dev-app") == nil {
+		t.Fatal("the tenant's service account or ConfigMap was not created")
+	}
+	_, err := n.eng.Rollout(ctx, "fleet", 2)
+	if err == nil || !strings.Contains(err.Error(), "forbidden") || !strings.Contains(err.Error(), "system:serviceaccount:dev-team:dev-team") {
+		t.Fatalf("want the API server's Forbidden for the tenant, got %v", err)
+	}
+	if n.get(t, configMaps, "platform-only", "dev-was-here") != nil {
+		t.Fatal("the tenant wrote outside its namespace")
+	}
+}
