@@ -402,7 +402,7 @@ spec:
   prune: true
   sourceRef: {kind: GitRepository, name: flux-system}
 `,
-		"tenants/production/kustomization.yaml": "resources: [../base/dev-team]\n",
+		"tenants/production/kustomization.yaml":    "resources: [../base/dev-team]\n",
 		"tenants/base/dev-team/kustomization.yaml": "namespace: dev-team\nresources: [rbac.yaml, sync.yaml]\n",
 		"tenants/base/dev-team/rbac.yaml": `apiVersion: v1
 kind: Namespace
