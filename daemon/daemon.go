@@ -339,6 +339,13 @@ func (d *Daemon) pollSource(ctx context.Context, name string, s source) {
 		go func() { defer close(done); pass() }()
 		select {
 		case <-ctx.Done():
+			// Every call of a pass honours ctx, so it ends at once unless a read is stuck
+			// in the kernel: that one is left behind after a short grace, the rest end
+			// before Run returns (and the store is closed).
+			select {
+			case <-done:
+			case <-time.After(passGrace):
+			}
 			return
 		case <-done:
 		}
@@ -477,6 +484,9 @@ func (d *Daemon) loop(ctx context.Context, name string, kick <-chan struct{}) {
 }
 
 var errWaitingForAPI = errors.New("waiting for the API server")
+
+// passGrace is how long shutdown waits for a poller's pass to end before leaving it behind.
+const passGrace = 2 * time.Second
 
 // pausedRetry bounds the wait between attempts while the API server is away or the state
 // directory cannot be written.
