@@ -116,12 +116,19 @@ func (e *Engine) helmValues(ctx context.Context, c *component, cc *cluster) (map
 		}
 		from = append(from, v)
 	}
-	vals, err := render.Values(c.helm.files, h, from...)
+	return e.opts.Env.values(c.helm.files, h, from...)
+}
+
+// values merges a Helm component's values (render.Values) and replaces ${VAR} naming a node
+// variable in their strings: what a release is installed with, and what `ferry render`
+// shows.
+func (env Env) values(files bundles.Files, h bundles.HelmSpec, fromCluster ...map[string]any) (map[string]any, error) {
+	vals, err := render.Values(files, h, fromCluster...)
 	if err != nil {
 		return nil, err
 	}
-	if len(e.opts.Vars) > 0 && !e.opts.KeepVariables {
-		vals = substituteValues(vals, e.opts.Vars).(map[string]any)
+	if len(env.Vars) > 0 && !env.KeepVariables {
+		vals = substituteValues(vals, env.Vars).(map[string]any)
 	}
 	return vals, nil
 }

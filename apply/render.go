@@ -107,7 +107,17 @@ func (env Env) build(ctx context.Context, src content.Fetcher, b *bundles.Bundle
 			}
 		}
 	}
-	rm, err := render.Component(files, c)
+	var rm resmap.ResMap
+	if c.Type == bundles.TypeHelm && c.Helm != nil {
+		// A preview of a Helm component: the values its release would be installed with
+		// (the engine installs it from helmChart, not from here).
+		var vals map[string]any
+		if vals, err = env.values(files, *c.Helm); err == nil {
+			rm, err = render.Template(files, c.Name, *c.Helm, vals)
+		}
+	} else {
+		rm, err = render.Component(files, c)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("component %s: %w", c.Name, err)
 	}

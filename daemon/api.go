@@ -15,6 +15,7 @@ import (
 	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/daemon/images"
 	"github.com/ferrygitops/ferry/store"
+	"github.com/ferrygitops/ferry/verify"
 )
 
 // The local API: HTTP+JSON on the daemon's unix socket (owner-only). Paths:
@@ -26,7 +27,8 @@ import (
 //	POST /v1/import                       {"ref": "PATH|oci://…|s3://…"} → store.Revision
 //	GET  /v1/events?after=N&limit=M       []store.Event
 //
-// Errors are {"error": "…"} with a 4xx or 5xx status.
+// Errors are {"error": "…", "reason": "…"} with a 4xx or 5xx status; reason names the kind of
+// error a client may branch on (see [APIError]), or is absent.
 
 // BundleStatus is what `ferry status` shows, the site technician's first questions first.
 type BundleStatus struct {
@@ -38,7 +40,7 @@ type BundleStatus struct {
 	Newest     uint64      `json:"newest"`
 	Suspended  bool        `json:"suspended"`
 	Applying   uint64      `json:"applying,omitempty"`
-	LastChange time.Time   `json:"lastChange"`
+	LastChange time.Time   `json:"lastChange,omitzero"`
 	LastError  string      `json:"lastError,omitempty"`
 }
 
@@ -87,8 +89,15 @@ func (d *Daemon) apiHandler() http.Handler {
 	}
 	mux.HandleFunc("POST /v1/bundles/{name}/reconcile", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("name")
-		if b, err := d.st.GetBundle(name); err != nil || b.Newest == 0 {
+		b, err := d.st.GetBundle(name)
+		if err != nil || b.Newest == 0 {
 			reply(w, nil, notFound(name))
+			return
+		}
+		if b.Suspended {
+			// The loop's pass does nothing for a suspended bundle: say so rather than
+			// report a request nothing will act on.
+			reply(w, nil, &apiError{http.StatusConflict, fmt.Sprintf("bundle %q is suspended: nothing is reconciled until it is resumed (ferry resume %s)", name, name), ErrSuspended})
 			return
 		}
 		d.kick(name)
@@ -155,22 +164,54 @@ func (d *Daemon) Status() ([]BundleStatus, error) {
 	return out, nil
 }
 
+// ErrSuspended is the reply to a request that a suspended bundle does not act on (ferry
+// reconcile).
+var ErrSuspended = errors.New("bundle is suspended")
+
+// ErrUnreachable is returned by [Client.Do] when nothing answers on the socket: the daemon is
+// not running, or listens on another socket.
+var ErrUnreachable = errors.New("ferry daemon not reachable")
+
+// reasons are the errors a client branches on, by the name the reply carries: [APIError]
+// matches the same sentinel on the client side.
+var reasons = []struct {
+	name string
+	err  error
+}{
+	{"Untrusted", verify.ErrUntrusted},
+	{"Suspended", ErrSuspended},
+	{"NotFound", store.ErrNotFound},
+}
+
+func reasonOf(err error) string {
+	for _, r := range reasons {
+		if errors.Is(err, r.err) {
+			return r.name
+		}
+	}
+	return ""
+}
+
+// apiError is an error with the status to reply with; is, if set, is the sentinel it
+// matches.
 type apiError struct {
 	status int
 	msg    string
+	is     error
 }
 
 func (e *apiError) Error() string { return e.msg }
+func (e *apiError) Unwrap() error { return e.is }
 
 func notFound(name string) error {
-	return &apiError{http.StatusNotFound, fmt.Sprintf("no bundle %q on this node", name)}
+	return &apiError{http.StatusNotFound, fmt.Sprintf("no bundle %q on this node", name), store.ErrNotFound}
 }
 
 func decode(r *http.Request, v any) error {
 	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBytes))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return &apiError{http.StatusBadRequest, "request body: " + err.Error()}
+		return &apiError{http.StatusBadRequest, "request body: " + err.Error(), nil}
 	}
 	return nil
 }
@@ -187,17 +228,44 @@ func reply(w http.ResponseWriter, v any, err error) {
 			status = http.StatusNotFound
 		case errors.Is(err, apply.ErrRolledBack), errors.Is(err, apply.ErrFailedBefore):
 			status = http.StatusConflict
+		case errors.Is(err, verify.ErrUntrusted):
+			status = http.StatusUnprocessableEntity
 		}
 		w.WriteHeader(status)
-		json.NewEncoder(w).Encode(map[string]any{"error": err.Error(), "result": v})
+		body := map[string]any{"error": err.Error(), "result": v}
+		if reason := reasonOf(err); reason != "" {
+			body["reason"] = reason
+		}
+		json.NewEncoder(w).Encode(body)
 		return
 	}
 	json.NewEncoder(w).Encode(v)
 }
 
+// APIError is an error reply of the daemon. It matches (errors.Is) the sentinel its Reason
+// names (verify.ErrUntrusted, ErrSuspended, store.ErrNotFound), so a client branches on it as
+// it would on the daemon's own error.
+type APIError struct {
+	Status  int    // the HTTP status
+	Reason  string // Untrusted, Suspended, NotFound, or empty
+	Message string
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+func (e *APIError) Unwrap() error {
+	for _, r := range reasons {
+		if r.name == e.Reason {
+			return r.err
+		}
+	}
+	return nil
+}
+
 // Client talks to a daemon's socket.
 type Client struct {
-	http *http.Client
+	socket string
+	http   *http.Client
 }
 
 // NewClient returns a client for the daemon listening on socket.
@@ -206,11 +274,11 @@ func NewClient(socket string) *Client {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", socket)
 	}}
-	return &Client{http: &http.Client{Transport: tr}}
+	return &Client{socket: socket, http: &http.Client{Transport: tr}}
 }
 
 // Do sends a request and decodes the reply into out (nil: ignore it). A daemon error is
-// returned as an error with its message.
+// returned as an *APIError; a socket nobody answers on as an error wrapping ErrUnreachable.
 func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
@@ -226,7 +294,12 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("is ferry daemon running? %w", err)
+		// Only a failed dial means nobody is there; an error after it (a reply cut short)
+		// is the daemon's.
+		if op := (*net.OpError)(nil); errors.As(err, &op) && op.Op == "dial" {
+			return fmt.Errorf("%w on %s (is it running? --socket names another): %w", ErrUnreachable, c.socket, err)
+		}
+		return err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -235,12 +308,13 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	}
 	if resp.StatusCode >= 300 {
 		var e struct {
-			Error string `json:"error"`
+			Error  string `json:"error"`
+			Reason string `json:"reason"`
 		}
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return errors.New(e.Error)
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = "daemon: " + resp.Status
 		}
-		return fmt.Errorf("daemon: %s", resp.Status)
+		return &APIError{Status: resp.StatusCode, Reason: e.Reason, Message: e.Error}
 	}
 	if out == nil {
 		return nil

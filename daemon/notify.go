@@ -260,7 +260,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 		if err != nil {
 			wait, kick = n.backoff(failures), nil
 			failures++
-			n.log.Warn("webhook delivery failed", "attempt", failures, "retry_in", wait.Round(time.Millisecond), "error", err)
+			n.log.Warn("webhook delivery failed", "attempt", failures, "retry_in", wait.Round(time.Millisecond).String(), "err", err)
 		} else if failures > 0 {
 			n.log.Info("webhook delivery recovered", "failed_attempts", failures, "cursor", cursor)
 			failures = 0

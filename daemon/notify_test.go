@@ -638,3 +638,43 @@ func TestNotifierRefusesRedirect(t *testing.T) {
 	}
 	target.assertQuiet(t)
 }
+
+// A failed delivery is logged as the daemon logs (JSON, for journald) with the keys the rest
+// of the daemon uses: err for the error, retry_in a duration people read ("1.5s"), not
+// nanoseconds.
+func TestNotifierLogsFailuresWithStableKeys(t *testing.T) {
+	st := notifyStore(t, t.TempDir())
+	rcv := newWebhookReceiver(t, http.StatusServiceUnavailable)
+	notifyEvents(t, st, 1)
+	logs := &notifyLogBuffer{}
+	n := newFastNotifier(t, st, WebhookConfig{URL: rcv.srv.URL}, slog.New(slog.NewJSONHandler(logs, nil)))
+	stop := startNotifier(t, n)
+	for range 2 {
+		rcv.next(t)
+	}
+	stop()
+	var failures int
+	for line := range strings.Lines(logs.String()) {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if rec["msg"] != "webhook delivery failed" {
+			continue
+		}
+		failures++
+		if _, ok := rec["error"]; ok {
+			t.Errorf("logged with key error, not err: %s", line)
+		}
+		if e, _ := rec["err"].(string); !strings.Contains(e, "503") {
+			t.Errorf("err = %v, want the receiver's status: %s", rec["err"], line)
+		}
+		s, ok := rec["retry_in"].(string)
+		if _, err := time.ParseDuration(s); !ok || err != nil {
+			t.Errorf("retry_in = %v (%T), want a duration string: %s", rec["retry_in"], rec["retry_in"], line)
+		}
+	}
+	if failures == 0 {
+		t.Fatalf("no failed delivery logged:\n%s", logs)
+	}
+}

@@ -95,17 +95,24 @@ func Values(files bundles.Files, h bundles.HelmSpec, fromCluster ...map[string]a
 
 // Helm renders a Helm component as `helm template` would, with the SDK and without a
 // cluster: CRDs from the chart's crds/ directory first, then the templates in name order.
-func Helm(files bundles.Files, component string, h bundles.HelmSpec) (_ resmap.ResMap, err error) {
+// The values are the component's own (Values), as written.
+func Helm(files bundles.Files, component string, h bundles.HelmSpec) (resmap.ResMap, error) {
+	vals, err := Values(files, h)
+	if err != nil {
+		return nil, err
+	}
+	return Template(files, component, h, vals)
+}
+
+// Template is Helm with the given values: a node previews a component with the values it
+// installs the release with.
+func Template(files bundles.Files, component string, h bundles.HelmSpec, vals map[string]any) (_ resmap.ResMap, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("helm template panicked: %v", r)
 		}
 	}()
 	ch, err := LoadChart(files)
-	if err != nil {
-		return nil, err
-	}
-	vals, err := Values(files, h)
 	if err != nil {
 		return nil, err
 	}

@@ -118,7 +118,7 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
 			}
 			dst, err := bundles.ParseAddress(out)
 			if err != nil {
-				return err
+				return badInput(err)
 			}
 			var where string
 			if dst.Kind == bundles.KindLayout && dst.Reference == "" && moveLayout(stage, dst.Path) {
@@ -220,10 +220,10 @@ func newBundleCopyCommand(o *bundles.Options, verb string) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dst, err := bundles.ParseAddress(args[1])
 			if err != nil {
-				return err
+				return badInput(err)
 			}
 			if dst.Kind != want[verb] {
-				return fmt.Errorf("%s: ferry bundle %s writes to a %s address, this is a %s", args[1], verb, want[verb], dst.Kind)
+				return badInput(fmt.Errorf("%s: ferry bundle %s writes to a %s address, this is a %s", args[1], verb, want[verb], dst.Kind))
 			}
 			return copyBundle(cmd.Context(), cmd, *o, args[0], dst)
 		},
@@ -257,7 +257,7 @@ func addSourceFlags(f *pflag.FlagSet, o *bundles.Options) {
 func openSource(ctx context.Context, o bundles.Options, ref string) (bundles.Source, ocispec.Descriptor, error) {
 	addr, err := bundles.ParseAddress(ref)
 	if err != nil {
-		return nil, ocispec.Descriptor{}, err
+		return nil, ocispec.Descriptor{}, badInput(err)
 	}
 	return bundles.OpenSource(ctx, addr, o)
 }

@@ -52,8 +52,8 @@ func TestBundleCLIEndToEnd(t *testing.T) {
 	if _, err := runFerry(t, "bundle", "export", layout, stick); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := runFerry(t, "bundle", "verify", stick, "--key", filepath.Join(keys, "ci.pub")); err == nil || !strings.Contains(err.Error(), "not signed") {
-		t.Fatalf("unsigned bundle: err = %v", err)
+	if _, err := runFerry(t, "bundle", "verify", stick, "--key", filepath.Join(keys, "ci.pub")); err == nil || !strings.Contains(err.Error(), "not signed") || exitCode(err) != exitUntrusted {
+		t.Fatalf("unsigned bundle: exit %d, err = %v", exitCode(err), err)
 	}
 	if _, err := runFerry(t, "bundle", "sign", stick, "--key", filepath.Join(keys, "ci.key")); err == nil || !strings.Contains(err.Error(), "cannot be changed in place") {
 		t.Fatalf("signing a tar in place: err = %v", err)
@@ -71,11 +71,11 @@ func TestBundleCLIEndToEnd(t *testing.T) {
 	if !strings.Contains(out, "Verified demo 0.2.0") {
 		t.Fatalf("verify output %q", out)
 	}
-	if _, err := runFerry(t, "bundle", "verify", stick, "--key", filepath.Join(keys, "stranger.pub")); err == nil || !strings.Contains(err.Error(), "untrusted") {
-		t.Fatalf("wrong key: err = %v", err)
+	if _, err := runFerry(t, "bundle", "verify", stick, "--key", filepath.Join(keys, "stranger.pub")); err == nil || !strings.Contains(err.Error(), "untrusted") || exitCode(err) != exitUntrusted {
+		t.Fatalf("wrong key: exit %d, err = %v", exitCode(err), err)
 	}
-	if _, err := runFerry(t, "bundle", "verify", stick); err == nil || !strings.Contains(err.Error(), "--key or --policy is required") {
-		t.Fatalf("no key: err = %v", err)
+	if _, err := runFerry(t, "bundle", "verify", stick); err == nil || !strings.Contains(err.Error(), "--key or --policy is required") || exitCode(err) != exitBadInput {
+		t.Fatalf("no key: exit %d, err = %v", exitCode(err), err)
 	}
 	policy := filepath.Join(keys, "policy.yaml")
 	os.WriteFile(policy, []byte("apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeys:\n  - name: ci\n    path: ci.pub\n"), 0o644)
@@ -173,8 +173,8 @@ func TestBundleDiff(t *testing.T) {
 	if _, err := runFerry(t, "bundle", "build", dir, "--to", a); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := runFerry(t, "bundle", "diff", a, a); err != nil || !strings.Contains(out, "no changes") {
-		t.Fatalf("a bundle against itself: %v\n%s", err, out)
+	if out, err := runFerry(t, "bundle", "diff", a, a); exitCode(err) != exitOK || !strings.Contains(out, "no changes") {
+		t.Fatalf("a bundle against itself: exit %d (%v)\n%s", exitCode(err), err, out)
 	}
 	os.WriteFile(filepath.Join(dir, "web", "cm.yaml"), []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {greeting: bonjour}\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "web", "secret.yaml"), []byte("apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {password: hunter2}\n"), 0o644)
@@ -183,9 +183,16 @@ func TestBundleDiff(t *testing.T) {
 	if _, err := runFerry(t, "bundle", "build", dir, "--to", b, "--allow-dirty"); err != nil {
 		t.Fatal(err)
 	}
+	// Changes exit 1, as diff, kubectl diff and flux diff do, so that CI can gate on them.
 	out, err := runFerry(t, "bundle", "diff", a, b)
-	if err != nil {
-		t.Fatal(err)
+	if code := exitCode(err); code != exitDiffers {
+		t.Fatalf("two different bundles: exit %d (%v), want %d", code, err, exitDiffers)
+	}
+	if out, err := runFerry(t, "bundle", "diff", a, b, "-o", "json"); exitCode(err) != exitDiffers || !strings.Contains(out, `"changed"`) {
+		t.Fatalf("-o json of two different bundles: exit %d (%v)\n%s", exitCode(err), err, out)
+	}
+	if _, err := runFerry(t, "bundle", "diff", a, filepath.Join(t.TempDir(), "missing")); exitCode(err) <= exitDiffers {
+		t.Fatalf("a diff that cannot be made: exit %d (%v), want more than 1", exitCode(err), err)
 	}
 	for _, want := range []string{"changed ConfigMap web", "added Secret db", "+  greeting: bonjour", "<hidden "} {
 		if !strings.Contains(out, want) {
@@ -227,5 +234,38 @@ func TestRender(t *testing.T) {
 	}
 	if _, err := runFerry(t, "render", out, "--component", "nope"); err == nil || !strings.Contains(err.Error(), `"nope"`) {
 		t.Fatalf("unknown component: %v", err)
+	}
+}
+
+// TestRenderSubstitutesHelmValues: the node replaces ${VAR} naming a node variable in a Helm
+// component's values before it installs the release, so render with --var shows the same;
+// a ${VAR} that is not a node variable stays as written, on the node and here.
+func TestRenderSubstitutesHelmValues(t *testing.T) {
+	dir := bundlertest.WriteTree(t, map[string]string{
+		"ferry.yaml": "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: h}\nspec:\n  version: 1.0.0\n  components:\n" +
+			"    - name: status\n      helm:\n        chart: ./charts/status\n        targetNamespace: web\n" +
+			"        values: {message: \"served from ${SITE_ID}\", script: \"echo ${HOME}\"}\n",
+		"charts/status/Chart.yaml":  "apiVersion: v2\nname: status\nversion: 0.1.0\n",
+		"charts/status/values.yaml": "message: none\nscript: none\n",
+		"charts/status/templates/cm.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: {{ .Release.Name }}-page}\n" +
+			"data:\n  message: {{ .Values.message | quote }}\n  script: {{ .Values.script | quote }}\n",
+	})
+	out := filepath.Join(t.TempDir(), "b")
+	t.Setenv("SOURCE_DATE_EPOCH", "1764057600")
+	if _, err := runFerry(t, "bundle", "build", dir, "--allow-dirty", "--revision", "1", "--to", out); err != nil {
+		t.Fatal(err)
+	}
+	got, err := runFerry(t, "render", out, "--var", "SITE_ID=north-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"message: served from north-7", "script: echo ${HOME}", "name: web-status-page"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("render lacks %q:\n%s", want, got)
+		}
+	}
+	// A diff compares what bundles carry: variables are the node's, not substituted.
+	if got, err := runFerry(t, "bundle", "diff", out, out); err != nil || !strings.Contains(got, "no changes") {
+		t.Fatalf("diff of a Helm bundle against itself: %v\n%s", err, got)
 	}
 }

@@ -20,9 +20,16 @@ func newBundleDiffCommand(o *bundles.Options) *cobra.Command {
 compares them object by object (group, kind, namespace, name): added, removed and changed
 objects, with a unified diff of each. Values of Secrets are replaced by a short hash, so a
 changed secret shows as changed without being shown. Variables are not substituted: they
-come from the node.`,
+come from the node.
+
+It exits as diff, kubectl diff and flux diff do, so a CI job can gate on it: 0 when the
+bundles render the same objects, 1 when they differ, more when the diff could not be made
+(3 bad input, 2 any other error; see ferry --help).`,
 		Example: `  ferry bundle diff oci://registry.local:5000/site/edge-apps:1.3.0 dist/edge-apps
-  ferry bundle diff old.tar new.tar -o json`,
+  ferry bundle diff old.tar new.tar -o json
+
+  # Fail a CI job when a rebuild changes what the node applies
+  ferry bundle diff oci://registry.local:5000/site/edge-apps:1.3.0 dist/edge-apps || exit 1`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := p.validate(); err != nil {
@@ -47,7 +54,7 @@ come from the node.`,
 			if changes == nil {
 				changes = []render.Change{}
 			}
-			return p.print(cmd.OutOrStdout(), changes, func(w *tabwriter.Writer) {
+			err := p.print(cmd.OutOrStdout(), changes, func(w *tabwriter.Writer) {
 				if len(changes) == 0 {
 					fmt.Fprintln(w, "no changes")
 					return
@@ -60,6 +67,10 @@ come from the node.`,
 					fmt.Fprint(cmd.OutOrStdout(), "\n"+c.Diff)
 				}
 			})
+			if err == nil && len(changes) > 0 {
+				err = errDiffers
+			}
+			return err
 		},
 	}
 	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")

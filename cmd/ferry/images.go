@@ -90,7 +90,7 @@ func (m *mirrorFlags) plan(cmd *cobra.Command) (changes []images.FileChange, not
 		case errors.Is(err, fs.ErrNotExist):
 			notes = append(notes, fmt.Sprintf("%s does not exist: endpoint %s assumed", m.config, endpoint))
 		default:
-			return nil, nil, err
+			return nil, nil, badInput(err)
 		}
 	}
 	hosts := append([]string{}, images.DefaultRegistries...)

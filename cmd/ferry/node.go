@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -45,11 +46,11 @@ Logs are JSON on stdout, for journald. It runs as the systemd service "ferry".`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := daemon.LoadConfig(config)
 			if err != nil {
-				return err
+				return badInput(err)
 			}
 			if check {
 				if err := daemon.CheckConfig(cfg); err != nil {
-					return fmt.Errorf("%s: %w", config, err)
+					return badInput(fmt.Errorf("%s: %w", config, err))
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d sources)\n", config, len(cfg.Sources))
 				return nil
@@ -66,7 +67,7 @@ Logs are JSON on stdout, for journald. It runs as the systemd service "ferry".`,
 				return err
 			}
 			defer d.Close()
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := stopOnSignal(cmd.Context(), log)
 			defer stop()
 			go sd.RunWatchdog(ctx)
 			err = d.Run(ctx)
@@ -77,6 +78,30 @@ Logs are JSON on stdout, for journald. It runs as the systemd service "ferry".`,
 	cmd.Flags().StringVar(&config, "config", daemon.DefaultConfigPath, "config file")
 	cmd.Flags().BoolVar(&check, "check-config", false, "validate the config and load the files it names, then exit (safe beside a running daemon)")
 	return cmd
+}
+
+// stopOnSignal returns a context cancelled at SIGINT or SIGTERM, after logging "stopping"
+// with the signal, so that the journal says why the daemon stopped. stop releases the
+// signals and cancels the context.
+func stopOnSignal(parent context.Context, log *slog.Logger) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancel(parent)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case s := <-sigs:
+			log.Info("stopping", "signal", s.String())
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		cancel()
+		<-done
+	}
 }
 
 // nodeClient is what the node commands share: the socket and the output format.
@@ -114,13 +139,20 @@ func newStatusCommand() *cobra.Command {
 				fmt.Fprintln(w, "BUNDLE\tREVISION\tVERSION\tSTATE\tLAST GOOD\tNEWEST\tLAST CHANGE\tLAST ERROR")
 				for _, s := range st {
 					state := string(s.State)
+					switch {
+					case s.Revision == 0:
+						state = "not applied"
+					case state == "":
+						state = "-"
+					}
 					if s.Suspended {
 						state += " (suspended)"
 					}
 					if s.Applying != 0 && s.Applying != s.Revision {
 						state += fmt.Sprintf(" (applying %d)", s.Applying)
 					}
-					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%d\t%d\t%s\t%s\n", s.Bundle, s.Revision, s.Version, state, s.LastGood, s.Newest, ago(s.LastChange), short(s.LastError))
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Bundle, revOrNone(s.Revision), orDash(s.Version), state,
+						revOrNone(s.LastGood), revOrNone(s.Newest), ago(s.LastChange), orDash(short(s.LastError)))
 				}
 			})
 		},
@@ -150,7 +182,7 @@ func newHistoryCommand() *cobra.Command {
 					if k := len(r.History); k > 0 {
 						note = r.History[k-1].Note
 					}
-					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Revision, r.Version, r.State, r.Admitted.Local().Format(time.DateTime), r.Source, short(note))
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Revision, r.Version, r.State, timestamp(r.Admitted), r.Source, short(note))
 				}
 			})
 		},
@@ -172,7 +204,7 @@ revision is admitted. If the revision fails, the current one is restored.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rev, err := strconv.ParseUint(args[1], 10, 64)
 			if err != nil || rev == 0 {
-				return fmt.Errorf("revision %q: want a positive number (see ferry history %s)", args[1], args[0])
+				return badInput(fmt.Errorf("revision %q: want a positive number (see ferry history %s)", args[1], args[0]))
 			}
 			var rep apply.Report
 			if err := n.do(cmd, http.MethodPost, "/v1/bundles/"+url.PathEscape(args[0])+"/rollback", map[string]uint64{"revision": rev}, &rep); err != nil {
@@ -295,7 +327,11 @@ func newEventsCommand() *cobra.Command {
 			return n.p.print(cmd.OutOrStdout(), evs, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "SEQ\tTIME\tBUNDLE\tREVISION\tREASON\tMESSAGE")
 				for _, e := range evs {
-					fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%s\t%s\n", e.Seq, e.Time.Local().Format(time.DateTime), e.Bundle, e.Revision, e.Reason, short(e.Message))
+					rev := "-" // an event of no revision (a refusal, the node's own)
+					if e.Revision != 0 {
+						rev = strconv.FormatUint(e.Revision, 10)
+					}
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, timestamp(e.Time), orDash(e.Bundle), rev, e.Reason, short(e.Message))
 				}
 			})
 		},
@@ -321,6 +357,30 @@ func ago(t time.Time) string {
 		return "-"
 	}
 	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+// timestamp is t in RFC 3339, UTC, so that a time copied from a node says its zone; "-" for
+// none.
+func timestamp(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// revOrNone is a revision number, "none" for 0 (no revision: nothing applied, none good).
+func revOrNone(n uint64) string {
+	if n == 0 {
+		return "none"
+	}
+	return strconv.FormatUint(n, 10)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func short(s string) string {

@@ -19,7 +19,7 @@ func (p printer) validate() error {
 	case "table", "json", "yaml":
 		return nil
 	}
-	return fmt.Errorf("--output %q: must be table, json or yaml", p.format)
+	return badInput(fmt.Errorf("--output %q: must be table, json or yaml", p.format))
 }
 
 // print writes v as JSON or YAML, or calls table with a tabwriter.

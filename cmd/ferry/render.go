@@ -25,7 +25,8 @@ func newRenderCommand() *cobra.Command {
 		Short: "Print the objects a bundle applies, as a node renders them, secrets masked",
 		Long: `Render reads a bundle (from a registry, a tar, an OCI layout or S3) and renders its
 components with the code the node runs: kustomize or Helm, SOPS decryption (with --age-key),
-postBuild substitution with the variables given by --var. Variables from the cluster
+postBuild substitution with the variables given by --var, which also replace ${VAR} in Helm
+values as the node's variables do. Variables from the cluster
 (substituteFrom) are not read: set them with --var; one left unset becomes empty. The values
 of Secrets are replaced by a short hash.`,
 		Example: `  ferry render dist/edge-apps
@@ -34,20 +35,20 @@ of Secrets are replaced by a short hash.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if format != "yaml" && format != "json" && format != "table" {
-				return fmt.Errorf("--output %q: want yaml, table or json", format)
+				return badInput(fmt.Errorf("--output %q: want yaml, table or json", format))
 			}
 			env := apply.Env{Vars: map[string]string{}, Lenient: true, NoDecrypt: ageKey == ""}
 			for _, kv := range vars {
 				k, v, ok := strings.Cut(kv, "=")
 				if !ok || k == "" {
-					return fmt.Errorf("--var %q: want NAME=VALUE", kv)
+					return badInput(fmt.Errorf("--var %q: want NAME=VALUE", kv))
 				}
 				env.Vars[k] = v
 			}
 			if ageKey != "" {
 				keys, err := decrypt.LoadKeys(ageKey)
 				if err != nil {
-					return err
+					return badInput(err)
 				}
 				env.Keys = keys
 			}

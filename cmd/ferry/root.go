@@ -14,7 +14,9 @@ func newRootCommand() *cobra.Command {
 		Long: `Ferry builds signed OCI bundles from a Git tree in CI and ships them to a registry,
 a tar file for a USB stick, or an S3 bucket. On each edge node, the ferry daemon verifies
 them offline, keeps every revision, applies them to the local cluster and rolls back by
-itself when health checks fail.`,
+itself when health checks fail.
+
+` + exitCodesHelp,
 		Example: `  # Print the version of this binary
   ferry version
 
@@ -26,6 +28,7 @@ itself when health checks fail.`,
 	root.AddCommand(newVersionCommand(), newBundleCommand(), newKeysCommand(), newRenderCommand(), newServiceCommand(), newImagesCommand())
 	root.AddCommand(nodeCommands()...)
 	refuseUnknownSubcommands(root)
+	markUsageErrors(root)
 	return root
 }
 
@@ -51,6 +54,6 @@ func refuseUnknownSubcommands(c *cobra.Command) {
 		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
 			msg += "; did you mean " + strings.Join(s, " or ") + "?"
 		}
-		return fmt.Errorf("%s (see %s --help)", msg, cmd.CommandPath())
+		return badInput(fmt.Errorf("%s (see %s --help)", msg, cmd.CommandPath()))
 	}
 }

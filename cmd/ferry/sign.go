@@ -57,11 +57,11 @@ signatures with --insecure-ignore-tlog=true.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if key == "" {
-				return errors.New("--key is required")
+				return badInput(errors.New("--key is required"))
 			}
 			addr, err := bundles.ParseAddress(args[0])
 			if err != nil {
-				return err
+				return badInput(err)
 			}
 			target, desc, err := bundles.OpenTarget(cmd.Context(), addr, *o)
 			if err != nil {
@@ -122,21 +122,21 @@ but the bundle itself.`,
 			var policy verify.Policy
 			switch {
 			case policyFile != "" && len(keys) > 0:
-				return errors.New("--policy and --key: use one (the policy lists its keys)")
+				return badInput(errors.New("--policy and --key: use one (the policy lists its keys)"))
 			case policyFile != "":
 				var err error
 				if policy, err = verify.LoadPolicy(policyFile); err != nil {
-					return err
+					return badInput(err)
 				}
 			case len(keys) == 0:
-				return errors.New("--key or --policy is required: verification without a trusted key proves nothing")
+				return badInput(errors.New("--key or --policy is required: verification without a trusted key proves nothing"))
 			default:
 				policy.Threshold = threshold
 			}
 			for _, k := range keys {
 				key, err := verify.LoadPublicKey(k)
 				if err != nil {
-					return err
+					return badInput(err)
 				}
 				policy.Keys = append(policy.Keys, key)
 			}

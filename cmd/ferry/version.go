@@ -75,6 +75,6 @@ func writeVersion(w io.Writer, format string, bi buildInfo) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(bi)
 	default:
-		return fmt.Errorf("--output %q: must be text or json", format)
+		return badInput(fmt.Errorf("--output %q: must be text or json", format))
 	}
 }

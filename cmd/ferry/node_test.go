@@ -1,0 +1,209 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// syncBuffer is the daemon's stdout (its log), written by its goroutines while the test
+// reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestNodeCommands runs `ferry daemon` in this process, with no API server behind it
+// (127.0.0.1:1), so that bundles are admitted and never applied, and drives it with the
+// node commands as a technician would: status of a bundle never applied, reconcile of a
+// suspended bundle, an unsigned import, times with their zone, SIGTERM, and the daemon gone.
+func TestNodeCommands(t *testing.T) {
+	t.Setenv("COSIGN_PASSWORD", "")
+	dir := t.TempDir()
+	if _, err := runFerry(t, "keys", "generate", "--prefix", filepath.Join(dir, "ci")); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "trust.yaml"), []byte("apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeys:\n  - name: ci\n    path: ci.pub\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "kubeconfig"), []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: none, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: none, user: {}}]
+contexts: [{name: none, context: {cluster: none, user: none}}]
+current-context: none
+`), 0o600)
+	os.Mkdir(filepath.Join(dir, "media"), 0o755)
+	config := filepath.Join(dir, "config.yaml")
+	socket := filepath.Join(dir, "run", "ferry.sock")
+	os.WriteFile(config, fmt.Appendf(nil, `stateDir: %[1]s/state
+kubeconfig: %[1]s/kubeconfig
+trust: %[1]s/trust.yaml
+socket: %[2]s
+metricsAddress: "off"
+imagesAddress: "off"
+sources: [{name: usb, usb: {paths: [%[1]s/media]}}]
+`, dir, socket), 0o600)
+
+	tree := gitTree(t)
+	layout := filepath.Join(t.TempDir(), "demo")
+	unsigned, signed := filepath.Join(dir, "unsigned.tar"), filepath.Join(dir, "signed.tar")
+	for _, args := range [][]string{
+		{"bundle", "build", tree, "--to", layout},
+		{"bundle", "export", layout, unsigned},
+		{"bundle", "sign", layout, "--key", filepath.Join(dir, "ci.key")},
+		{"bundle", "export", layout, signed},
+	} {
+		if _, err := runFerry(t, args...); err != nil {
+			t.Fatalf("ferry %s: %v", strings.Join(args, " "), err)
+		}
+	}
+
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		root := newRootCommand()
+		root.SetOut(logs)
+		root.SetErr(logs)
+		root.SetArgs([]string{"daemon", "--config", config})
+		done <- root.ExecuteContext(ctx)
+	}()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			cancel()
+			<-done
+		}
+	})
+	node := func(args ...string) (string, error) {
+		t.Helper()
+		return runFerry(t, append(args, "--socket", socket)...)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := node("status"); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("ferry daemon stopped: %v\n%s", err, logs)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ferry daemon not answering in 30s:\n%s", logs)
+		}
+	}
+
+	if out, err := node("import", signed); err != nil || !strings.Contains(out, "admitted demo revision 1") {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+
+	// Nothing applied: no revision, no state, no time, said so instead of 0, "" and year 1.
+	out, err := node("status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("status:\n%s", out)
+	}
+	row := strings.Join(strings.Fields(lines[1]), " ")
+	if want := "demo none - not applied none 1 -"; !strings.HasPrefix(row, want) {
+		t.Errorf("status row %q, want it to start with %q", row, want)
+	}
+	if out, err := node("status", "-o", "json"); err != nil || strings.Contains(out, "0001-01-01") {
+		t.Errorf("status -o json: %v\n%s", err, out)
+	}
+
+	// An unsigned bundle is refused as untrusted, and the exit code says so.
+	if _, err := node("import", unsigned); exitCode(err) != exitUntrusted || !strings.Contains(err.Error(), "not signed") {
+		t.Errorf("import of an unsigned bundle: exit %d (%v), want %d", exitCode(err), err, exitUntrusted)
+	}
+
+	// Reconcile of a suspended bundle would do nothing: it says so, and how to resume.
+	if out, err := node("suspend", "demo"); err != nil || !strings.Contains(out, "demo: suspended") {
+		t.Fatalf("suspend: %v\n%s", err, out)
+	}
+	out, err = node("reconcile", "demo")
+	if exitCode(err) != exitSuspended || !strings.Contains(fmt.Sprint(err), "suspended") || !strings.Contains(fmt.Sprint(err), "ferry resume demo") {
+		t.Errorf("reconcile of a suspended bundle: exit %d (%v), want %d saying it is suspended and how to resume\n%s", exitCode(err), err, exitSuspended, out)
+	}
+	if strings.Contains(out, "reconcile requested") {
+		t.Errorf("reconcile of a suspended bundle printed %q", out)
+	}
+	if _, err := node("resume", "demo"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := node("reconcile", "demo"); err != nil || !strings.Contains(out, "reconcile requested") {
+		t.Errorf("reconcile after resume: %v\n%s", err, out)
+	}
+
+	// Times carry their zone: RFC 3339 in UTC.
+	for _, args := range [][]string{{"events"}, {"history", "demo"}} {
+		out, err := node(args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows := strings.Split(strings.TrimSpace(out), "\n")[1:]
+		if len(rows) == 0 {
+			t.Fatalf("ferry %s printed no rows", args[0])
+		}
+		col := 1 // events: SEQ TIME …
+		if args[0] == "history" {
+			col = 3 // REVISION VERSION STATE ADMITTED …
+		}
+		for _, r := range rows {
+			f := strings.Fields(r)
+			if ts, err := time.Parse(time.RFC3339, f[col]); err != nil || !strings.HasSuffix(f[col], "Z") || ts.IsZero() {
+				t.Errorf("ferry %s: time %q is not RFC 3339 in UTC: %s", args[0], f[col], r)
+			}
+		}
+	}
+
+	// SIGTERM: the daemon says it is stopping, and why, then returns.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		stopped = true
+		if err != nil {
+			t.Fatalf("ferry daemon after SIGTERM: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("ferry daemon still running 30s after SIGTERM:\n%s", logs)
+	}
+	var stopping bool
+	for line := range strings.Lines(logs.String()) {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "stopping" && rec["signal"] == "terminated" {
+			stopping = true
+		}
+	}
+	if !stopping {
+		t.Errorf("no stopping log with the signal:\n%s", logs)
+	}
+
+	// The daemon gone: its own exit code, naming the socket.
+	if _, err := node("status"); exitCode(err) != exitUnreachable || !strings.Contains(err.Error(), socket) {
+		t.Errorf("status with the daemon stopped: exit %d (%v), want %d naming the socket", exitCode(err), err, exitUnreachable)
+	}
+}
