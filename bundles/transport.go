@@ -174,9 +174,20 @@ func checkArchive(r io.ReadSeeker, size int64, path string) (map[string]archiveE
 			if n == 0 {
 				return nil, fmt.Errorf("%s: empty archive", path)
 			}
+			// An archive cut between two entries ends cleanly: it says what it lacks.
+			for _, need := range []string{"oci-layout", "index.json"} {
+				if _, ok := files[need]; !ok {
+					return nil, fmt.Errorf("%s: not a complete bundle archive: no %s entry (copied only in part?)", path, need)
+				}
+			}
 			return files, nil
 		}
-		if err != nil {
+		switch {
+		case errors.Is(err, tar.ErrHeader) && n == 0:
+			return nil, fmt.Errorf("%s: not a tar archive (a bundle archive is the tar `ferry bundle export` writes)", path)
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return nil, fmt.Errorf("%s: truncated: the archive ends inside an entry (copied only in part?)", path)
+		case err != nil:
 			return nil, fmt.Errorf("%s: not a complete tar archive: %w", path, err)
 		}
 		if n >= MaxArchiveEntries {
@@ -213,7 +224,7 @@ func checkArchive(r io.ReadSeeker, size int64, path string) (map[string]archiveE
 				return nil, err
 			}
 			if hdr.Size < 0 || off+hdr.Size > size {
-				return nil, fmt.Errorf("%s: not a complete tar archive: entry %q ends %d bytes past its end", path, hdr.Name, off+hdr.Size-size)
+				return nil, fmt.Errorf("%s: truncated: the archive ends inside an entry (%q ends %d bytes past the end of the file; copied only in part?)", path, hdr.Name, off+hdr.Size-size)
 			}
 			files[key] = archiveEntry{off: off, size: hdr.Size, info: hdr.FileInfo()}
 		}

@@ -178,6 +178,7 @@ var reasons = []struct {
 	name string
 	err  error
 }{
+	{"AlreadyAdmitted", store.ErrAlreadyAdmitted},
 	{"Untrusted", verify.ErrUntrusted},
 	{"Suspended", ErrSuspended},
 	{"NotFound", store.ErrNotFound},

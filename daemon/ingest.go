@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -67,6 +68,10 @@ func IngestCounted(ctx context.Context, st *store.Store, src bundles.Source, des
 		Manifest: desc, Blobs: blobs, Source: source, Verification: record,
 	})
 	if err != nil {
+		// The store's refusals name the bundle and revision already.
+		if errors.Is(err, store.ErrDowngrade) || errors.Is(err, store.ErrEquivocation) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("ingest %s revision %d: %w", b.Metadata.Name, b.Metadata.Revision, err)
 	}
 	return rev, nil

@@ -300,7 +300,7 @@ func TestHostileArchivesAreRefusedBeforeIngest(t *testing.T) {
 		{"hardlink out", []func(*tar.Writer){layout, entry("blobs/sha256/aa", tar.TypeLink, "")}, 0, "not allowed"},
 		{"device", []func(*tar.Writer){layout, entry("blobs/dev", tar.TypeBlock, "")}, 0, "not allowed"},
 		{"foreign file", []func(*tar.Writer){layout, entry("install.sh", tar.TypeReg, "rm -rf /")}, 0, "not part of an OCI layout"},
-		{"truncated", []func(*tar.Writer){layout, entry("index.json", tar.TypeReg, strings.Repeat("{}", 600))}, 1500, "not a complete tar"},
+		{"truncated", []func(*tar.Writer){layout, entry("index.json", tar.TypeReg, strings.Repeat("{}", 600))}, 1500, "truncated"},
 		{"two index.json", []func(*tar.Writer){layout, entry("index.json", tar.TypeReg, `{"manifests":[]}`), entry("index.json", tar.TypeReg, `{"manifests":[]}`)}, 0, "appears twice"},
 		{"two index.json, one with ./", []func(*tar.Writer){layout, entry("./index.json", tar.TypeReg, `{}`), entry("index.json", tar.TypeReg, `{}`)}, 0, "appears twice"},
 	}

@@ -330,12 +330,24 @@ func newerThan(tx *bolt.Tx, b Bundle, a Admission) error {
 	}
 	if v := tx.Bucket(bucketRevisions).Get(revisionKey(a.Name, a.Revision)); v != nil {
 		var old Revision
-		if err := json.Unmarshal(v, &old); err == nil && old.Manifest.Digest != a.Manifest.Digest {
-			return fmt.Errorf("%s revision %d: %w: stored %s, offered %s", a.Name, a.Revision, ErrEquivocation, old.Manifest.Digest, a.Manifest.Digest)
+		if err := json.Unmarshal(v, &old); err == nil {
+			if old.Manifest.Digest != a.Manifest.Digest {
+				return fmt.Errorf("%s revision %d: %w: stored %s, offered %s", a.Name, a.Revision, ErrEquivocation, old.Manifest.Digest, a.Manifest.Digest)
+			}
+			return fmt.Errorf("%s revision %d: %w (%s, %s)", a.Name, a.Revision, ErrAlreadyAdmitted, old.State, old.Admitted.Format(time.RFC3339))
 		}
 	}
 	return fmt.Errorf("%s revision %d: %w (%d)", a.Name, a.Revision, ErrDowngrade, b.Newest)
 }
+
+// ErrAlreadyAdmitted is an ErrDowngrade (errors.Is says so) for the very revision the node
+// holds, same digest: a replay of what is there, which changes nothing.
+var ErrAlreadyAdmitted error = alreadyAdmitted{}
+
+type alreadyAdmitted struct{}
+
+func (alreadyAdmitted) Error() string        { return "already admitted" }
+func (alreadyAdmitted) Is(target error) bool { return target == ErrDowngrade }
 
 func getBundle(tx *bolt.Tx, name string) (Bundle, error) {
 	var b Bundle

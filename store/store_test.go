@@ -93,7 +93,7 @@ func TestAdmitAndAntiDowngrade(t *testing.T) {
 		want    error
 	}{
 		{4, "older", ErrDowngrade},
-		{5, "five", ErrDowngrade},               // a replay of what is there
+		{5, "five", ErrAlreadyAdmitted},         // a replay of what is there (an ErrDowngrade too)
 		{5, "five, but other", ErrEquivocation}, // same number, other digest
 	} {
 		src, a := admission(t, "site", tt.rev, tt.payload)

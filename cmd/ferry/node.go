@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -260,6 +261,12 @@ func newImportCommand() *cobra.Command {
 			stop := n.importProgress(cmd, ref)
 			err := n.do(cmd, http.MethodPost, "/v1/import", map[string]string{"ref": ref}, &rev)
 			stop()
+			if errors.Is(err, store.ErrAlreadyAdmitted) {
+				// The node holds this very revision: nothing to do, as `kubectl apply` of
+				// what is there.
+				fmt.Fprintln(cmd.OutOrStdout(), err.Error()+"; nothing to do")
+				return nil
+			}
 			if err != nil {
 				return err
 			}

@@ -115,6 +115,10 @@ sources: [{name: usb, usb: {paths: [%[1]s/media]}}]
 	if out, err := node("import", signed); err != nil || !strings.Contains(out, "admitted demo revision 1") {
 		t.Fatalf("import: %v\n%s", err, out)
 	}
+	// The same revision again: said once, as already admitted, and not an error.
+	if out, err := node("import", signed); err != nil || !strings.Contains(out, "already admitted") || strings.Count(out, "demo") != 1 {
+		t.Fatalf("import of the revision the node holds: %v\n%s", err, out)
+	}
 
 	// Nothing applied: no revision, no state, no time, said so instead of 0, "" and year 1.
 	out, err := node("status")
