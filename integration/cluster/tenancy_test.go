@@ -181,8 +181,9 @@ func TestNoCrossNamespaceRefs(t *testing.T) {
 		"- name: web\n  helm: {chart: ./charts/app, targetNamespace: team-a, valuesFrom: [{kind: ConfigMap, name: theirs, namespace: team-b, valuesKey: value, targetPath: settings.stolen}]}\n",
 		"- name: app\n  kustomize: {path: ./app, targetNamespace: team-a, healthChecks: [{apiVersion: v1, kind: ConfigMap, name: theirs, namespace: team-b}]}\n",
 		"- name: app\n  kustomize: {path: ./app, targetNamespace: team-a}\n- name: other\n  kustomize: {path: ./app, targetNamespace: team-b, dependsOn: [{name: app}]}\n",
-		// Flux compares the namespaces the Kustomizations live in, not where they apply.
-		"- name: app\n  kustomize: {path: ./app, namespace: team-a, targetNamespace: team-a}\n- name: other\n  kustomize: {path: ./app, namespace: team-b, targetNamespace: team-a, dependsOn: [{name: app}]}\n",
+		// Flux compares the namespaces the Kustomizations live in, not where they apply (and
+		// a reference to another namespace names it; without it, the build refuses).
+		"- name: app\n  kustomize: {path: ./app, namespace: team-a, targetNamespace: team-a}\n- name: other\n  kustomize: {path: ./app, namespace: team-b, targetNamespace: team-a, dependsOn: [{name: app, namespace: team-a}]}\n",
 	} {
 		files := chart("1.0.0")
 		files["app/mine.yaml"] = cm("team-a", "xns", "${value}")
