@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,7 +68,7 @@ func listedOnly(t *testing.T, s *Store) {
 	}
 	s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketMeta).Cursor()
-		if k, _ := c.Seek([]byte("pending/")); k != nil && len(k) >= 8 && string(k[:8]) == "pending/" {
+		if k, _ := c.Seek([]byte("pending/")); strings.HasPrefix(string(k), "pending/") {
 			t.Fatalf("pending record %s left", k)
 		}
 		return nil
