@@ -472,7 +472,7 @@ func (d *Daemon) loop(ctx context.Context, name string, kick <-chan struct{}) {
 				// so a rollout resumes within seconds of it being over.
 				backoff = min(backoff, pausedRetry)
 			}
-			d.log.Warn("reconcile failed; will retry", "bundle", name, "in", backoff.String(), "err", err)
+			d.log.Warn("reconcile failed; will retry", "bundle", name, "retry_in", backoff.String(), "err", err)
 			select {
 			case <-ctx.Done():
 				return
