@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"oras.land/oras-go/v2/content/memory"
 
@@ -97,5 +99,33 @@ func TestSpaceMarginFromConfig(t *testing.T) {
 	defer st.Close()
 	if _, err := Ingest(t.Context(), st, memSource{src}, d, k.policy, "test"); !errors.Is(err, store.ErrNoSpace) || !strings.Contains(err.Error(), "spaceMargin") {
 		t.Fatalf("want ErrNoSpace naming spaceMargin, got %v", err)
+	}
+}
+
+// TestCheckConfigBesideARunningDaemon: what README says of --check-config. It loads every
+// file the config names, caFile, dockerConfig and credentialsFile included, naming the field
+// of one it cannot read, and it does not open the store, so it answers at once beside a
+// daemon that holds it.
+func TestCheckConfigBesideARunningDaemon(t *testing.T) {
+	_, policy := writeTrust(t)
+	d := testDaemon(t, policy) // holds the state directory's lock from here on
+	cfg := *d.cfg
+	begin := time.Now()
+	if err := CheckConfig(&cfg); err != nil {
+		t.Fatalf("check beside a running daemon: %v", err)
+	}
+	if took := time.Since(begin); took > 3*time.Second {
+		t.Fatalf("the check waited %s: it must not wait for the store's lock", took)
+	}
+	missing := filepath.Join(t.TempDir(), "absent")
+	cfg.Sources = []SourceConfig{
+		{Name: "mirror", Registry: &RegistrySource{Repository: "registry.local/site", CAFile: missing, DockerConfig: missing}},
+		{Name: "bucket", S3: &S3Source{Endpoint: "https://s3.local", Bucket: "b", CredentialsFile: missing}},
+	}
+	err := CheckConfig(&cfg)
+	for _, field := range []string{"sources[0].registry.caFile", "sources[0].registry.dockerConfig", "sources[1].s3.credentialsFile"} {
+		if err == nil || !strings.Contains(err.Error(), field) {
+			t.Errorf("check with an unreadable %s: %v, want it named", field, err)
+		}
 	}
 }
