@@ -1,10 +1,9 @@
 package daemon
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/ferrygitops/ferry/internal/strictyaml"
 	"net"
 	"path/filepath"
 	"regexp"
@@ -139,7 +138,8 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil || v <= 0 {
-		return fmt.Errorf("line %d: %q is not a positive duration (like 30s or 5m)", n.Line, s)
+		// A TypeError, so the decoder goes on and reports it with the others, at its line.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is not a positive duration (like 30s or 5m)", n.Line, s)}}
 	}
 	d.Duration = v
 	return nil
@@ -171,18 +171,23 @@ func LoadConfig(path string) (*Config, error) {
 // ParseConfig decodes a config strictly (unknown fields are errors), fills defaults and
 // validates it. path is used in messages only.
 func ParseConfig(path string, b []byte) (*Config, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
 	var c Config
-	if err := dec.Decode(&c); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%s: empty config", path)
-		}
-		return nil, fmt.Errorf("%s: %w", path, err)
+	root, err := strictyaml.Decode(path, b, &c)
+	if root == nil {
+		return nil, err
+	}
+	errs := []error{err}
+	if strictyaml.Has(root, "retention") && c.Retention < 1 {
+		errs = append(errs, &strictyaml.Error{File: path, Line: strictyaml.Line(root, "retention"), Field: "retention",
+			Msg: fmt.Sprintf("is %d, want at least 1 (the newest revisions kept per bundle; leave it out for 10)", c.Retention)})
 	}
 	c.defaults()
-	if err := c.validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	for _, e := range c.validate() {
+		at, _, _ := strings.Cut(e.field, `["`) // headers["X-Name"] is on the line of headers
+		errs = append(errs, &strictyaml.Error{File: path, Line: strictyaml.Line(root, at), Field: e.field, Msg: e.msg})
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	return &c, nil
 }
@@ -209,10 +214,13 @@ func (c *Config) defaults() {
 	}
 }
 
-func (c *Config) validate() error {
-	var errs []error
+// fieldProblem is one problem validate finds, by field path.
+type fieldProblem struct{ field, msg string }
+
+func (c *Config) validate() []fieldProblem {
+	var errs []fieldProblem
 	bad := func(field, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, a...)))
+		errs = append(errs, fieldProblem{field, fmt.Sprintf(format, a...)})
 	}
 	abs := func(field, p string, required bool) {
 		switch {
@@ -314,10 +322,18 @@ func (c *Config) validate() error {
 	}
 	if c.Webhook != nil {
 		if err := c.Webhook.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("webhook: %w", err))
+			each := []error{err}
+			if j, ok := err.(interface{ Unwrap() []error }); ok {
+				each = j.Unwrap()
+			}
+			for _, e := range each {
+				// Each is "field: what is wrong".
+				field, msg, _ := strings.Cut(e.Error(), ": ")
+				bad("webhook."+field, "%s", msg)
+			}
 		}
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // ParseSize reads a size with a binary unit: "64MiB", "1GiB", "512KiB", or plain bytes.

@@ -16,7 +16,7 @@ import (
 func TestConfigRefusals(t *testing.T) {
 	base := "stateDir: /var/lib/ferry\ntrust: /etc/ferry/trust.yaml\n"
 	cases := map[string]struct{ yaml, want string }{
-		"unknown field":     {base + "sources: [{name: a, usb: {}}]\nbogus: 1\n", "field bogus not found"},
+		"unknown field":     {base + "sources: [{name: a, usb: {}}]\nbogus: 1\n", "config.yaml:4: bogus: unknown field"},
 		"no sources":        {base, "sources"},
 		"relative trust":    {"trust: trust.yaml\nsources: [{name: a, usb: {}}]\n", "trust"},
 		"two kinds":         {base + "sources: [{name: a, usb: {}, s3: {bucket: b}}]\n", "exactly one of"},
@@ -36,7 +36,7 @@ func TestConfigRefusals(t *testing.T) {
 		"short stall":       {base + "sources: [{name: a, usb: {stallTimeout: 60ms}}]\n", "sources[0].usb.stallTimeout: 60ms is under 1s"},
 		"bad variable":      {base + "variables: {1X: a}\nsources: [{name: a, usb: {}}]\n", "variables.1X"},
 		"webhook scheme":    {base + "sources: [{name: a, usb: {}}]\nwebhook: {url: \"ftp://x\"}\n", "webhook"},
-		"empty":             {"", "empty config"},
+		"empty":             {"", "empty document"},
 		"bad namespace":     {base + "namespace: Team_A\nsources: [{name: a, usb: {}}]\n", "namespace"},
 		"bad default sa":    {base + "defaultServiceAccount: \"a b\"\nsources: [{name: a, usb: {}}]\n", "defaultServiceAccount"},
 	}
@@ -127,5 +127,39 @@ func TestCheckConfigBesideARunningDaemon(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("check with an unreadable %s: %v, want it named", field, err)
 		}
+	}
+}
+
+// TestConfigErrorsAllAtOnce: a config with several mistakes reports each, FILE:LINE: field:
+// what is wrong, with "did you mean" for a misspelt field and no Go type names; retention: 0
+// is refused rather than taken as the default.
+func TestConfigErrorsAllAtOnce(t *testing.T) {
+	src := `stateDir: /var/lib/ferry
+trust: /etc/ferry/trust.yaml
+retension: 3
+retention: 0
+driftInterval: 5 minutes
+sources:
+  - name: usb
+    usb: {paths: [/media], interval: often}
+webhook: {url: "ftp://ops.example.com/hook"}
+`
+	_, err := ParseConfig("/etc/ferry/config.yaml", []byte(src))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{
+		"/etc/ferry/config.yaml:3: retension: unknown field (did you mean retention?)",
+		"/etc/ferry/config.yaml:4: retention: is 0, want at least 1",
+		`/etc/ferry/config.yaml:5: driftInterval: "5 minutes" is not a positive duration`,
+		`/etc/ferry/config.yaml:8: sources[0].usb.interval: "often" is not a positive duration`,
+		"/etc/ferry/config.yaml:9: webhook.url: scheme \"ftp\"",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "daemon.") || strings.Contains(err.Error(), "not found in type") {
+		t.Errorf("a Go type name in:\n%v", err)
 	}
 }

@@ -1,14 +1,11 @@
 package verify
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
+	"github.com/ferrygitops/ferry/internal/strictyaml"
 	"path/filepath"
 	"regexp"
-
-	"go.yaml.in/yaml/v3"
 
 	"github.com/ferrygitops/ferry/bundles"
 )
@@ -78,18 +75,14 @@ func LoadPolicy(path string) (Policy, error) {
 
 // ParsePolicy parses a policy document; path names it in errors and anchors relative key paths.
 func ParsePolicy(path string, b []byte) (Policy, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
 	var f PolicyFile
-	if err := dec.Decode(&f); err != nil {
-		if errors.Is(err, io.EOF) {
-			return Policy{}, fmt.Errorf("%s: empty policy", path)
-		}
-		return Policy{}, fmt.Errorf("%s: %w", path, err)
+	root, err := strictyaml.Decode(path, b, &f)
+	if root == nil {
+		return Policy{}, err
 	}
-	var errs []error
+	errs := []error{err}
 	bad := func(field, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s: %s", path, field, fmt.Sprintf(format, a...)))
+		errs = append(errs, &strictyaml.Error{File: path, Line: strictyaml.Line(root, field), Field: field, Msg: fmt.Sprintf(format, a...)})
 	}
 	if f.APIVersion != "ferry.dev/v1" {
 		bad("apiVersion", "is %q, want ferry.dev/v1", f.APIVersion)

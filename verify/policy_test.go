@@ -42,7 +42,7 @@ func TestPolicyRefusals(t *testing.T) {
 	key := pubPEM(t)
 	inline := "    publicKey: |\n" + indent(key)
 	tests := []struct{ name, doc, want string }{
-		{"unknown field", "apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeys: []\nallowUnsigned: true\n", "field allowUnsigned not found"},
+		{"unknown field", "apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeys: []\nallowUnsigned: true\n", "policy.yaml:4: allowUnsigned: unknown field"},
 		{"no keys", "apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeys: []\n", "keys: trusts no key"},
 		{"wrong kind", "apiVersion: ferry.dev/v1\nkind: Policy\nkeys:\n  - name: a\n" + inline, "kind"},
 		{"both path and key", "apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeys:\n  - name: a\n    path: x.pub\n" + inline, "keys[0]: needs exactly one"},

@@ -94,7 +94,7 @@ func TestPolicyScopes(t *testing.T) {
 		{"    scope: {bundles: [\"[\"]}\n", "keys[0].scope.bundles[0]"},
 		{"    scope: {namespaces: [a/b]}\n", "keys[0].scope.namespaces[0]"},
 		{"    scope: {serviceAccount: \"Not Valid\"}\n", "keys[0].scope.serviceAccount"},
-		{"    scope: {bundle: [x]}\n", "field bundle not found"},
+		{"    scope: {bundle: [x]}\n", "keys[0].scope.bundle: unknown field (did you mean bundles?)"},
 	} {
 		_, err := ParsePolicy(filepath.Join(dir, "p.yaml"), []byte(policy(bad.scope)))
 		if err == nil || !strings.Contains(err.Error(), bad.field) {
