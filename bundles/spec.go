@@ -1,9 +1,9 @@
 package bundles
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
+	"github.com/ferrygitops/ferry/internal/strictyaml"
 	"io"
 	"os"
 	"path/filepath"
@@ -189,28 +189,19 @@ func LoadSpec(dir string) (*Spec, error) {
 // ParseSpec decodes ferry.yaml strictly and validates what can be checked without the tree.
 // file is used in error messages only.
 func ParseSpec(file string, b []byte) (*Spec, *yaml.Node, error) {
-	var root yaml.Node
-	if err := yaml.Unmarshal(b, &root); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", file, err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
 	var s Spec
-	if err := dec.Decode(&s); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, nil, fmt.Errorf("%s: empty document", file)
-		}
-		// yaml's messages already carry "line N: field X not found in type …".
-		return nil, nil, fmt.Errorf("%s: %w", file, err)
-	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, nil, fmt.Errorf("%s: more than one YAML document; ferry.yaml holds exactly one Bundle", file)
-	}
-	if err := s.validate(file, &root); err != nil {
+	root, err := strictyaml.Decode(file, b, &s)
+	if root == nil {
 		return nil, nil, err
 	}
-	return &s, &root, nil
+	if err != nil {
+		// Unknown fields and wrong types, each at its line; what decoded is checked too.
+		return nil, nil, errors.Join(err, s.validate(file, root))
+	}
+	if err := s.validate(file, root); err != nil {
+		return nil, nil, err
+	}
+	return &s, root, nil
 }
 
 func (s *Spec) validate(file string, root *yaml.Node) error {

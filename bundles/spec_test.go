@@ -63,7 +63,7 @@ func TestSpecRefusals(t *testing.T) {
 	}{
 		{"unknown field", strings.Replace(goodSpec, "        prune: true\n", "        prune: true\n        pruen: false\n", 1),
 			[]string{"ferry.yaml:15", "spec.components[1].kustomize.pruen", "unknown field"}},
-		{"unknown top-level field", goodSpec + "status: {}\n", []string{"ferry.yaml", "line 29", "status"}},
+		{"unknown top-level field", goodSpec + "status: {}\n", []string{"ferry.yaml:29: status: unknown field"}},
 		{"bad name and version", strings.Replace(strings.Replace(goodSpec, "edge-apps", "Edge_Apps", 1), "1.4.0", "v1.4", 1),
 			[]string{"ferry.yaml:4: metadata.name", "ferry.yaml:6: spec.version"}},
 		{"path escape", strings.Replace(goodSpec, "./infra", "../../etc", 1),
@@ -91,7 +91,7 @@ func TestSpecRefusals(t *testing.T) {
 		{"helm strategy", strings.Replace(goodSpec, "      kustomize:\n        path: ./infra\n", "      helm:\n        chart: ./charts/x\n        upgrade: {remediation: {strategy: reinstall}}\n", 1),
 			[]string{"upgrade.remediation.strategy"}},
 		{"helm unknown field", strings.Replace(goodSpec, "      kustomize:\n        path: ./infra\n", "      helm:\n        chart: ./charts/x\n        chartRef: x\n", 1),
-			[]string{"field chartRef not found"}},
+			[]string{"spec.components[0].helm.chartRef: unknown field"}},
 		{"both types", strings.Replace(goodSpec, "      kustomize:\n        path: ./infra\n", "      kustomize:\n        path: ./infra\n      helm:\n        chart: ./charts/x\n", 1),
 			[]string{"has both kustomize and helm"}},
 		{"duplicate names", strings.Replace(goodSpec, "name: web", "name: infra", 1), []string{"appears twice"}},

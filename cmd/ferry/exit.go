@@ -7,6 +7,7 @@ import (
 
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/daemon"
+	"github.com/ferrygitops/ferry/internal/strictyaml"
 	"github.com/ferrygitops/ferry/verify"
 )
 
@@ -44,6 +45,7 @@ func exitCode(err error) int {
 	var (
 		in *inputError
 		fe *bundles.FieldError
+		ye *strictyaml.Error
 	)
 	switch {
 	case err == nil:
@@ -56,7 +58,7 @@ func exitCode(err error) int {
 		return exitUnreachable
 	case errors.Is(err, daemon.ErrSuspended):
 		return exitSuspended
-	case errors.As(err, &in), errors.As(err, &fe):
+	case errors.As(err, &in), errors.As(err, &fe), errors.As(err, &ye):
 		return exitBadInput
 	}
 	return exitError

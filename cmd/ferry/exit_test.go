@@ -130,3 +130,13 @@ func TestHelpListsExitCodes(t *testing.T) {
 		t.Errorf("ferry bundle diff --help does not give its exit codes:\n%s", out)
 	}
 }
+
+// A misspelt field of ferry.yaml is bad input (3), as the field errors after decoding are.
+func TestMisspeltFerryYAMLIsBadInput(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "ferry.yaml"), []byte("apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: x}\nspec:\n  version: 1.0.0\n  components:\n    - name: app\n      kustomise: {path: .}\n"), 0o644)
+	_, err := runFerry(t, "bundle", "build", dir, "--allow-dirty", "--to", filepath.Join(t.TempDir(), "out"))
+	if exitCode(err) != exitBadInput || err == nil || !strings.Contains(err.Error(), "ferry.yaml:8: spec.components[0].kustomise: unknown field (did you mean kustomize?)") {
+		t.Fatalf("exit %d, err %v", exitCode(err), err)
+	}
+}
