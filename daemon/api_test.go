@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -10,11 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"oras.land/oras-go/v2/content/memory"
 
@@ -33,52 +30,10 @@ type apiNode struct {
 
 func startAPINode(t *testing.T) *apiNode {
 	t.Helper()
-	dir := t.TempDir()
-	k, pubPEM := quickKey(t)
-	os.WriteFile(filepath.Join(dir, "ci.pub"), pubPEM, 0o644)
-	os.WriteFile(filepath.Join(dir, "trust.yaml"), []byte("apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeys:\n  - name: ci\n    path: ci.pub\n"), 0o644)
-	os.WriteFile(filepath.Join(dir, "kubeconfig"), []byte(`apiVersion: v1
-kind: Config
-clusters: [{name: none, cluster: {server: "https://127.0.0.1:1"}}]
-users: [{name: none, user: {}}]
-contexts: [{name: none, context: {cluster: none, user: none}}]
-current-context: none
-`), 0o600)
-	os.Mkdir(filepath.Join(dir, "media"), 0o755)
-	cfg, err := ParseConfig("config.yaml", fmt.Appendf(nil, `stateDir: %[1]s/state
-kubeconfig: %[1]s/kubeconfig
-trust: %[1]s/trust.yaml
-socket: %[1]s/run/ferry.sock
-metricsAddress: "off"
-imagesAddress: "off"
-sources: [{name: usb, usb: {paths: [%[1]s/media]}}]
-`, dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan struct{})
-	d, err := New(cfg, Options{Ready: func() { close(ready) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon: %v", err)
-		}
-		d.Close()
-	})
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("daemon stopped: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("daemon not ready in 30s")
-	}
-	return &apiNode{dir: dir, key: k, client: NewClient(cfg.Socket)}
+	k, policy := writeTrust(t)
+	d := testDaemon(t, policy)
+	running(t, d)
+	return &apiNode{dir: t.TempDir(), key: k, client: NewClient(d.cfg.Socket)}
 }
 
 // quickKey is a signing key and its public key in cosign's PEM, without newKey's encrypted

@@ -19,11 +19,9 @@ import (
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/content/memory"
 
-	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundler/bundlertest"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/store"
-	"github.com/ferrygitops/ferry/verify"
 )
 
 // stuckReads makes reads of the files it is given block in the kernel, as on a USB stick that
@@ -99,28 +97,14 @@ func (s *stuckReads) release() {
 // writeTrust makes a signing key and writes the trust policy file of a node that trusts it.
 func writeTrust(t *testing.T) (keyPair, string) {
 	t.Helper()
-	privPEM, pubPEM, err := bundler.GenerateKeyPair([]byte("pw"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	k, pubPEM := quickKey(t)
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "k.key"), privPEM, 0o600)
 	os.WriteFile(filepath.Join(dir, "k.pub"), pubPEM, 0o644)
 	policy := filepath.Join(dir, "trust.yaml")
 	os.WriteFile(policy, []byte("apiVersion: ferry.dev/v1\nkind: TrustPolicy\nkeys:\n  - name: ci\n    path: k.pub\n"), 0o644)
-	signer, err := bundler.LoadPrivateKey(filepath.Join(dir, "k.key"), []byte("pw"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := verify.ParsePublicKey("k.pub", pubPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return keyPair{signer: signer, policy: verify.Policy{Keys: []verify.Key{pub}}}, policy
+	return k, policy
 }
 
-// stickBundle packs a signed bundle that carries one image with a 256 KiB layer (read only
-// when the store copies it) into an OCI layout at dir, and returns that layer's file there.
 func stickBundle(t *testing.T, k keyPair, dir, name string) (imageLayer string) {
 	t.Helper()
 	ctx := t.Context()
@@ -202,11 +186,23 @@ func usbConfig(media string, stall time.Duration) SourceConfig {
 
 // running runs d until the test stops it with stop, which fails the test unless Run returns
 // within 5 seconds.
+// running runs d until the test ends (or stop), once it serves its API.
 func running(t *testing.T, d *Daemon) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
+	ready := make(chan struct{})
+	d.opts.Ready = func() { close(ready) }
 	errc := make(chan error, 1)
 	go func() { errc <- d.Run(ctx) }()
+	select {
+	case <-ready:
+	case err := <-errc:
+		cancel()
+		t.Fatalf("daemon stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatal("daemon not ready in 30s")
+	}
 	stopped := false
 	stop = func() {
 		t.Helper()
