@@ -321,16 +321,8 @@ func (c *Config) validate() []fieldProblem {
 		}
 	}
 	if c.Webhook != nil {
-		if err := c.Webhook.Validate(); err != nil {
-			each := []error{err}
-			if j, ok := err.(interface{ Unwrap() []error }); ok {
-				each = j.Unwrap()
-			}
-			for _, e := range each {
-				// Each is "field: what is wrong".
-				field, msg, _ := strings.Cut(e.Error(), ": ")
-				bad("webhook."+field, "%s", msg)
-			}
+		for _, p := range c.Webhook.problems() {
+			bad("webhook."+p.field, "%s", p.msg)
 		}
 	}
 	return errs

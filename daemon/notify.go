@@ -69,43 +69,56 @@ type WebhookConfig struct {
 // Validate returns every problem of c, joined, each naming its field.
 func (c WebhookConfig) Validate() error {
 	var errs []error
+	for _, p := range c.problems() {
+		errs = append(errs, fmt.Errorf("%s: %s", p.field, p.msg))
+	}
+	return errors.Join(errs...)
+}
+
+// problems are what Validate reports, by field (relative to the webhook block).
+func (c WebhookConfig) problems() []fieldProblem {
+	var errs []fieldProblem
+	bad := func(field, format string, a ...any) {
+		errs = append(errs, fieldProblem{field, fmt.Sprintf(format, a...)})
+	}
 	if c.URL == "" {
-		errs = append(errs, errors.New("url: required"))
+		bad("url", "required")
 	} else if u, err := url.Parse(c.URL); err != nil {
 		// url.Parse's error repeats the URL, credentials and all: keep only the reason.
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		errs = append(errs, fmt.Errorf("url: not a URL: %w", err))
+		bad("url", "not a URL: %v", err)
 	} else {
 		if u.Scheme != "http" && u.Scheme != "https" {
-			errs = append(errs, fmt.Errorf("url: scheme %q: must be http or https", u.Scheme))
+			bad("url", "scheme %q: must be http or https", u.Scheme)
 		}
 		if u.Hostname() == "" {
-			errs = append(errs, errors.New("url: no host"))
+			bad("url", "no host")
 		}
 	}
 	if c.Secret != "" && len(c.Secret) < webhookMinSecret {
-		errs = append(errs, fmt.Errorf("secret: %d bytes: must be at least %d", len(c.Secret), webhookMinSecret))
+		bad("secret", "%d bytes: must be at least %d", len(c.Secret), webhookMinSecret)
 	}
 	if c.Timeout != "" {
 		if d, err := time.ParseDuration(c.Timeout); err != nil || d <= 0 {
-			errs = append(errs, fmt.Errorf("timeout: %q: must be a positive duration such as 30s", c.Timeout))
+			bad("timeout", "%q: must be a positive duration such as 30s", c.Timeout)
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Headers)) {
+		field := fmt.Sprintf("headers[%q]", name)
 		switch {
 		case !webhookHeaderName(name):
-			errs = append(errs, fmt.Errorf("headers[%q]: not a valid header name", name))
+			bad(field, "not a valid header name")
 		case slices.Contains(webhookReservedHeaders, http.CanonicalHeaderKey(name)):
-			errs = append(errs, fmt.Errorf("headers[%q]: set by ferry, cannot be configured", name))
+			bad(field, "set by ferry, cannot be configured")
 		case !webhookHeaderValue(c.Headers[name]):
 			// The value itself is not shown: it is often a credential.
-			errs = append(errs, fmt.Errorf("headers[%q]: value holds a control character", name))
+			bad(field, "value holds a control character")
 		}
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // LogValue shows c without its secret or header values.
