@@ -118,9 +118,15 @@ func (s *site) build(t *testing.T, rev uint64, fail bool) (*memory.Store, ocispe
 		}
 		tree["app/extra.yaml"] = many.String()
 	}
-	dir := bundlertest.WriteTree(t, tree)
+	return s.signed(t, rev, tree)
+}
+
+// signed builds the tree files (ferry.yaml included) at revision rev and signs it with the
+// site's key, into a memory store.
+func (s *site) signed(t *testing.T, rev uint64, files map[string]string) (*memory.Store, ocispec.Descriptor) {
+	t.Helper()
 	mem := memory.New()
-	res, err := bundler.Build(t.Context(), mem, bundler.Options{Dir: dir, AllowDirty: true, Revision: rev, Created: time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)})
+	res, err := bundler.Build(t.Context(), mem, bundler.Options{Dir: bundlertest.WriteTree(t, files), AllowDirty: true, Revision: rev, Created: time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)})
 	if err != nil {
 		t.Fatal(err)
 	}

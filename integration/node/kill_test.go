@@ -22,11 +22,8 @@ import (
 	bolt "go.etcd.io/bbolt"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"oras.land/oras-go/v2/content/memory"
 
 	"github.com/ferrygitops/ferry/apply"
-	"github.com/ferrygitops/ferry/bundler"
-	"github.com/ferrygitops/ferry/bundler/bundlertest"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/daemon"
 	"github.com/ferrygitops/ferry/integration/testbed"
@@ -681,22 +678,10 @@ func (k *killRun) ship(r crashRev) {
 			files[fmt.Sprintf("app/noise-%d.bin", i)] = string(raw)
 		}
 	}
-	mem := memory.New()
-	res, err := bundler.Build(k.t.Context(), mem, bundler.Options{Dir: bundlertest.WriteTree(k.t, files), AllowDirty: true, Revision: r.rev,
-		Created: time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)})
-	if err != nil {
-		k.t.Fatal(err)
-	}
-	signer, err := bundler.LoadPrivateKey(s.key, []byte("pw"))
-	if err != nil {
-		k.t.Fatal(err)
-	}
-	if _, err := bundler.Sign(k.t.Context(), mem, res.Descriptor, signer, s.bundle); err != nil {
-		k.t.Fatal(err)
-	}
+	mem, desc := s.signed(k.t, r.rev, files)
 	name := fmt.Sprintf("%s-%d.tar", s.bundle, r.rev)
 	tmp := filepath.Join(s.dir, name)
-	if _, err := bundles.Copy(k.t.Context(), memSource{mem}, res.Descriptor, mustAddress(k.t, tmp), bundles.Options{}); err != nil {
+	if _, err := bundles.Copy(k.t.Context(), memSource{mem}, desc, mustAddress(k.t, tmp), bundles.Options{}); err != nil {
 		k.t.Fatal(err)
 	}
 	if err := os.Rename(tmp, filepath.Join(k.stick, name)); err != nil {
