@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
+	"oras.land/oras-go/v2/content"
 	"sigs.k8s.io/kustomize/api/resmap"
 
 	"github.com/ferrygitops/ferry/apply/render"
@@ -79,7 +80,9 @@ type Engine struct {
 	builtFIFO []digest.Digest
 	disco     discovery.DiscoveryInterface
 	// clusters are the connections that impersonate components' service accounts, by
-	// user name; they share c's RESTMapper. Guarded by mu.
+	// user name; they share c's RESTMapper. Guarded by cmu, not mu: a preview uses them
+	// while a rollout holds mu.
+	cmu      sync.Mutex
 	clusters map[string]*cluster
 	// lookupSet is true when Options.Lookup came from the caller; otherwise substituteFrom
 	// and valuesFrom are read as each component's identity.
@@ -798,11 +801,18 @@ func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, err
 	if b.Metadata.Name != r.Name {
 		return nil, fmt.Errorf("stored revision %s/%d holds bundle %q", r.Name, r.Revision, b.Metadata.Name)
 	}
-	order, err := b.Metadata.Order()
+	scopes, err := signerScopes(r)
 	if err != nil {
 		return nil, err
 	}
-	scopes, err := signerScopes(r)
+	return e.buildFrom(ctx, e.st, b, scopes)
+}
+
+// buildFrom builds every component of bundle b, its layers read from src, in dependency
+// order, confined by the scopes of the keys that signed it: a stored revision (build) or
+// one not admitted yet (Preview).
+func (e *Engine) buildFrom(ctx context.Context, src content.Fetcher, b *bundles.Bundle, scopes []*bundles.Scope) ([]component, error) {
+	order, err := b.Metadata.Order()
 	if err != nil {
 		return nil, err
 	}
@@ -812,13 +822,13 @@ func (e *Engine) build(ctx context.Context, r *store.Revision) ([]component, err
 		c := component{spec: spec, bundle: b.Metadata.Name, ns: e.opts.namespaceOf(spec), home: e.opts.homeOf(spec), tmo: e.opts.DefaultTimeout}
 		var timeout, sa string
 		if k := spec.Kustomize; k != nil {
-			if c.rm, err = e.opts.build(ctx, e.st, b, i); err != nil {
+			if c.rm, err = e.opts.build(ctx, src, b, i); err != nil {
 				return nil, err
 			}
 			c.wait, c.prune, c.force, c.drift = k.Wait, k.Prune, k.Force, k.DriftDetection
 			timeout, sa, c.targetNS = k.Timeout, k.ServiceAccountName, k.TargetNamespace
 		} else if h := spec.Helm; h != nil {
-			if c.helm, err = e.opts.helmChart(ctx, e.st, b, i); err != nil {
+			if c.helm, err = e.opts.helmChart(ctx, src, b, i); err != nil {
 				return nil, err
 			}
 			c.wait, c.prune, c.drift = true, true, h.DriftDetection

@@ -20,11 +20,13 @@ func serviceAccountUser(namespace, name string) string {
 
 // clusterFor returns the connection a component's requests go through: the engine's own
 // for user "", else one that impersonates user, so the API server's RBAC decides what the
-// component may do (Flux's multi-tenancy). Callers hold e.mu.
+// component may do (Flux's multi-tenancy).
 func (e *Engine) clusterFor(user string) (*cluster, error) {
 	if user == "" {
 		return e.c, nil
 	}
+	e.cmu.Lock()
+	defer e.cmu.Unlock()
 	if cc := e.clusters[user]; cc != nil {
 		return cc, nil
 	}

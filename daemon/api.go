@@ -25,6 +25,7 @@ import (
 //	POST /v1/bundles/{name}/rollback      {"revision": N} → apply.Report
 //	POST /v1/bundles/{name}/suspend|resume|reconcile
 //	POST /v1/import                       {"ref": "PATH|oci://…|s3://…"} → store.Revision
+//	POST /v1/preview                      {"ref": …} → Preview (verified, nothing written)
 //	GET  /v1/events?after=N&limit=M       []store.Event
 //
 // Errors are {"error": "…", "reason": "…"} with a 4xx or 5xx status; reason names the kind of
@@ -113,6 +114,17 @@ func (d *Daemon) apiHandler() http.Handler {
 		}
 		rev, err := d.Import(r.Context(), req.Ref)
 		reply(w, rev, err)
+	})
+	mux.HandleFunc("POST /v1/preview", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Ref string `json:"ref"`
+		}
+		if err := decode(r, &req); err != nil {
+			reply(w, nil, err)
+			return
+		}
+		p, err := d.Preview(r.Context(), req.Ref)
+		reply(w, p, err)
 	})
 	mux.HandleFunc("GET /v1/import/progress", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, d.importProgress(), nil)

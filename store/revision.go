@@ -313,6 +313,13 @@ func (s *Store) writeIndex() error {
 	return WriteFileAtomic(filepath.Join(s.dir, "index.json"), b, 0o600)
 }
 
+// CheckAdmission returns the error Admit would return for revision rev of name with this
+// manifest by the anti-downgrade rule (ErrDowngrade, ErrAlreadyAdmitted, ErrEquivocation),
+// or nil, without writing anything: a preview of a bundle (ferry import --dry-run).
+func (s *Store) CheckAdmission(name string, rev uint64, manifest digest.Digest) error {
+	return s.checkNewer(Admission{Name: name, Revision: rev, Manifest: ocispec.Descriptor{Digest: manifest}})
+}
+
 func (s *Store) checkNewer(a Admission) error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		b, err := getBundle(tx, a.Name)
