@@ -17,7 +17,7 @@ import (
 // The table in README.md and in `ferry --help` (exitCodesHelp) lists the same.
 const (
 	exitOK          = 0
-	exitDiffers     = 1 // ferry bundle diff: the bundles differ
+	exitDiffers     = 1 // ferry bundle diff, ferry diff: there are changes; ferry check: a check failed
 	exitError       = 2 // any error not below
 	exitBadInput    = 3 // usage, or a file the user wrote that is not valid
 	exitUntrusted   = 4 // a bundle refused: unsigned, untrusted signatures, outside a key's scope
@@ -26,9 +26,12 @@ const (
 )
 
 const exitCodesHelp = `Exit codes:
-  0  success; ferry bundle diff: the bundles render the same objects
-  1  ferry bundle diff: the bundles differ
-  2  an error not listed below
+  0  success; ferry bundle diff, ferry diff: nothing would change
+  1  ferry bundle diff: the bundles differ; ferry diff: the bundle would change objects on
+     the node; ferry check: a check failed
+  2  an error not listed below; ferry diff, ferry import --dry-run: the node would refuse
+     the bundle (an older revision) or its rollout would fail (the API server refuses an
+     object in a dry run)
   3  bad input: an unknown command or flag, wrong arguments, an invalid flag value, or an
      invalid file (ferry.yaml, the daemon's config, a trust policy, a key)
   4  a bundle refused as untrusted: not signed, not signed by enough trusted keys, or
@@ -60,6 +63,8 @@ func exitCode(err error) int {
 		return exitSuspended
 	case errors.As(err, &in), errors.As(err, &fe), errors.As(err, &ye):
 		return exitBadInput
+	case errors.Is(err, errChecksFailed):
+		return exitDiffers
 	}
 	return exitError
 }

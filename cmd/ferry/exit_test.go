@@ -68,6 +68,7 @@ func TestExitCodes(t *testing.T) {
 		{"invalid rollback revision", []string{"rollback", "site", "latest"}, exitBadInput},
 		{"invalid ferry.yaml", []string{"bundle", "build", badSpec, "--allow-dirty"}, exitBadInput},
 		{"invalid daemon config", []string{"daemon", "--check-config", "--config", badConfig}, exitBadInput},
+		{"ferry check of a config that does not load", []string{"check", "--config", badConfig}, exitBadInput},
 		{"a bundle that does not exist", []string{"bundle", "inspect", filepath.Join(t.TempDir(), "none")}, exitError},
 		{"daemon not running", []string{"status", "--socket", nowhere}, exitUnreachable},
 		{"daemon not running, import", []string{"import", "/srv/x.tar", "--socket", nowhere}, exitUnreachable},

@@ -241,14 +241,38 @@ func newBundleActionCommand(action, short, example string) *cobra.Command {
 }
 
 func newImportCommand() *cobra.Command {
-	var n nodeClient
+	var (
+		n   nodeClient
+		dry bool
+	)
 	cmd := &cobra.Command{
 		Use:   "import PATH|REF",
 		Short: "Hand the daemon a bundle: it verifies it, keeps it and rolls it out",
-		Example: `  ferry import /media/usb0/edge-site-1.4.0.tar
+		Long: `Import hands the daemon a bundle from a path (a stick's tar or layout), a registry or S3.
+The daemon verifies its signatures against the node's trust policy before it keeps anything,
+admits it as a new revision and rolls it out, as it does for what its sources find.
+
+With --dry-run nothing is kept or applied: the daemon verifies the bundle and says whether
+it would admit it and what its rollout would create, change and prune (see ferry diff, which
+also shows each change). It exits 0 when the bundle would be admitted and the API server
+accepts every change in its dry run, 2 when not, 4 when the bundle is not trusted.`,
+		Example: `  # What will this stick do? Verify it and show the changes, keeping nothing
+  ferry import --dry-run /media/usb0/edge-site-1.4.0.tar
+
+  ferry import /media/usb0/edge-site-1.4.0.tar
   ferry import oci://registry.local:5000/site/edge-site:1.4.0`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if dry {
+				p, err := n.preview(cmd, args[0])
+				if err != nil {
+					return err
+				}
+				if err := n.p.print(cmd.OutOrStdout(), p, func(*tabwriter.Writer) { printPreview(cmd.OutOrStdout(), p, false) }); err != nil {
+					return err
+				}
+				return previewResult(p)
+			}
 			ref := args[0]
 			if !strings.Contains(ref, "://") {
 				abs, err := filepath.Abs(ref) // the daemon's working directory is not ours
@@ -276,6 +300,7 @@ func newImportCommand() *cobra.Command {
 		},
 	}
 	n.flags(cmd)
+	cmd.Flags().BoolVar(&dry, "dry-run", false, "verify the bundle and show what its rollout would change; keep and apply nothing")
 	return cmd
 }
 
@@ -355,7 +380,7 @@ func nodeCommands() []*cobra.Command {
 		newBundleActionCommand("suspend", "Stop reconciling a bundle (no new revision, no drift correction)", "  ferry suspend edge-site"),
 		newBundleActionCommand("resume", "Reconcile a suspended bundle again", "  ferry resume edge-site"),
 		newBundleActionCommand("reconcile", "Reconcile a bundle now (roll out the newest revision, correct drift)", "  ferry reconcile edge-site"),
-		newImportCommand(), newEventsCommand(),
+		newImportCommand(), newNodeDiffCommand(), newEventsCommand(), newCheckCommand(),
 	}
 }
 

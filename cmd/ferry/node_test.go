@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferrygitops/ferry/daemon"
 )
 
 // syncBuffer is the daemon's stdout (its log), written by its goroutines while the test
@@ -135,6 +137,27 @@ sources: [{name: usb, usb: {paths: [%[1]s/media]}}]
 	}
 	if out, err := node("status", "-o", "json"); err != nil || strings.Contains(out, "0001-01-01") {
 		t.Errorf("status -o json: %v\n%s", err, out)
+	}
+
+	// The preflight beside the running daemon: the daemon answers, the API server (nothing
+	// listens at its address) does not, so the check fails with exit 1 and says which.
+	out, err = runFerry(t, "check", "--config", config, "-o", "json")
+	if exitCode(err) != exitDiffers {
+		t.Errorf("ferry check with no API server: exit %d (%v), want %d", exitCode(err), err, exitDiffers)
+	}
+	var checks []daemon.Check
+	if err := json.Unmarshal([]byte(out), &checks); err != nil {
+		t.Fatalf("ferry check -o json: %v\n%s", err, out)
+	}
+	outcome := map[string]bool{}
+	for _, c := range checks {
+		outcome[c.Name] = c.OK
+	}
+	if outcome["api-server"] || !outcome["daemon"] || !outcome["trust-policy"] || !outcome["state-dir"] {
+		t.Errorf("ferry check: want api-server failed, daemon, trust-policy and state-dir passed:\n%s", out)
+	}
+	if out, _ := runFerry(t, "check", "--config", config); !strings.Contains(out, "✖ api-server") || !strings.Contains(out, "✔ daemon") {
+		t.Errorf("ferry check table:\n%s", out)
 	}
 
 	// An unsigned bundle is refused as untrusted, and the exit code says so.
