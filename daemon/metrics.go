@@ -81,5 +81,6 @@ func (d *Daemon) metricsHandler() http.Handler {
 		}
 		w.Write([]byte("ok\n"))
 	})
+	d.statusPage(mux)
 	return mux
 }

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the testbed runs beside the binaries build.sh makes: containerd
-# and its ctr client (the node's image pulls), skopeo (a second registry client). Packages
+# and its ctr client (the node's image pulls), skopeo (a second registry client), chromium and
+# a font (the status page test renders the page headless, as a phone would show it). Packages
 # already present are left alone, so a warm run costs one dpkg query.
 #
 # Used by `make testbed`; needs root (CI and the development machine run as root) and apt.
 set -euo pipefail
 
-want=(containerd skopeo)
+want=(containerd skopeo chromium fonts-dejavu-core)
 missing=()
 for p in "${want[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
