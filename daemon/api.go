@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -27,6 +28,8 @@ import (
 //	POST /v1/import                       {"ref": "PATH|oci://…|s3://…"} → store.Revision
 //	POST /v1/preview                      {"ref": …} → Preview (verified, nothing written)
 //	GET  /v1/events?after=N&limit=M       []store.Event
+//	GET  /v1/logs?after=N&level=L&bundle=B&limit=M&wait=D
+//	                                      []LogRecord (wait: up to D for a first one)
 //
 // Errors are {"error": "…", "reason": "…"} with a 4xx or 5xx status; reason names the kind of
 // error a client may branch on (see [APIError]), or is absent.
@@ -145,7 +148,59 @@ func (d *Daemon) apiHandler() http.Handler {
 		evs, err := d.st.Events(after, limit)
 		reply(w, evs, err)
 	})
+	mux.HandleFunc("GET /v1/logs", func(w http.ResponseWriter, r *http.Request) {
+		q, wait, err := logQuery(r)
+		if err != nil {
+			reply(w, nil, err)
+			return
+		}
+		// A follower's wait ends when the daemon stops, not only when it hangs up.
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		d.mu.Lock()
+		if d.started != nil {
+			defer context.AfterFunc(d.started, cancel)()
+		}
+		d.mu.Unlock()
+		reply(w, d.logs.wait(ctx, q, wait), nil)
+	})
+	d.bundleRoutes(mux)
 	return mux
+}
+
+// maxLogWait bounds how long GET /v1/logs waits for a record (ferry logs -f asks again).
+const maxLogWait = time.Minute
+
+// logQuery reads the parameters of GET /v1/logs; a wrong one is a 400 naming it.
+func logQuery(r *http.Request) (LogQuery, time.Duration, error) {
+	v := r.URL.Query()
+	q := LogQuery{Bundle: v.Get("bundle"), Level: slog.LevelInfo, Limit: logKeep}
+	bad := func(name string, err error) error {
+		return &apiError{http.StatusBadRequest, fmt.Sprintf("parameter %s=%q: %v", name, v.Get(name), err), nil}
+	}
+	var err error
+	if s := v.Get("after"); s != "" {
+		if q.After, err = strconv.ParseUint(s, 10, 64); err != nil {
+			return q, 0, bad("after", err)
+		}
+	}
+	if s := v.Get("level"); s != "" {
+		if q.Level, err = ParseLogLevel(s); err != nil {
+			return q, 0, bad("level", errors.New("want debug, info, warn or error"))
+		}
+	}
+	if s := v.Get("limit"); s != "" {
+		if q.Limit, err = strconv.Atoi(s); err != nil || q.Limit <= 0 {
+			return q, 0, bad("limit", errors.New("want a positive number"))
+		}
+	}
+	var wait time.Duration
+	if s := v.Get("wait"); s != "" {
+		if wait, err = time.ParseDuration(s); err != nil || wait < 0 {
+			return q, 0, bad("wait", errors.New("want a duration such as 30s"))
+		}
+	}
+	return q, min(wait, maxLogWait), nil
 }
 
 // Status returns every bundle's status, by name.

@@ -46,6 +46,7 @@ type Daemon struct {
 	cfg    *Config
 	opts   Options
 	log    *slog.Logger
+	logs   *logRing // the recent log, for ferry logs
 	st     *store.Store
 	eng    *apply.Engine
 	policy verify.Policy
@@ -72,6 +73,8 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	logs := newLogRing()
+	log = slog.New(&ringHandler{next: log.Handler(), ring: logs})
 	f, err := loadFiles(cfg)
 	if err != nil {
 		return nil, err
@@ -97,7 +100,7 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 		st.Close()
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, opts: opts, log: log, st: st, eng: eng, policy: policy, m: newMetrics(), images: imgs,
+	d := &Daemon{cfg: cfg, opts: opts, log: log, logs: logs, st: st, eng: eng, policy: policy, m: newMetrics(), images: imgs,
 		loops: map[string]chan struct{}{}, lastErr: map[string]string{}, handled: map[string]bool{}, refused: map[string]bool{}, paused: map[string]bool{}}
 	if cfg.Webhook != nil {
 		if d.notify, err = NewNotifier(st, *cfg.Webhook, log); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"k8s.io/apimachinery/pkg/util/duration"
 
 	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/bundles"
@@ -116,6 +118,34 @@ func (n *nodeClient) flags(cmd *cobra.Command) {
 	cmd.Flags().StringVarP(&n.p.format, "output", "o", "table", "output format: table|json|yaml")
 }
 
+// completeArgs completes a node command's arguments from the daemon: the first the bundles
+// it holds, the second (with revisions) the revisions of the bundle named first. Nothing is
+// offered when the daemon does not answer; files are never offered.
+func (n *nodeClient) completeArgs(revisions bool) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		c := daemon.NewClient(n.socket)
+		var out []cobra.Completion
+		switch {
+		case len(args) == 0:
+			var st []daemon.BundleStatus
+			if c.Do(cmd.Context(), http.MethodGet, "/v1/status", nil, &st) == nil {
+				for _, b := range st {
+					out = append(out, cobra.CompletionWithDesc(b.Bundle, "revision "+revOrNone(b.Revision)+", "+orDash(string(b.State))))
+				}
+			}
+		case len(args) == 1 && revisions:
+			var revs []store.Revision
+			if c.Do(cmd.Context(), http.MethodGet, "/v1/bundles/"+url.PathEscape(args[0])+"/history", nil, &revs) == nil {
+				for i := len(revs) - 1; i >= 0; i-- {
+					r := revs[i]
+					out = append(out, cobra.CompletionWithDesc(strconv.FormatUint(r.Revision, 10), orDash(r.Version)+", "+string(r.State)))
+				}
+			}
+		}
+		return out, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveKeepOrder
+	}
+}
+
 func (n *nodeClient) do(cmd *cobra.Command, method, path string, body, out any) error {
 	if err := n.p.validate(); err != nil {
 		return err
@@ -153,7 +183,7 @@ func newStatusCommand() *cobra.Command {
 						state += fmt.Sprintf(" (applying %d)", s.Applying)
 					}
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Bundle, revOrNone(s.Revision), orDash(s.Version), state,
-						revOrNone(s.LastGood), revOrNone(s.Newest), ago(s.LastChange), orDash(short(s.LastError)))
+						revOrNone(s.LastGood), revOrNone(s.Newest), ago(s.LastChange), orDash(oneLine(s.LastError)))
 				}
 			})
 		},
@@ -169,21 +199,22 @@ func newHistoryCommand() *cobra.Command {
 		Short: "Show every stored revision of a bundle and what happened to it",
 		Example: `  ferry history edge-site
   ferry history edge-site -o yaml`,
-		Args: cobra.ExactArgs(1),
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: n.completeArgs(false),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var revs []store.Revision
 			if err := n.do(cmd, http.MethodGet, "/v1/bundles/"+url.PathEscape(args[0])+"/history", nil, &revs); err != nil {
 				return err
 			}
 			return n.p.print(cmd.OutOrStdout(), revs, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "REVISION\tVERSION\tSTATE\tADMITTED\tSOURCE\tLAST NOTE")
+				fmt.Fprintln(w, "REVISION\tVERSION\tSTATE\tADMITTED\tAGE\tSOURCE\tLAST NOTE")
 				for i := len(revs) - 1; i >= 0; i-- {
 					r := revs[i]
 					note := ""
 					if k := len(r.History); k > 0 {
 						note = r.History[k-1].Note
 					}
-					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Revision, r.Version, r.State, timestamp(r.Admitted), r.Source, short(note))
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Revision, r.Version, r.State, timestamp(r.Admitted), age(r.Admitted), r.Source, orDash(oneLine(note)))
 				}
 			})
 		},
@@ -200,8 +231,9 @@ func newRollbackCommand() *cobra.Command {
 		Long: `Rollback applies a revision kept in the node's store, waits for it to be healthy, and
 marks the newer revisions rolled back, so the daemon does not roll forward again until a new
 revision is admitted. If the revision fails, the current one is restored.`,
-		Example: `  ferry rollback edge-site 41`,
-		Args:    cobra.ExactArgs(2),
+		Example:           `  ferry rollback edge-site 41`,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: n.completeArgs(true),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rev, err := strconv.ParseUint(args[1], 10, 64)
 			if err != nil || rev == 0 {
@@ -224,10 +256,11 @@ revision is admitted. If the revision fails, the current one is restored.`,
 func newBundleActionCommand(action, short, example string) *cobra.Command {
 	var n nodeClient
 	cmd := &cobra.Command{
-		Use:     action + " BUNDLE",
-		Short:   short,
-		Example: example,
-		Args:    cobra.ExactArgs(1),
+		Use:               action + " BUNDLE",
+		Short:             short,
+		Example:           example,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: n.completeArgs(false),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var out map[string]string
 			if err := n.do(cmd, http.MethodPost, "/v1/bundles/"+url.PathEscape(args[0])+"/"+action, nil, &out); err != nil {
@@ -344,33 +377,40 @@ func newEventsCommand() *cobra.Command {
 		n     nodeClient
 		after uint64
 		limit int
+		watch bool
 	)
 	cmd := &cobra.Command{
 		Use:   "events",
 		Short: "Show the node's event log: admissions, refusals, rollouts, rollbacks",
+		Long: `Events prints the node's event log, oldest first: what was admitted or refused, each
+rollout, health verdict and rollback. With --watch it then keeps printing new events as they
+are written, until interrupted (with -o json, one JSON object per line).`,
 		Example: `  ferry events
-  ferry events --after 120 -o json`,
+  ferry events --after 120 -o json
+  ferry events --watch`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var evs []store.Event
 			if err := n.do(cmd, http.MethodGet, fmt.Sprintf("/v1/events?after=%d&limit=%d", after, limit), nil, &evs); err != nil {
 				return err
 			}
-			return n.p.print(cmd.OutOrStdout(), evs, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "SEQ\tTIME\tBUNDLE\tREVISION\tREASON\tMESSAGE")
-				for _, e := range evs {
-					rev := "-" // an event of no revision (a refusal, the node's own)
-					if e.Revision != 0 {
-						rev = strconv.FormatUint(e.Revision, 10)
-					}
-					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, timestamp(e.Time), orDash(e.Bundle), rev, e.Reason, short(e.Message))
-				}
-			})
+			table := func(w *tabwriter.Writer) { printEvents(w, evs, true) }
+			if !watch {
+				return n.p.print(cmd.OutOrStdout(), evs, table)
+			}
+			if err := printStream(cmd.OutOrStdout(), n.p, evs, table); err != nil {
+				return err
+			}
+			if len(evs) > 0 {
+				after = evs[len(evs)-1].Seq
+			}
+			return watchEvents(cmd, &n, after, false)
 		},
 	}
 	n.flags(cmd)
 	cmd.Flags().Uint64Var(&after, "after", 0, "show events after this sequence number")
 	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many events (up to 1000)")
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "after the events, keep printing new ones as they are written")
 	return cmd
 }
 
@@ -380,15 +420,39 @@ func nodeCommands() []*cobra.Command {
 		newBundleActionCommand("suspend", "Stop reconciling a bundle (no new revision, no drift correction)", "  ferry suspend edge-site"),
 		newBundleActionCommand("resume", "Reconcile a suspended bundle again", "  ferry resume edge-site"),
 		newBundleActionCommand("reconcile", "Reconcile a bundle now (roll out the newest revision, correct drift)", "  ferry reconcile edge-site"),
-		newImportCommand(), newNodeDiffCommand(), newEventsCommand(), newCheckCommand(),
+		newImportCommand(), newNodeDiffCommand(), newEventsCommand(), newLogsCommand(), newCheckCommand(), newTreeCommand(), newRemoveCommand(),
 	}
 }
 
+// ago is how long ago t was, as kubectl's AGE column writes it (5m, 3h12m, 4d), "-" for
+// no time.
 func ago(t time.Time) string {
 	if t.IsZero() {
 		return "-"
 	}
-	return time.Since(t).Round(time.Second).String() + " ago"
+	return duration.HumanDuration(time.Since(t)) + " ago"
+}
+
+// age is ago without "ago", for an AGE column.
+func age(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return duration.HumanDuration(time.Since(t))
+}
+
+// printEvents writes events as a table, with its header if header is set.
+func printEvents(w io.Writer, evs []store.Event, header bool) {
+	if header {
+		fmt.Fprintln(w, "SEQ\tTIME\tAGE\tBUNDLE\tREVISION\tREASON\tMESSAGE")
+	}
+	for _, e := range evs {
+		rev := "-" // an event of no revision (a refusal, the node's own)
+		if e.Revision != 0 {
+			rev = strconv.FormatUint(e.Revision, 10)
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, timestamp(e.Time), age(e.Time), orDash(e.Bundle), rev, e.Reason, oneLine(e.Message))
+	}
 }
 
 // timestamp is t in RFC 3339, UTC, so that a time copied from a node says its zone; "-" for
@@ -415,10 +479,8 @@ func orDash(s string) string {
 	return s
 }
 
-func short(s string) string {
-	s = strings.ReplaceAll(s, "\n", " ")
-	if len(s) > 100 {
-		return s[:97] + "..."
-	}
-	return s
+// oneLine is s on one line, whole: tables are not truncated (as Kubernetes' printers), so
+// an error is read to its end; -o json has it as written.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
 }

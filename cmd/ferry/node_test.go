@@ -205,6 +205,91 @@ sources: [{name: usb, usb: {paths: [%[1]s/media]}}]
 		}
 	}
 
+	// Shell completion asks the daemon: bundle names, then a bundle's revisions.
+	if out, err := runFerry(t, "__complete", "history", "--socket", socket, ""); err != nil || !strings.Contains(out, "demo\trevision") {
+		t.Errorf("completion of a bundle name: %v\n%s", err, out)
+	}
+	if out, err := runFerry(t, "__complete", "rollback", "--socket", socket, "demo", ""); err != nil || !strings.Contains(out, "1\t") {
+		t.Errorf("completion of a revision: %v\n%s", err, out)
+	}
+	if out, err := runFerry(t, "completion", "bash"); err != nil || !strings.Contains(out, "__start_ferry") {
+		t.Errorf("ferry completion bash: %v", err)
+	}
+
+	// The daemon's log through the API: all of it, one bundle's, a level's, as JSON.
+	out, err = node("logs")
+	if err != nil || !strings.Contains(out, "daemon started") || !strings.Contains(out, "admitted") {
+		t.Errorf("ferry logs: %v\n%s", err, out)
+	}
+	if out, err := node("logs", "--bundle", "demo", "-o", "json"); err != nil {
+		t.Errorf("ferry logs --bundle demo: %v", err)
+	} else {
+		var recs []daemon.LogRecord
+		if err := json.Unmarshal([]byte(out), &recs); err != nil || len(recs) == 0 {
+			t.Errorf("ferry logs --bundle demo -o json: %v\n%s", err, out)
+		}
+		for _, r := range recs {
+			if r.Attrs["bundle"] != "demo" {
+				t.Errorf("ferry logs --bundle demo printed %+v", r)
+			}
+		}
+	}
+	if out, err := node("logs", "--level", "error"); err != nil || strings.Contains(out, "daemon started") {
+		t.Errorf("ferry logs --level error shows info records: %v\n%s", err, out)
+	}
+	if _, err := node("logs", "--level", "loud"); exitCode(err) != exitBadInput {
+		t.Errorf("ferry logs --level loud: exit %d (%v), want %d", exitCode(err), err, exitBadInput)
+	}
+
+	// Followers: logs -f and events --watch print what comes after they started, one JSON
+	// object per line, until stopped.
+	follow := func(args ...string) (stop func() string) {
+		fctx, fcancel := context.WithCancel(context.Background())
+		buf := &syncBuffer{}
+		fdone := make(chan struct{})
+		go func() {
+			defer close(fdone)
+			root := newRootCommand()
+			root.SetOut(buf)
+			root.SetErr(buf)
+			root.SetArgs(append(args, "--socket", socket, "-o", "json"))
+			root.ExecuteContext(fctx)
+		}()
+		return func() string {
+			fcancel()
+			<-fdone
+			return buf.String()
+		}
+	}
+	stopLogs, stopEvents := follow("logs", "-f", "--tail", "1"), follow("events", "--watch")
+	time.Sleep(500 * time.Millisecond) // both have printed what was there before
+	if _, err := node("suspend", "demo"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node("resume", "demo"); err != nil {
+		t.Fatal(err)
+	}
+	var logLines, eventLines []string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		out, _ := node("events", "-o", "json")
+		if strings.Contains(out, `"reason": "resumed"`) {
+			break
+		}
+	}
+	time.Sleep(1500 * time.Millisecond) // one more poll of the watcher (every second)
+	logLines = strings.Split(strings.TrimSpace(stopLogs()), "\n")
+	eventLines = strings.Split(strings.TrimSpace(stopEvents()), "\n")
+	for name, lines := range map[string][]string{"logs -f": logLines, "events --watch": eventLines} {
+		for _, l := range lines {
+			if !json.Valid([]byte(l)) || !strings.HasPrefix(l, "{") {
+				t.Errorf("ferry %s -o json: line %q is not one JSON object", name, l)
+			}
+		}
+	}
+	if last := eventLines[len(eventLines)-1]; !strings.Contains(last, `"reason":"resumed"`) {
+		t.Errorf("ferry events --watch did not print the event written while it watched; last line %q", last)
+	}
+
 	// SIGTERM: the daemon says it is stopping, and why, then returns.
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
