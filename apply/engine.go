@@ -275,6 +275,9 @@ func (e *Engine) rollout(ctx context.Context, name string, rev uint64, mode roll
 		}
 		return e.sync(ctx, name, rev)
 	}
+	if b.Txn != nil && b.Txn.Phase == store.StateRemoving {
+		return rep, fmt.Errorf("%s: %w: the removal of revision %d is unfinished; Resume finishes it first", name, ErrRolloutInProgress, b.Txn.Revision)
+	}
 	lastGood := b.LastGood
 	inTxn := b.Txn != nil && b.Txn.Revision == rev
 	if inTxn {
@@ -396,11 +399,17 @@ func (e *Engine) rollback(ctx context.Context, rep Report, lastGood uint64, caus
 
 // Resume finishes a rollout a crash interrupted: before its deadline the revision is applied
 // again (every step is idempotent), after it, or if it had already failed, the last good
-// revision is restored. With no open transaction it does nothing.
+// revision is restored. An interrupted removal (see Remove) is finished. With no open
+// transaction it does nothing.
 func (e *Engine) Resume(ctx context.Context, name string) (Report, error) {
 	b, err := e.st.GetBundle(name)
 	if err != nil || b.Txn == nil {
 		return Report{Bundle: name, Revision: b.Current}, err
+	}
+	if b.Txn.Phase == store.StateRemoving {
+		// A removal is finished, never rolled out: the bundle was asked to go.
+		rm, err := e.Remove(ctx, name)
+		return rm.report(), err
 	}
 	if b.Txn.Phase == store.StateApplying && time.Now().After(b.Txn.DeadlineAt(time.Now())) {
 		reason := "interrupted, and its deadline passed before the node came back"

@@ -46,6 +46,8 @@ type BundleStatus struct {
 	Applying   uint64      `json:"applying,omitempty"`
 	LastChange time.Time   `json:"lastChange,omitzero"`
 	LastError  string      `json:"lastError,omitempty"`
+	// Removed is when ferry remove took the bundle out of the cluster (Revision is 0 since).
+	Removed time.Time `json:"removed,omitzero"`
 }
 
 // maxRequestBytes bounds an API request body.
@@ -211,7 +213,7 @@ func (d *Daemon) Status() ([]BundleStatus, error) {
 	}
 	out := []BundleStatus{}
 	for _, b := range bs {
-		s := BundleStatus{Bundle: b.Name, Revision: b.Current, LastGood: b.LastGood, Newest: b.Newest, Suspended: b.Suspended}
+		s := BundleStatus{Bundle: b.Name, Revision: b.Current, LastGood: b.LastGood, Newest: b.Newest, Suspended: b.Suspended, Removed: b.Removed}
 		if b.Txn != nil {
 			s.Applying = b.Txn.Revision
 		}

@@ -18,7 +18,7 @@
 //
 //	meta        "schema" → 1; "cursor/<reader>" → last event sequence a reader handled;
 //	            "pending/<name>/<revision>" → the blobs an admission is copying, until it commits
-//	bundles     <name> → Bundle{Name, Newest, Current, LastGood, Txn}
+//	bundles     <name> → Bundle{Name, Newest, Current, LastGood, Txn, Suspended, Removed}
 //	revisions   <name>/<revision, 20 digits> → Revision{…, Blobs, State, History}
 //	inventories <name>/<revision, 20 digits>/<component> → inventory (written by apply)
 //	events      <sequence, 20 digits> → Event

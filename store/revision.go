@@ -30,6 +30,13 @@ const (
 	StateHealthy    State = "healthy"
 	StateFailed     State = "failed"
 	StateRolledBack State = "rolled-back"
+	// StateRemoved is a revision whose objects `ferry remove` took out of the cluster, or
+	// one still waiting to be rolled out when the bundle was removed: neither is rolled out
+	// again by itself, only by a rollback to it.
+	StateRemoved State = "removed"
+	// StateRemoving is the phase of a Txn that removes a bundle's objects (ferry remove);
+	// never a revision's state.
+	StateRemoving State = "removing"
 )
 
 // Bundle is the per-name record.
@@ -44,6 +51,9 @@ type Bundle struct {
 	Txn *Txn `json:"txn,omitempty"`
 	// Suspended bundles are not reconciled: no new revision is applied, no drift corrected.
 	Suspended bool `json:"suspended,omitempty"`
+	// Removed is when `ferry remove` took the bundle's objects out of the cluster (Current
+	// and LastGood are 0 since), zero otherwise; the next rollout clears it.
+	Removed time.Time `json:"removed,omitzero"`
 }
 
 // Txn records an unfinished rollout: "applying Revision, last good LastGood, deadline
@@ -52,7 +62,7 @@ type Txn struct {
 	Revision uint64    `json:"revision"`
 	LastGood uint64    `json:"lastGood"`
 	Deadline time.Time `json:"deadline"`
-	Phase    State     `json:"phase"` // applying | failed (rolling back to LastGood)
+	Phase    State     `json:"phase"` // applying | failed (rolling back to LastGood) | removing (Revision's objects, see BeginRemove)
 	Reason   string    `json:"reason,omitempty"`
 	// Paused is when the rollout stopped because the node could not go on (the API server
 	// out of reach, the state directory not writable), zero while it runs. Time paused does
@@ -518,7 +528,7 @@ func setStateTx(tx *bolt.Tx, name string, rev uint64, state State, note string, 
 		}
 		switch state {
 		case StateApplying:
-			b.Current = rev
+			b.Current, b.Removed = rev, time.Time{}
 			if b.Txn == nil || b.Txn.Revision != rev {
 				b.Txn = &Txn{Revision: rev, LastGood: b.LastGood}
 			}

@@ -171,6 +171,8 @@ func newStatusCommand() *cobra.Command {
 				for _, s := range st {
 					state := string(s.State)
 					switch {
+					case s.Revision == 0 && !s.Removed.IsZero():
+						state = "removed"
 					case s.Revision == 0:
 						state = "not applied"
 					case state == "":
