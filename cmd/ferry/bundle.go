@@ -212,7 +212,8 @@ func newBundleCopyCommand(o *bundles.Options, verb string) *cobra.Command {
 		"upload": {"Upload a bundle and its signatures to S3 as one tar object", "  AWS_ENDPOINT_URL=http://minio:9000 ferry bundle upload dist/edge-apps s3://bundles/site"},
 	}
 	want := map[string]bundles.Kind{"push": bundles.KindRegistry, "export": bundles.KindTar, "upload": bundles.KindS3}
-	return &cobra.Command{
+	var p printer
+	cmd := &cobra.Command{
 		Use:     verb + " SRC DST",
 		Short:   docs[verb][0],
 		Example: docs[verb][1],
@@ -225,12 +226,23 @@ func newBundleCopyCommand(o *bundles.Options, verb string) *cobra.Command {
 			if dst.Kind != want[verb] {
 				return badInput(fmt.Errorf("%s: ferry bundle %s writes to a %s address, this is a %s", args[1], verb, want[verb], dst.Kind))
 			}
-			return copyBundle(cmd.Context(), cmd, *o, args[0], dst)
+			if err := p.validate(); err != nil {
+				return err
+			}
+			return copyBundle(cmd.Context(), cmd, p, *o, args[0], dst)
 		},
 	}
+	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
+	return cmd
 }
 
-func copyBundle(ctx context.Context, cmd *cobra.Command, o bundles.Options, from string, dst bundles.Address) error {
+// copied is what a copy of a bundle prints: its manifest digest and where it went.
+type copied struct {
+	Digest string `json:"digest"`
+	To     string `json:"to"`
+}
+
+func copyBundle(ctx context.Context, cmd *cobra.Command, p printer, o bundles.Options, from string, dst bundles.Address) error {
 	src, desc, err := openSource(ctx, o, from)
 	if err != nil {
 		return err
@@ -240,8 +252,8 @@ func copyBundle(ctx context.Context, cmd *cobra.Command, o bundles.Options, from
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s -> %s\n", desc.Digest, where)
-	return err
+	out := copied{Digest: desc.Digest.String(), To: where}
+	return p.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) { fmt.Fprintf(w, "%s -> %s\n", out.Digest, out.To) })
 }
 
 // openSource parses a bundle address and opens it for reading.

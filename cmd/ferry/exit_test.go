@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/ferrygitops/ferry/bundler/bundlertest"
+	"github.com/spf13/cobra"
 )
 
 // asMainEnv makes the test binary run main() with the arguments it holds (one a line), so a
@@ -139,5 +141,37 @@ func TestMisspeltFerryYAMLIsBadInput(t *testing.T) {
 	_, err := runFerry(t, "bundle", "build", dir, "--allow-dirty", "--to", filepath.Join(t.TempDir(), "out"))
 	if exitCode(err) != exitBadInput || err == nil || !strings.Contains(err.Error(), "ferry.yaml:8: spec.components[0].kustomise: unknown field (did you mean kustomize?)") {
 		t.Fatalf("exit %d, err %v", exitCode(err), err)
+	}
+}
+
+// TestEveryCommandThatPrintsHasOutput: each command that prints data takes -o json|yaml.
+// The exceptions print no data: a process (daemon), a file meant for a tool (a shell's
+// completion, a systemd unit), or a one-line confirmation of a systemctl action.
+func TestEveryCommandThatPrintsHasOutput(t *testing.T) {
+	exempt := map[string]bool{
+		"ferry daemon": true, "ferry help": true, "ferry service unit": true,
+		"ferry service install": true, "ferry service uninstall": true, "ferry service start": true, "ferry service stop": true,
+	}
+	root := newRootCommand()
+	root.InitDefaultCompletionCmd()
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+		path := c.CommandPath()
+		if !c.Runnable() || c.HasSubCommands() || c.Hidden || exempt[path] || strings.HasPrefix(path, "ferry completion") {
+			return
+		}
+		if c.Flags().Lookup("output") == nil {
+			t.Errorf("%s has no -o/--output", path)
+		}
+	}
+	walk(root)
+	t.Setenv("COSIGN_PASSWORD", "")
+	out, err := runFerry(t, "keys", "generate", "--prefix", filepath.Join(t.TempDir(), "k"), "-o", "json")
+	var keys map[string]string
+	if err != nil || json.Unmarshal([]byte(out), &keys) != nil || !strings.HasSuffix(keys["publicKey"], "k.pub") {
+		t.Errorf("ferry keys generate -o json: %v\n%s", err, out)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -149,16 +150,21 @@ func newServiceActionCommand(verb, short, long, example string, action func(*sys
 }
 
 func newServiceStatusCommand() *cobra.Command {
-	return &cobra.Command{
+	var p printer
+	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Print whether the daemon is running, stopped, failed or not installed",
 		Long: `Status prints the state systemd reports for ferry.service: running, stopped, failed or
 not installed. It exits 0 whenever the state could be read, whatever it is; scripts that
 need an exit status can use "systemctl is-active ferry". "systemctl status ferry" and
 "journalctl -u ferry" show more.`,
-		Example: `  ferry service status`,
-		Args:    cobra.NoArgs,
+		Example: `  ferry service status
+  ferry service status -o json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := p.validate(); err != nil {
+				return err
+			}
 			svc, err := newFerryService(systemd.DefaultConfig)
 			if err != nil {
 				return fmt.Errorf("ferry service status: %w", err)
@@ -167,10 +173,12 @@ need an exit status can use "systemctl is-active ferry". "systemctl status ferry
 			if err != nil {
 				return fmt.Errorf("ferry service status: %w", err)
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s.service: %s\n", systemd.Name, state)
-			return err
+			out := map[string]string{"unit": systemd.Name + ".service", "state": fmt.Sprint(state)}
+			return p.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) { fmt.Fprintf(w, "%s: %s\n", out["unit"], out["state"]) })
 		},
 	}
+	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
+	return cmd
 }
 
 func newServiceUnitCommand() *cobra.Command {

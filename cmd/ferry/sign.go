@@ -43,7 +43,10 @@ func password(cmd *cobra.Command, confirm bool) ([]byte, error) {
 }
 
 func newBundleSignCommand(o *bundles.Options) *cobra.Command {
-	var key, identity string
+	var (
+		key, identity string
+		p             printer
+	)
 	cmd := &cobra.Command{
 		Use:   "sign REF --key cosign.key",
 		Short: "Sign a bundle with a cosign key, storing the signature the way cosign does",
@@ -58,6 +61,9 @@ signatures with --insecure-ignore-tlog=true.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if key == "" {
 				return badInput(errors.New("--key is required"))
+			}
+			if err := p.validate(); err != nil {
+				return err
 			}
 			addr, err := bundles.ParseAddress(args[0])
 			if err != nil {
@@ -88,10 +94,13 @@ signatures with --insecure-ignore-tlog=true.`,
 			if _, err := bundler.Sign(cmd.Context(), target, desc, signer, identity); err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "signed %s %s (%s) as %s\n", b.Metadata.Name, b.Metadata.Version, desc.Digest, bundles.SignatureTag(desc))
-			return err
+			out := map[string]string{"bundle": b.Metadata.Name, "version": b.Metadata.Version, "digest": desc.Digest.String(), "signature": bundles.SignatureTag(desc)}
+			return p.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "signed %s %s (%s) as %s\n", out["bundle"], out["version"], out["digest"], out["signature"])
+			})
 		},
 	}
+	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
 	cmd.Flags().StringVar(&key, "key", "", "cosign private key file")
 	cmd.Flags().StringVar(&identity, "identity", "", "docker-reference claimed in the signed payload (default: the registry repository, or the bundle name)")
 	return cmd
@@ -185,7 +194,10 @@ but the bundle itself.`,
 
 func newKeysCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "keys", Short: "Manage signing keys"}
-	var prefix string
+	var (
+		prefix string
+		p      printer
+	)
 	gen := &cobra.Command{
 		Use:   "generate",
 		Short: "Generate a cosign-format key pair (PREFIX.key, PREFIX.pub)",
@@ -196,6 +208,9 @@ overwritten.`,
 		Example: `  COSIGN_PASSWORD=... ferry keys generate --prefix ci-signer`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := p.validate(); err != nil {
+				return err
+			}
 			priv, pub := prefix+".key", prefix+".pub"
 			for _, f := range []string{priv, pub} {
 				if _, err := os.Stat(f); err == nil {
@@ -216,10 +231,13 @@ overwritten.`,
 			if err := writeNew(pub, pubPEM, 0o644); err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "Private key written to %s\nPublic key written to %s\n", priv, pub)
-			return err
+			out := map[string]string{"privateKey": priv, "publicKey": pub}
+			return p.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Private key written to %s\nPublic key written to %s\n", priv, pub)
+			})
 		},
 	}
+	gen.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
 	gen.Flags().StringVar(&prefix, "prefix", "cosign", "file name prefix for the key pair")
 	cmd.AddCommand(gen)
 	return cmd
