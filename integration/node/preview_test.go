@@ -161,6 +161,24 @@ func TestPreview(t *testing.T) {
 		t.Errorf("preview of another revision 1: admission %q (%s), want refused", p.Admission, p.NotAdmitted)
 	}
 
+	// The daemon's log through the API (ferry logs): this bundle's records, the rollouts in it.
+	var recs []daemon.LogRecord
+	if err := c.Do(t.Context(), "GET", "/v1/logs?bundle=preview", nil, &recs); err != nil {
+		t.Fatal(err)
+	}
+	admitted := 0
+	for _, r := range recs {
+		if r.Attrs["bundle"] != "preview" {
+			t.Errorf("GET /v1/logs?bundle=preview returned %+v", r)
+		}
+		if r.Message == "admitted" {
+			admitted++
+		}
+	}
+	if admitted != 2 {
+		t.Errorf("the log shows %d admissions of preview, want 2 (revisions 1 and 2): %+v", admitted, recs)
+	}
+
 	// The preflight against the testbed's API server, beside the running daemon.
 	checks := daemon.Preflight(t.Context(), s.config, daemon.PreflightOptions{})
 	got := map[string]daemon.Check{}
