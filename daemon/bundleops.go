@@ -7,8 +7,6 @@ import (
 	"net/http"
 	"strconv"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/ferrygitops/ferry/apply"
 )
 
@@ -44,11 +42,6 @@ func (d *Daemon) bundleRoutes(mux *http.ServeMux) {
 // again there, and one that succeeded leaves it nothing to do.
 func (d *Daemon) Remove(ctx context.Context, name string) (apply.Removal, error) {
 	rm, err := d.eng.Remove(ctx, name)
-	if err == nil {
-		// No revision runs any more: the info metric names none (refreshInfo leaves a
-		// bundle without a current revision alone).
-		d.m.revisionInfo.DeletePartialMatch(prometheus.Labels{"bundle": name})
-	}
 	d.refreshInfo(name)
 	d.kickNotify()
 	if rm.Revision != 0 {

@@ -54,7 +54,13 @@ func newMetrics() *metrics {
 // refreshInfo sets ferry_revision_info for a bundle to its current revision.
 func (d *Daemon) refreshInfo(name string) {
 	b, err := d.st.GetBundle(name)
-	if err != nil || b.Current == 0 {
+	if err != nil {
+		return
+	}
+	if b.Current == 0 {
+		// Nothing runs (never applied, or removed, by the API or by a removal finished
+		// after a restart): no series names a revision.
+		d.m.revisionInfo.DeletePartialMatch(prometheus.Labels{"bundle": name})
 		return
 	}
 	r, err := d.st.GetRevision(name, b.Current)
