@@ -32,7 +32,7 @@ func TestStatusPage(t *testing.T) {
 		t.Fatalf("chromium is not installed (%v): run integration/testbed/tools/packages.sh as root", err)
 	}
 	s := newSite(t, "pumps")
-	s.timeout = "10s" // revision 2 fails sooner
+	s.timeout = "2m" // revision 1 becomes healthy however loaded the machine is
 	media := filepath.Join(s.dir, "media")
 	stick := filepath.Join(media, "usb0")
 	os.MkdirAll(stick, 0o755)
@@ -46,9 +46,10 @@ func TestStatusPage(t *testing.T) {
 	c := s.start(t)
 
 	s.ship(t, 1, false, filepath.Join(stick, "pumps-1.tar"))
-	s.waitStatus(t, c, "revision 1 healthy", 90*time.Second, func(b daemon.BundleStatus) bool {
+	s.waitStatus(t, c, "revision 1 healthy", 3*time.Minute, func(b daemon.BundleStatus) bool {
 		return b.Revision == 1 && b.State == store.StateHealthy && b.Applying == 0
 	})
+	s.timeout = "10s" // revision 2 fails sooner
 	s.ship(t, 2, true, filepath.Join(stick, "pumps-2.tar"))
 	s.waitStatus(t, c, "revision 2 rolled back", 2*time.Minute, func(b daemon.BundleStatus) bool {
 		return b.Newest == 2 && b.Revision == 1 && b.Applying == 0 && b.LastError != ""
