@@ -60,7 +60,7 @@ func (s *Store) BeginRemove(name string, rev uint64) error {
 // removePending records every verified revision of name removed.
 func removePending(tx *bolt.Tx, name string, now time.Time) error {
 	b := tx.Bucket(bucketRevisions)
-	var pending []Revision
+	var pending []uint64
 	c := b.Cursor()
 	prefix := []byte(name + "/")
 	for k, v := c.Seek(prefix); k != nil && strings.HasPrefix(string(k), string(prefix)); k, v = c.Next() {
@@ -69,17 +69,15 @@ func removePending(tx *bolt.Tx, name string, now time.Time) error {
 			return fmt.Errorf("revision %s: %w", k, err)
 		}
 		if r.State == StateVerified {
-			pending = append(pending, r)
+			pending = append(pending, r.Revision)
 		}
 	}
 	const note = "not rolled out: the bundle was removed (ferry remove)"
-	for _, r := range pending {
-		r.State = StateRemoved
-		r.History = append(r.History, Transition{State: StateRemoved, Time: now, Note: note})
-		if err := putJSON(b, revisionKey(name, r.Revision), r); err != nil {
+	for _, rev := range pending {
+		if err := recordState(tx, name, rev, StateRemoved, note, now); err != nil {
 			return err
 		}
-		if err := appendEvent(tx, Event{Time: now, Bundle: name, Revision: r.Revision, Reason: string(StateRemoved), Message: note}); err != nil {
+		if err := appendEvent(tx, Event{Time: now, Bundle: name, Revision: rev, Reason: string(StateRemoved), Message: note}); err != nil {
 			return err
 		}
 	}
@@ -101,19 +99,8 @@ func (s *Store) FinishRemove(name string, note string) error {
 			return nil
 		}
 		rev := b.Txn.Revision
-		key := revisionKey(name, rev)
-		v := tx.Bucket(bucketRevisions).Get(key)
-		if v == nil {
-			return fmt.Errorf("%s revision %d: %w", name, rev, ErrNotFound)
-		}
-		var r Revision
-		if err := json.Unmarshal(v, &r); err != nil {
-			return err
-		}
 		now := time.Now().UTC()
-		r.State = StateRemoved
-		r.History = append(r.History, Transition{State: StateRemoved, Time: now, Note: note})
-		if err := putJSON(tx.Bucket(bucketRevisions), key, r); err != nil {
+		if err := recordState(tx, name, rev, StateRemoved, note, now); err != nil {
 			return err
 		}
 		b.Current, b.LastGood, b.Removed, b.Txn = 0, 0, now, nil

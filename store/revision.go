@@ -505,21 +505,27 @@ func (s *Store) setState(name string, rev uint64, state State, note string, dead
 	return s.update(func(tx *bolt.Tx) error { return setStateTx(tx, name, rev, state, note, deadline) })
 }
 
+// recordState records revision rev of name in state at now: its State, and a Transition
+// with note in its History.
+func recordState(tx *bolt.Tx, name string, rev uint64, state State, note string, now time.Time) error {
+	key := revisionKey(name, rev)
+	v := tx.Bucket(bucketRevisions).Get(key)
+	if v == nil {
+		return fmt.Errorf("%s revision %d: %w", name, rev, ErrNotFound)
+	}
+	var r Revision
+	if err := json.Unmarshal(v, &r); err != nil {
+		return err
+	}
+	r.State = state
+	r.History = append(r.History, Transition{State: state, Time: now, Note: note})
+	return putJSON(tx.Bucket(bucketRevisions), key, r)
+}
+
 func setStateTx(tx *bolt.Tx, name string, rev uint64, state State, note string, deadline time.Time) error {
 	{
-		key := revisionKey(name, rev)
-		v := tx.Bucket(bucketRevisions).Get(key)
-		if v == nil {
-			return fmt.Errorf("%s revision %d: %w", name, rev, ErrNotFound)
-		}
-		var r Revision
-		if err := json.Unmarshal(v, &r); err != nil {
-			return err
-		}
 		now := time.Now().UTC()
-		r.State = state
-		r.History = append(r.History, Transition{State: state, Time: now, Note: note})
-		if err := putJSON(tx.Bucket(bucketRevisions), key, r); err != nil {
+		if err := recordState(tx, name, rev, state, note, now); err != nil {
 			return err
 		}
 		b, err := getBundle(tx, name)

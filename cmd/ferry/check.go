@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime/debug"
 	"text/tabwriter"
 	"time"
 
@@ -111,15 +110,6 @@ func checkResult(checks []daemon.Check) error {
 // buildTime is the time of the commit this binary was built from, when the build recorded
 // it (vcs.time): a clock before it is wrong.
 func buildTime() time.Time {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return time.Time{}
-	}
-	for _, s := range info.Settings {
-		if s.Key == "vcs.time" {
-			t, _ := time.Parse(time.RFC3339, s.Value)
-			return t
-		}
-	}
-	return time.Time{}
+	t, _ := time.Parse(time.RFC3339, buildSetting("vcs.time"))
+	return t
 }

@@ -34,13 +34,7 @@ func currentBuildInfo() buildInfo {
 	// A `go install` without the Makefile's ldflags still knows its VCS revision when built
 	// from a checkout with -buildvcs; use it rather than reporting nothing.
 	if bi.Commit == "" {
-		if info, ok := debug.ReadBuildInfo(); ok {
-			for _, s := range info.Settings {
-				if s.Key == "vcs.revision" {
-					bi.Commit = s.Value
-				}
-			}
-		}
+		bi.Commit = buildSetting("vcs.revision")
 	}
 	if bi.Commit == "" {
 		bi.Commit = "unknown"
@@ -77,4 +71,17 @@ func writeVersion(w io.Writer, format string, bi buildInfo) error {
 	default:
 		return badInput(fmt.Errorf("--output %q: must be text or json", format))
 	}
+}
+
+// buildSetting is the value of a setting the Go build recorded (vcs.revision, vcs.time), ""
+// when it recorded none.
+func buildSetting(key string) string {
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			if s.Key == key {
+				return s.Value
+			}
+		}
+	}
+	return ""
 }

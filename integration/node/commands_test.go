@@ -3,7 +3,6 @@ package node
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -29,12 +28,7 @@ func TestTechnicianCommands(t *testing.T) {
 	media := filepath.Join(s.dir, "media")
 	stick := filepath.Join(media, "usb0")
 	os.MkdirAll(stick, 0o755)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.metrics = ln.Addr().String()
-	ln.Close()
+	s.metrics = freeAddr(t)
 	s.writeConfig(t, fmt.Sprintf("  - name: usb\n    usb: {paths: [%s], interval: 300ms}\n", media))
 	c := s.start(t)
 	healthy := func(rev uint64) func(daemon.BundleStatus) bool {

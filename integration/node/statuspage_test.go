@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"image"
 	"image/png"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -36,12 +35,7 @@ func TestStatusPage(t *testing.T) {
 	media := filepath.Join(s.dir, "media")
 	stick := filepath.Join(media, "usb0")
 	os.MkdirAll(stick, 0o755)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.metrics = ln.Addr().String()
-	ln.Close()
+	s.metrics = freeAddr(t)
 	s.writeConfig(t, fmt.Sprintf("  - name: usb\n    usb: {paths: [%s], interval: 300ms}\n", media))
 	c := s.start(t)
 
