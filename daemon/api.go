@@ -110,9 +110,7 @@ func (d *Daemon) apiHandler() http.Handler {
 		reply(w, map[string]string{"bundle": name, "result": "reconcile requested"}, nil)
 	})
 	mux.HandleFunc("POST /v1/import", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Ref string `json:"ref"`
-		}
+		var req refRequest
 		if err := decode(r, &req); err != nil {
 			reply(w, nil, err)
 			return
@@ -121,9 +119,7 @@ func (d *Daemon) apiHandler() http.Handler {
 		reply(w, rev, err)
 	})
 	mux.HandleFunc("POST /v1/preview", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Ref string `json:"ref"`
-		}
+		var req refRequest
 		if err := decode(r, &req); err != nil {
 			reply(w, nil, err)
 			return
@@ -168,6 +164,11 @@ func (d *Daemon) apiHandler() http.Handler {
 	})
 	d.bundleRoutes(mux)
 	return mux
+}
+
+// refRequest is the body of POST /v1/import and /v1/preview: where the bundle is.
+type refRequest struct {
+	Ref string `json:"ref"`
 }
 
 // maxLogWait bounds how long GET /v1/logs waits for a record (ferry logs -f asks again).

@@ -308,17 +308,13 @@ accepts every change in its dry run, 2 when not, 4 when the bundle is not truste
 				}
 				return previewResult(p)
 			}
-			ref := args[0]
-			if !strings.Contains(ref, "://") {
-				abs, err := filepath.Abs(ref) // the daemon's working directory is not ours
-				if err != nil {
-					return err
-				}
-				ref = abs
+			ref, err := daemonRef(args[0])
+			if err != nil {
+				return err
 			}
 			var rev store.Revision
 			stop := n.importProgress(cmd, ref)
-			err := n.do(cmd, http.MethodPost, "/v1/import", map[string]string{"ref": ref}, &rev)
+			err = n.do(cmd, http.MethodPost, "/v1/import", map[string]string{"ref": ref}, &rev)
 			stop()
 			if errors.Is(err, store.ErrAlreadyAdmitted) {
 				// The node holds this very revision: nothing to do, as `kubectl apply` of

@@ -21,12 +21,9 @@ var errWouldFail = errors.New("the node would not roll it out")
 // preview asks the daemon what it would do with the bundle at ref (a path, oci:// or s3://),
 // writing nothing.
 func (n *nodeClient) preview(cmd *cobra.Command, ref string) (*daemon.Preview, error) {
-	if !strings.Contains(ref, "://") {
-		abs, err := filepath.Abs(ref) // the daemon's working directory is not ours
-		if err != nil {
-			return nil, err
-		}
-		ref = abs
+	ref, err := daemonRef(ref)
+	if err != nil {
+		return nil, err
 	}
 	var p daemon.Preview
 	if err := n.do(cmd, http.MethodPost, "/v1/preview", map[string]string{"ref": ref}, &p); err != nil {
@@ -92,6 +89,15 @@ func printPreview(w io.Writer, p *daemon.Preview, diffs bool) {
 			}
 		}
 	}
+}
+
+// daemonRef is ref as the daemon must read it: a path made absolute (the daemon's working
+// directory is not ours), an address (oci://, s3://) as it is.
+func daemonRef(ref string) (string, error) {
+	if strings.Contains(ref, "://") {
+		return ref, nil
+	}
+	return filepath.Abs(ref)
 }
 
 // previewResult is the error a preview command ends with: a refusal, or one of the API
