@@ -34,8 +34,9 @@ type Address struct {
 	Raw  string
 	// Registry: the repository reference; its Reference part is the tag or digest ("" none).
 	Ref registry.Reference
-	// Layout and tar: the path; Reference is an optional tag or digest inside it.
-	Path      string
+	// Layout and tar: the path.
+	Path string
+	// Reference is the tag or digest the address names ("" none), for every kind but S3.
 	Reference string
 	// S3: bucket and key (a key ending in .tar names an object, otherwise it is a prefix).
 	Bucket, Key string
@@ -52,7 +53,7 @@ func ParseAddress(s string) (Address, error) {
 		if err != nil {
 			return a, fmt.Errorf("address %q: %w", s, err)
 		}
-		a.Kind, a.Ref = KindRegistry, ref
+		a.Kind, a.Ref, a.Reference = KindRegistry, ref, ref.Reference
 	case strings.HasPrefix(s, "s3://"):
 		rest := strings.TrimPrefix(s, "s3://")
 		bucket, key, _ := strings.Cut(rest, "/")

@@ -274,7 +274,7 @@ func TestCopyReportsProgressOnlyWhenAsked(t *testing.T) {
 		if _, err := Copy(t.Context(), memSource{store}, desc, dst, o); err != nil {
 			t.Fatal(err)
 		}
-		if got := out.String(); progress != (strings.Contains(got, "copy 1.4.0:") && strings.Contains(got, "(100%)")) {
+		if got := out.String(); progress != (strings.Contains(got, "copy edge-apps:1.4.0:") && strings.Contains(got, "(100%)")) {
 			t.Fatalf("progress=%v, output %q", progress, got)
 		}
 	}
