@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -248,10 +249,10 @@ func CopyBundle(ctx context.Context, src Source, desc ocispec.Descriptor, dst Si
 		opts.OnCopySkipped = func(_ context.Context, d ocispec.Descriptor) error { p.Add(d.Size); return nil }
 		defer p.Finish()
 	}
-	var copied int64
+	var copied atomic.Int64 // oras copies blobs in parallel
 	onCopied := opts.PostCopy
 	opts.PostCopy = func(ctx context.Context, d ocispec.Descriptor) error {
-		copied += d.Size
+		copied.Add(d.Size)
 		if onCopied != nil {
 			return onCopied(ctx, d)
 		}
@@ -302,7 +303,7 @@ func CopyBundle(ctx context.Context, src Source, desc ocispec.Descriptor, dst Si
 		}
 		placed.roots = append(placed.roots, withRefName(d, t))
 	}
-	placed.Bytes = copied
+	placed.Bytes = copied.Load()
 	dst.add(placed)
 	return placed, nil
 }
