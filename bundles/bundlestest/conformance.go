@@ -169,14 +169,22 @@ func readable(t *testing.T, a bundles.Address, where string) bundles.Address {
 	return r
 }
 
-func copyAndRead(t *testing.T, be Backend) {
-	f := NewFixture(t, "1.0.0")
+// putAndOpen copies the fixture into a new place and opens it; the source is closed when
+// the test ends.
+func putAndOpen(t *testing.T, be Backend, f *Fixture) (bundles.Address, bundles.Source, ocispec.Descriptor) {
+	t.Helper()
 	a := put(t, be, f, f.Source())
 	src, desc, err := bundles.OpenSource(t.Context(), a, be.Options)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close()
+	t.Cleanup(func() { src.Close() })
+	return a, src, desc
+}
+
+func copyAndRead(t *testing.T, be Backend) {
+	f := NewFixture(t, "1.0.0")
+	a, src, desc := putAndOpen(t, be, f)
 	if desc.Digest != f.Bundle.Digest {
 		t.Fatalf("resolved %s, want %s", desc.Digest, f.Bundle.Digest)
 	}
@@ -380,12 +388,7 @@ func lying(t *testing.T, be Backend) {
 // bytes (run with -race).
 func concurrent(t *testing.T, be Backend) {
 	f := NewFixture(t, "1.0.0")
-	a := put(t, be, f, f.Source())
-	src, desc, err := bundles.OpenSource(t.Context(), a, be.Options)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
+	_, src, desc := putAndOpen(t, be, f)
 	blobs := graph(t, f.Store, f)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
