@@ -29,7 +29,7 @@ const MaxArchiveBytes = 8 << 30
 // bundle takes on a USB stick. It is read in place without extracting anything (stick.go) and
 // written whole: a copy is staged as a layout directory (stagedSink) and the tar is written
 // from it at Commit, atomically.
-type archiveBackend struct{}
+type archiveBackend struct{ onePlace }
 
 func (archiveBackend) open(ctx context.Context, a Address, o Options) (Source, error) {
 	return openArchive(ctx, a.Path, NewGuard(o.StallTimeout))
@@ -44,7 +44,7 @@ func (archiveBackend) create(ctx context.Context, a Address, o Options) (Sink, e
 		for i := range s.placed {
 			s.placed[i].Where = a.Path
 		}
-		return writeArchiveFile(ctx, s.Store, s.roots(), a.Path)
+		return writeArchiveFile(ctx, s.Store, s.placed, a.Path)
 	})
 }
 
@@ -102,13 +102,27 @@ func newStagedSink(ctx context.Context, o Options, dest string, write func(conte
 	return &stagedSink{Store: store, dir: dir, lock: lock, write: write}, nil
 }
 
-// roots are the index entries of every bundle copied in.
-func (s *stagedSink) roots() []ocispec.Descriptor {
-	var out []ocispec.Descriptor
-	for _, p := range s.placed {
-		out = append(out, p.roots...)
+// archiveOf is what an archive of the bundles placed holds: their index entries, and the
+// blobs a thin copy of any of them left out.
+func archiveOf(placed []Placed) (roots []ocispec.Descriptor, omit func(digest.Digest) bool) {
+	var omits []func(digest.Digest) bool
+	for _, p := range placed {
+		roots = append(roots, p.roots...)
+		if p.omit != nil {
+			omits = append(omits, p.omit)
+		}
 	}
-	return out
+	if len(omits) == 0 {
+		return roots, nil
+	}
+	return roots, func(d digest.Digest) bool {
+		for _, o := range omits {
+			if o(d) {
+				return true
+			}
+		}
+		return false
+	}
 }
 
 func (s *stagedSink) Commit(ctx context.Context) ([]Placed, error) {
@@ -128,15 +142,16 @@ func (s *stagedSink) Close() error {
 	return s.lock.Close()
 }
 
-// writeArchiveFile writes the archive of roots in src at path, atomically: a temp file beside
-// it is written, synced and renamed.
-func writeArchiveFile(ctx context.Context, src content.Fetcher, roots []ocispec.Descriptor, path string) error {
+// writeArchiveFile writes the archive of the bundles placed in src at path, atomically: a
+// temp file beside it is written, synced and renamed.
+func writeArchiveFile(ctx context.Context, src content.Fetcher, placed []Placed, path string) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if err := WriteArchive(ctx, src, roots, tmp, nil); err != nil {
+	roots, omit := archiveOf(placed)
+	if err := WriteArchive(ctx, src, roots, tmp, omit); err != nil {
 		tmp.Close()
 		return fmt.Errorf("write %s: %w", path, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2"
 	"oras.land/oras-go/v2/content"
@@ -31,6 +32,9 @@ type backend interface {
 	// target opens the place at a for changes in place (ferry bundle sign), where the
 	// backend can make them.
 	target(ctx context.Context, a Address, o Options) (Target, error)
+	// list expands a into the places it names, each opened on its own: an S3 prefix names
+	// every archive under it, every other address itself.
+	list(ctx context.Context, a Address, o Options) ([]Address, error)
 }
 
 var backends = map[Kind]backend{
@@ -38,6 +42,13 @@ var backends = map[Kind]backend{
 	KindLayout:   layoutBackend{},
 	KindTar:      archiveBackend{},
 	KindS3:       s3Backend{},
+}
+
+// onePlace is the list of a backend whose every address names one place.
+type onePlace struct{}
+
+func (onePlace) list(_ context.Context, a Address, _ Options) ([]Address, error) {
+	return []Address{a}, nil
 }
 
 func backendOf(a Address) (backend, error) {
@@ -120,6 +131,7 @@ type Placed struct {
 	Where   string               `json:"to"`
 	Bytes   int64                `json:"bytes"`
 	roots   []ocispec.Descriptor // the bundle (tagged), its images, signatures, referrers
+	omit    func(digest.Digest) bool
 }
 
 // placedList is the part of a Sink every backend shares: the bundles copied in.
@@ -222,6 +234,8 @@ type CopyOptions struct {
 	Tag string
 	// Progress, when set, receives a progress line.
 	Progress io.Writer
+	// Omit, when set, leaves out the blobs it says yes to, manifests excepted (a thin copy).
+	Omit func(digest.Digest) bool
 }
 
 // CopyBundle copies the bundle desc from src into dst: its graph, the images it carries
@@ -249,6 +263,14 @@ func CopyBundle(ctx context.Context, src Source, desc ocispec.Descriptor, dst Si
 		opts.OnCopySkipped = func(_ context.Context, d ocispec.Descriptor) error { p.Add(d.Size); return nil }
 		defer p.Finish()
 	}
+	if co.Omit != nil {
+		opts.PreCopy = func(_ context.Context, d ocispec.Descriptor) error {
+			if !IsManifest(d.MediaType) && co.Omit(d.Digest) {
+				return oras.SkipNode
+			}
+			return nil
+		}
+	}
 	var copied atomic.Int64 // oras copies blobs in parallel
 	onCopied := opts.PostCopy
 	opts.PostCopy = func(ctx context.Context, d ocispec.Descriptor) error {
@@ -261,7 +283,7 @@ func CopyBundle(ctx context.Context, src Source, desc ocispec.Descriptor, dst Si
 	if err := oras.CopyGraph(ctx, counted, dst, desc, opts); err != nil {
 		return Placed{}, fmt.Errorf("copy %s: %w", desc.Digest, err)
 	}
-	placed := Placed{Name: b.Metadata.Name, Version: b.Metadata.Version, Tag: tag, Digest: desc.Digest.String()}
+	placed := Placed{Name: b.Metadata.Name, Version: b.Metadata.Version, Tag: tag, Digest: desc.Digest.String(), omit: co.Omit}
 	placed.roots = append(placed.roots, withRefName(desc, tag))
 	for _, im := range b.Metadata.Images {
 		if err := oras.CopyGraph(ctx, counted, dst, im.Descriptor, opts); err != nil {

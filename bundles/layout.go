@@ -16,7 +16,7 @@ import (
 // is (stick.go: every open and read with a deadline) and written in place through oras's
 // layout store: a blob is renamed into blobs/ only once complete, so a copy that stops is
 // resumed by copying again.
-type layoutBackend struct{}
+type layoutBackend struct{ onePlace }
 
 func (layoutBackend) open(ctx context.Context, a Address, o Options) (Source, error) {
 	return openLayout(ctx, a.Path, NewGuard(o.StallTimeout))

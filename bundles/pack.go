@@ -69,11 +69,15 @@ type Bundle struct {
 	Metadata   *Metadata
 }
 
+// ErrNotBundle is what Open says of a manifest that is not a Ferry bundle at all (another
+// artifact or image), as opposed to a bundle that is damaged.
+var ErrNotBundle = errors.New("not a Ferry bundle")
+
 // Open reads and validates the bundle manifest desc from src: media types, artifact type,
 // the config (fetched with its digest and size checked), the layer count and the annotations.
 func Open(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor) (*Bundle, error) {
 	if desc.MediaType != ocispec.MediaTypeImageManifest {
-		return nil, fmt.Errorf("bundle %s: media type %q is not an OCI image manifest", desc.Digest, desc.MediaType)
+		return nil, fmt.Errorf("bundle %s: media type %q is not an OCI image manifest: %w", desc.Digest, desc.MediaType, ErrNotBundle)
 	}
 	raw, err := FetchLimited(ctx, src, desc, MaxManifestBytes)
 	if err != nil {
@@ -90,7 +94,7 @@ func Open(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor) (*B
 		return nil, fmt.Errorf("bundle %s: manifest mediaType %q schemaVersion %d, want an OCI image manifest", desc.Digest, man.MediaType, man.SchemaVersion)
 	}
 	if man.ArtifactType != ArtifactType {
-		return nil, fmt.Errorf("bundle %s: artifactType %q is not a Ferry bundle (%s)", desc.Digest, man.ArtifactType, ArtifactType)
+		return nil, fmt.Errorf("bundle %s: artifactType %q, want %s: %w", desc.Digest, man.ArtifactType, ArtifactType, ErrNotBundle)
 	}
 	if man.Config.MediaType != ConfigType {
 		return nil, fmt.Errorf("bundle %s: config mediaType %q, want %s", desc.Digest, man.Config.MediaType, ConfigType)

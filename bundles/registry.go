@@ -21,7 +21,7 @@ import (
 // registryBackend is a repository of an OCI registry (oci://host/repo[:tag|@digest]). It
 // is read and written in place: every blob pushed is there at once, so a copy that stops
 // is resumed by copying again (what the registry has is not sent).
-type registryBackend struct{}
+type registryBackend struct{ onePlace }
 
 func (registryBackend) open(_ context.Context, a Address, o Options) (Source, error) {
 	repo, err := o.Repository(a)

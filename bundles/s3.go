@@ -11,7 +11,6 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // s3Backend is a bundle archive stored as an S3 object (s3://bucket/key.tar), or, as a
@@ -62,11 +61,11 @@ func (s3Backend) create(ctx context.Context, a Address, o Options) (Sink, error)
 				p := s.placed[g[0]]
 				key = strings.TrimPrefix(key+"/"+p.Name+"-"+p.Version+".tar", "/")
 			}
-			var roots = s.placed[g[0]].roots
-			if len(g) > 1 {
-				roots = s.roots()
+			var group []Placed
+			for _, i := range g {
+				group = append(group, s.placed[i])
 			}
-			if err := uploadArchive(ctx, c, s, roots, a.Bucket, key); err != nil {
+			if err := uploadArchive(ctx, c, s, group, a.Bucket, key); err != nil {
 				return err
 			}
 			for _, i := range g {
@@ -77,20 +76,41 @@ func (s3Backend) create(ctx context.Context, a Address, o Options) (Sink, error)
 	})
 }
 
+// list names the archives under a prefix (ListS3), or the one object a names.
+func (s3Backend) list(ctx context.Context, a Address, o Options) ([]Address, error) {
+	if strings.HasSuffix(a.Key, ".tar") {
+		return []Address{a}, nil
+	}
+	objs, err := o.ListS3(ctx, a.Bucket, a.Key)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Address, 0, len(objs))
+	for _, obj := range objs {
+		p, err := ParseAddress("s3://" + a.Bucket + "/" + obj.Key)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
 func (s3Backend) target(_ context.Context, a Address, _ Options) (Target, error) {
 	return nil, errInPlace(a)
 }
 
-// uploadArchive writes the archive of roots to a temporary file (its size must be known
-// before the upload) and puts it at bucket/key.
-func uploadArchive(ctx context.Context, c *minio.Client, s *stagedSink, roots []ocispec.Descriptor, bucket, key string) error {
+// uploadArchive writes the archive of the bundles placed to a temporary file (its size must be
+// known before the upload) and puts it at bucket/key.
+func uploadArchive(ctx context.Context, c *minio.Client, s *stagedSink, placed []Placed, bucket, key string) error {
 	tmp, err := os.CreateTemp("", "ferry-upload-*.tar")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
-	if err := WriteArchive(ctx, s.Store, roots, tmp, nil); err != nil {
+	roots, omit := archiveOf(placed)
+	if err := WriteArchive(ctx, s.Store, roots, tmp, omit); err != nil {
 		return fmt.Errorf("s3://%s/%s: %w", bucket, key, err)
 	}
 	size, err := tmp.Seek(0, io.SeekCurrent)
