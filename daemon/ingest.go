@@ -5,7 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"strings"
+
 	"golang.org/x/sync/errgroup"
+	"oras.land/oras-go/v2/errdef"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -27,22 +31,14 @@ func Ingest(ctx context.Context, st *store.Store, src bundles.Source, desc ocisp
 // IngestCounted is Ingest that counts the bytes it copies into the store in p (its total set
 // to what the store lacks), for a progress line; p may be nil.
 func IngestCounted(ctx context.Context, st *store.Store, src bundles.Source, desc ocispec.Descriptor, policy verify.Policy, source string, p *bundles.Progress) (*store.Revision, error) {
-	b, res, err := check(ctx, src, desc, policy)
+	c, err := check(ctx, st, src, desc, policy)
 	if err != nil {
 		return nil, err
 	}
+	b, res, blobs := c.bundle, c.result, c.blobs
 	record, err := json.Marshal(res)
 	if err != nil {
 		return nil, err
-	}
-	blobs := append([]ocispec.Descriptor{b.Manifest.Config}, b.Manifest.Layers...)
-	blobs = append(blobs, res.SignatureBlobs()...)
-	for _, im := range b.Metadata.Images {
-		graph, err := bundles.ImageBlobs(ctx, src, im.Descriptor)
-		if err != nil {
-			return nil, err
-		}
-		blobs = append(blobs, graph...)
 	}
 	var need int64
 	for _, d := range append([]ocispec.Descriptor{desc}, blobs...) {
@@ -51,7 +47,7 @@ func IngestCounted(ctx context.Context, st *store.Store, src bundles.Source, des
 		}
 	}
 	p.SetTotal(need)
-	rev, err := st.Admit(ctx, bundles.Counted(src, p), store.Admission{
+	rev, err := st.Admit(ctx, bundles.Counted(c.src, p), store.Admission{
 		Name: b.Metadata.Name, Revision: b.Metadata.Revision, Version: b.Metadata.Version,
 		Manifest: desc, Blobs: blobs, Source: source, Verification: record,
 	})
@@ -65,20 +61,43 @@ func IngestCounted(ctx context.Context, st *store.Store, src bundles.Source, des
 	return rev, nil
 }
 
+// checked is a bundle that passed check: what was verified, the source to read it from
+// (the node's store behind it) and every blob an admission copies.
+type checked struct {
+	bundle *bundles.Bundle
+	result *verify.Result
+	src    bundles.Source
+	blobs  []ocispec.Descriptor
+}
+
 // check is everything admission verifies before it writes: the signatures against policy,
-// the manifest and config, the signing keys' scope over the bundle's name, and every layer
-// read as render reads it. Ingest and Preview share it.
-func check(ctx context.Context, src bundles.Source, desc ocispec.Descriptor, policy verify.Policy) (*bundles.Bundle, *verify.Result, error) {
+// the manifest and config, the signing keys' scope over the bundle's name, that every blob
+// is in the source or already in the store (a thin archive leaves those out), and every
+// layer read as render reads it. Ingest and Preview share it.
+func check(ctx context.Context, st *store.Store, src bundles.Source, desc ocispec.Descriptor, policy verify.Policy) (*checked, error) {
 	res, err := verify.Bundle(ctx, src, desc, policy)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	b, err := bundles.Open(ctx, src, desc)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := res.Scoped(b.Metadata.Name); err != nil {
-		return nil, nil, err
+		return nil, err
+	}
+	held := heldSource{src, st}
+	blobs := append([]ocispec.Descriptor{b.Manifest.Config}, b.Manifest.Layers...)
+	blobs = append(blobs, res.SignatureBlobs()...)
+	for _, im := range b.Metadata.Images {
+		graph, err := bundles.ImageBlobs(ctx, held, im.Descriptor)
+		if err != nil {
+			return nil, err
+		}
+		blobs = append(blobs, graph...)
+	}
+	if err := held.complete(ctx, b, blobs); err != nil {
+		return nil, err
 	}
 	// Verify before write covers what the layers hold: each is read with the reader render
 	// uses (names, types, sizes, no links, UTF-8), so a revision that is admitted can be read.
@@ -86,13 +105,70 @@ func check(ctx context.Context, src bundles.Source, desc ocispec.Descriptor, pol
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(2)
 	for i := range b.Metadata.Components {
-		g.Go(func() error { return b.CheckLayer(gctx, src, i) })
+		g.Go(func() error { return b.CheckLayer(gctx, held, i) })
 	}
 	if err := g.Wait(); err != nil {
-		return nil, nil, fmt.Errorf("ingest %s revision %d: %w", b.Metadata.Name, b.Metadata.Revision, err)
+		return nil, fmt.Errorf("ingest %s revision %d: %w", b.Metadata.Name, b.Metadata.Revision, err)
 	}
-	return b, res, nil
+	return &checked{bundle: b, result: res, src: held, blobs: blobs}, nil
 }
+
+// heldSource is a bundle's source with the node's store behind it: a blob the source lacks
+// is read from the store when the store holds it. A thin archive (ferry bundle export
+// --receipt) leaves out what the node's receipt says it holds. Store blobs were digest-checked
+// when written and are checked again wherever they are read.
+type heldSource struct {
+	bundles.Source
+	st *store.Store
+}
+
+func (h heldSource) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	rc, err := h.Source.Fetch(ctx, d)
+	if errors.Is(err, errdef.ErrNotFound) && h.st.HasBlob(d.Digest) {
+		return h.st.Fetch(ctx, d)
+	}
+	return rc, err
+}
+
+func (h heldSource) Exists(ctx context.Context, d ocispec.Descriptor) (bool, error) {
+	if h.st.HasBlob(d.Digest) {
+		return true, nil
+	}
+	return h.Source.Exists(ctx, d)
+}
+
+// complete refuses the bundle unless every blob is in the source or the store, naming what
+// is missing: nothing is written for a thin archive made for another node or an older state.
+func (h heldSource) complete(ctx context.Context, b *bundles.Bundle, blobs []ocispec.Descriptor) error {
+	var missing []string
+	var bytes int64
+	for _, d := range blobs {
+		if h.st.HasBlob(d.Digest) {
+			continue
+		}
+		ok, err := h.Source.Exists(ctx, d)
+		if err != nil {
+			return fmt.Errorf("ingest %s revision %d: blob %s: %w", b.Metadata.Name, b.Metadata.Revision, d.Digest, err)
+		}
+		if !ok {
+			missing = append(missing, d.Digest.String())
+			bytes += d.Size
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	shown := missing
+	if len(shown) > 5 {
+		shown = append(shown[:5:5], fmt.Sprintf("and %d more", len(missing)-5))
+	}
+	return fmt.Errorf("%w: %s revision %d: %d blobs (%d bytes) are neither in it nor on this node: %s; "+
+		"export it again from this node's latest receipt, or whole", ErrIncomplete, b.Metadata.Name, b.Metadata.Revision, len(missing), bytes, strings.Join(shown, ", "))
+}
+
+// ErrIncomplete is a bundle that lacks blobs the node does not hold either: a thin archive
+// made against another node's receipt, or a copy cut short.
+var ErrIncomplete = errors.New("incomplete bundle")
 
 // Preview is what the node would do with a bundle, written nowhere: `ferry import --dry-run`
 // and `ferry diff` on the node.
@@ -127,10 +203,11 @@ func (d *Daemon) Preview(ctx context.Context, ref string) (*Preview, error) {
 		return nil, err
 	}
 	defer src.Close()
-	b, res, err := check(ctx, src, desc, d.policy)
+	c, err := check(ctx, d.st, src, desc, d.policy)
 	if err != nil {
 		return nil, err
 	}
+	b, res := c.bundle, c.result
 	p := &Preview{Bundle: b.Metadata.Name, Revision: b.Metadata.Revision, Version: b.Metadata.Version, Digest: desc.Digest.String(), Signers: res.Signers}
 	if cur, err := d.st.GetBundle(p.Bundle); err == nil {
 		p.Running = cur.Current
@@ -153,7 +230,7 @@ func (d *Daemon) Preview(ctx context.Context, ref string) (*Preview, error) {
 			scopes = append(scopes, s.Scope)
 		}
 	}
-	if p.Plan, err = d.eng.Preview(ctx, src, b, scopes); err != nil {
+	if p.Plan, err = d.eng.Preview(ctx, c.src, b, scopes); err != nil {
 		return nil, fmt.Errorf("%s revision %d would fail to roll out: %w", p.Bundle, p.Revision, err)
 	}
 	return p, nil
