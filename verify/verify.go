@@ -259,6 +259,9 @@ func (r *Result) Scoped(name string) error {
 	return nil
 }
 
+// Verify reports whether sig is k's signature over payload, as cosign signs a blob.
+func (k Key) Verify(payload, sig []byte) bool { return verifySignature(k.Public, payload, sig) }
+
 // verifySignature checks sig over payload the way cosign signs with each key type: SHA-256
 // then ECDSA (ASN.1) or RSA PKCS#1 v1.5; Ed25519 over the payload itself.
 func verifySignature(pub crypto.PublicKey, payload, sig []byte) bool {
