@@ -1,6 +1,7 @@
 package bundles
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -150,6 +151,12 @@ type S3Object struct {
 
 // ListS3 lists the bundle archives (.tar) under prefix in bucket, newest first.
 func (o Options) ListS3(ctx context.Context, bucket, prefix string) ([]S3Object, error) {
+	return o.ListS3Objects(ctx, bucket, prefix, ".tar")
+}
+
+// ListS3Objects lists the objects under prefix in bucket whose key ends in suffix, newest
+// first, at most maxS3Listing of them.
+func (o Options) ListS3Objects(ctx context.Context, bucket, prefix, suffix string) ([]S3Object, error) {
 	c, err := o.s3()
 	if err != nil {
 		return nil, err
@@ -159,15 +166,48 @@ func (o Options) ListS3(ctx context.Context, bucket, prefix string) ([]S3Object,
 		if obj.Err != nil {
 			return nil, fmt.Errorf("s3://%s/%s: %w", bucket, prefix, obj.Err)
 		}
-		if strings.HasSuffix(obj.Key, ".tar") {
+		if strings.HasSuffix(obj.Key, suffix) {
 			out = append(out, S3Object{Key: obj.Key, Size: obj.Size, ETag: obj.ETag, LastModified: obj.LastModified})
 		}
 		if len(out) > maxS3Listing {
-			return nil, fmt.Errorf("s3://%s/%s: more than %d bundle archives; use a narrower prefix", bucket, prefix, maxS3Listing)
+			return nil, fmt.Errorf("s3://%s/%s: more than %d %s objects; use a narrower prefix", bucket, prefix, maxS3Listing, suffix)
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].LastModified.After(out[j].LastModified) })
 	return out, nil
+}
+
+// GetS3 reads the object bucket/key, refusing one over limit bytes.
+func (o Options) GetS3(ctx context.Context, bucket, key string, limit int64) ([]byte, error) {
+	c, err := o.s3()
+	if err != nil {
+		return nil, err
+	}
+	obj, err := c.GetObject(ctx, bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("s3://%s/%s: %w", bucket, key, err)
+	}
+	defer obj.Close()
+	b, err := io.ReadAll(io.LimitReader(obj, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("s3://%s/%s: %w", bucket, key, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("s3://%s/%s: over the %d-byte limit", bucket, key, limit)
+	}
+	return b, nil
+}
+
+// PutS3 writes data as the object bucket/key.
+func (o Options) PutS3(ctx context.Context, bucket, key string, data []byte, contentType string) error {
+	c, err := o.s3()
+	if err != nil {
+		return err
+	}
+	if _, err := c.PutObject(ctx, bucket, key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{ContentType: contentType}); err != nil {
+		return fmt.Errorf("s3://%s/%s: %w", bucket, key, err)
+	}
+	return nil
 }
 
 // maxS3Listing bounds a bucket listing (a bucket is not trusted either).

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/daemon/images"
+	"github.com/ferrygitops/ferry/receipt"
 	"github.com/ferrygitops/ferry/store"
 	"github.com/ferrygitops/ferry/verify"
 )
@@ -48,6 +49,14 @@ type BundleStatus struct {
 	LastError  string      `json:"lastError,omitempty"`
 	// Removed is when ferry remove took the bundle out of the cluster (Revision is 0 since).
 	Removed time.Time `json:"removed,omitzero"`
+}
+
+// SignedReceipt is the node's receipt as GET /v1/receipt serves it: the file's name and
+// bytes, and its signature file's.
+type SignedReceipt struct {
+	Name      string `json:"name"`
+	File      string `json:"file"`
+	Signature string `json:"signature"`
 }
 
 // maxRequestBytes bounds an API request body.
@@ -126,6 +135,14 @@ func (d *Daemon) apiHandler() http.Handler {
 		}
 		p, err := d.Preview(r.Context(), req.Ref)
 		reply(w, p, err)
+	})
+	mux.HandleFunc("GET /v1/receipt", func(w http.ResponseWriter, r *http.Request) {
+		file, sig, err := d.SignedReceipt()
+		var out *SignedReceipt
+		if err == nil {
+			out = &SignedReceipt{Name: d.receipts.node.name + receipt.Suffix, File: string(file), Signature: string(sig)}
+		}
+		reply(w, out, err)
 	})
 	mux.HandleFunc("GET /v1/import/progress", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, d.importProgress(), nil)

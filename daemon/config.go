@@ -3,8 +3,8 @@ package daemon
 import (
 	"errors"
 	"fmt"
-	"github.com/ferrygitops/ferry/internal/strictyaml"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -15,6 +15,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/internal/strictyaml"
+	"github.com/ferrygitops/ferry/receipt"
 )
 
 // Defaults of an edge node.
@@ -71,6 +73,12 @@ type Config struct {
 	Sources []SourceConfig `yaml:"sources"`
 	// Webhook receives every event; optional.
 	Webhook *WebhookConfig `yaml:"webhook"`
+	// NodeName names the node in its receipts (default: the hostname).
+	NodeName string `yaml:"nodeName"`
+	// NodeKey is the cosign-format private key (empty password) that signs the node's
+	// receipts, its public key beside it with .pub for .key (default stateDir/node.key,
+	// made on first start when absent).
+	NodeKey string `yaml:"nodeKey"`
 }
 
 // SourceConfig is one source: exactly one of Registry, USB, S3.
@@ -105,8 +113,9 @@ type USBSource struct {
 	// Interval between scans (default 2s); a file is read only once its size and time have
 	// not changed for one interval.
 	Interval Duration `yaml:"interval"`
-	// ReceiptDir, relative to the stick's root or absolute, is where a receipt is written
-	// after a bundle is admitted; empty (the default) never writes to a stick.
+	// ReceiptDir, relative to the stick's root or absolute, is where the node's signed
+	// receipt is written after it read a bundle from the stick, and again while the stick is
+	// in when what the receipt says changes; empty (the default) never writes to a stick.
 	ReceiptDir string `yaml:"receiptDir"`
 	// StallTimeout is how long one call on a stick (a listing, a stat, an open, a read of up
 	// to 1 MiB) may go unanswered before the stick is taken as stuck (default 60s, at least
@@ -125,6 +134,10 @@ type S3Source struct {
 	Prefix          string   `yaml:"prefix"`
 	CredentialsFile string   `yaml:"credentialsFile"`
 	Interval        Duration `yaml:"interval"` // default 5m
+	// ReceiptPrefix, when set, is where the node puts its signed receipt in the bucket
+	// (PREFIX/NODE.receipt.json and .sig), whenever what it says changes; the credentials
+	// must then allow PutObject there.
+	ReceiptPrefix string `yaml:"receiptPrefix"`
 }
 
 // Duration is a time.Duration written as a Go duration string.
@@ -204,6 +217,10 @@ func (c *Config) defaults() {
 	def(&c.MetricsAddress, DefaultMetrics)
 	def(&c.ImagesAddress, DefaultImages)
 	def(&c.Namespace, "default")
+	if c.NodeName == "" {
+		c.NodeName, _ = os.Hostname()
+	}
+	def(&c.NodeKey, filepath.Join(c.StateDir, "node.key"))
 	if c.Retention == 0 {
 		c.Retention = 10
 	}
@@ -235,6 +252,10 @@ func (c *Config) validate() []fieldProblem {
 	abs("trust", c.Trust, true)
 	abs("ageKeyFile", c.AgeKeyFile, false)
 	abs("socket", c.Socket, true)
+	abs("nodeKey", c.NodeKey, true)
+	if err := receipt.ValidNode(c.NodeName); err != nil {
+		bad("nodeName", "%v", err)
+	}
 	loopback := func(field, addr string) {
 		if addr == "off" {
 			return

@@ -64,6 +64,7 @@ type Daemon struct {
 	importing *bundles.Progress
 	refused   map[string]bool // candidate keys a Refused event was written for
 	paused    map[string]bool // bundles whose rollout is paused (one RolloutPaused event each time)
+	receipts  receipts        // where the node's receipt goes, and its key
 }
 
 // New loads what the config names (trust policy, age key, kubeconfig) and opens the store.
@@ -382,6 +383,14 @@ var serverError = regexp.MustCompile(`status code 5\d\d|\b5\d\d (Internal Server
 // ingest verifies and admits one candidate. A refusal is an event (and a metric), never a
 // change to what runs.
 func (d *Daemon) ingest(ctx context.Context, sourceName string, c candidate) (*store.Revision, error) {
+	// The receipt goes back on the stick whatever became of the bundle: headquarters learns
+	// what the node holds either way.
+	if c.receiptDir != "" {
+		defer func() {
+			d.receipts.addStick(c.receiptDir, c.guard)
+			d.writeReceipts(ctx)
+		}()
+	}
 	src, desc, err := bundles.OpenSource(ctx, c.addr, c.opts)
 	if err == nil {
 		defer src.Close()
@@ -394,9 +403,6 @@ func (d *Daemon) ingest(ctx context.Context, sourceName string, c candidate) (*s
 			}
 			d.m.ingestBytes.WithLabelValues(sourceName).Add(float64(n))
 			d.log.Info("admitted", "bundle", rev.Name, "revision", rev.Revision, "version", rev.Version, "source", sourceName, "digest", desc.Digest.String())
-			if c.admitted != nil {
-				c.admitted(rev)
-			}
 			d.kick(rev.Name)
 			d.kickNotify()
 			return rev, nil
@@ -552,6 +558,7 @@ func (d *Daemon) reconcile(ctx context.Context, name string) error {
 	}
 	d.kickNotify()
 	d.refreshInfo(name)
+	d.writeReceipts(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if op != "sync" {

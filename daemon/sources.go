@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ferrygitops/ferry/bundles"
-	"github.com/ferrygitops/ferry/store"
 )
 
 // candidate is a bundle a source offers: where to read it, and what identifies this copy so
@@ -22,8 +20,10 @@ type candidate struct {
 	opts bundles.Options
 	// key changes when the copy changes: a digest, an ETag, a path with size and time.
 	key string
-	// admitted, when set, runs after the bundle was admitted (the USB receipt).
-	admitted func(*store.Revision)
+	// receiptDir, when set, is where the node's receipt is written once the candidate was
+	// read (a stick's receiptDir), through guard.
+	receiptDir string
+	guard      *bundles.Guard
 	// progress, when set, counts the bytes copied into the store (ferry import).
 	progress *bundles.Progress
 }
@@ -154,7 +154,7 @@ func (u *usbSource) poll(ctx context.Context) ([]candidate, error) {
 		c := candidate{addr: addr, opts: bundles.Options{StallTimeout: u.guard.Timeout()},
 			key: fmt.Sprintf("%s:%d:%d", p, st.size, st.mtime.UnixNano())}
 		if u.cfg.ReceiptDir != "" {
-			c.admitted = u.receipt(p)
+			c.receiptDir, c.guard = u.receiptDir(p), u.guard
 		}
 		out = append(out, c)
 	}
@@ -262,34 +262,16 @@ func layoutStamp(ctx context.Context, g *bundles.Guard, dir string) (stamp, bool
 	return st, true, nil
 }
 
-// receipt writes <ReceiptDir>/<name>-<revision>.json on the stick the bundle came from: a
-// technician can see the node took it.
-func (u *usbSource) receipt(path string) func(*store.Revision) {
-	return func(r *store.Revision) {
-		dir := u.cfg.ReceiptDir
-		if !filepath.IsAbs(dir) {
-			for _, root := range u.cfg.Paths {
-				if rel, err := filepath.Rel(root, path); err == nil && !strings.HasPrefix(rel, "..") {
-					stick := root // the mount point is the watched path itself
-					if first, _, ok := strings.Cut(rel, string(filepath.Separator)); ok {
-						stick = filepath.Join(root, first)
-					}
-					dir = filepath.Join(stick, dir)
-					break
-				}
-			}
-		}
-		host, _ := os.Hostname()
-		b, _ := json.MarshalIndent(map[string]any{"node": host, "bundle": r.Name, "revision": r.Revision, "version": r.Version,
-			"digest": r.Manifest.Digest, "admitted": r.Admitted, "from": path}, "", "  ")
-		// Best effort, as before, and bounded: a stick that stops answering while it is
-		// written to holds neither the poller nor shutdown (the deadline is the bound; the
-		// callback has no context).
-		_ = u.guard.Do(context.Background(), "write receipt", dir, func() error {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				return err
-			}
-			return store.WriteFileAtomic(filepath.Join(dir, fmt.Sprintf("%s-%d.json", r.Name, r.Revision)), b, 0o644)
-		})
+// receiptDir is where the receipt goes for a bundle read from path: ReceiptDir if absolute,
+// else ReceiptDir on the stick path is on (stickRoot).
+func (u *usbSource) receiptDir(path string) string {
+	if filepath.IsAbs(u.cfg.ReceiptDir) {
+		return u.cfg.ReceiptDir
 	}
+	for _, root := range u.cfg.Paths {
+		if rel, err := filepath.Rel(root, path); err == nil && !strings.HasPrefix(rel, "..") {
+			return filepath.Join(stickRoot(root, path), u.cfg.ReceiptDir)
+		}
+	}
+	return filepath.Join(filepath.Dir(path), u.cfg.ReceiptDir)
 }

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -212,7 +213,10 @@ func newBundleCopyCommand(o *bundles.Options, verb string) *cobra.Command {
 		"upload": {"Upload a bundle and its signatures to S3 as one tar object", "  AWS_ENDPOINT_URL=http://minio:9000 ferry bundle upload dist/edge-apps s3://bundles/site"},
 	}
 	want := map[string]bundles.Kind{"push": bundles.KindRegistry, "export": bundles.KindTar, "upload": bundles.KindS3}
-	var p printer
+	var (
+		p  printer
+		rf receiptFlags
+	)
 	cmd := &cobra.Command{
 		Use:     verb + " SRC DST",
 		Short:   docs[verb][0],
@@ -229,10 +233,17 @@ func newBundleCopyCommand(o *bundles.Options, verb string) *cobra.Command {
 			if err := p.validate(); err != nil {
 				return err
 			}
-			return copyBundle(cmd.Context(), cmd, p, *o, args[0], dst)
+			omit, err := rf.omit(cmd.Context(), *o, dst)
+			if err != nil {
+				return err
+			}
+			return copyBundle(cmd.Context(), cmd, p, *o, args[0], dst, omit)
 		},
 	}
 	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
+	if verb != "push" {
+		rf.add(cmd)
+	}
 	return cmd
 }
 
@@ -240,20 +251,29 @@ func newBundleCopyCommand(o *bundles.Options, verb string) *cobra.Command {
 type copied struct {
 	Digest string `json:"digest"`
 	To     string `json:"to"`
+	// Thin is set for a copy made against a node's receipt.
+	Thin bool `json:"thin,omitempty"`
 }
 
-func copyBundle(ctx context.Context, cmd *cobra.Command, p printer, o bundles.Options, from string, dst bundles.Address) error {
-	src, desc, err := openSource(ctx, o, from)
+// copyBundle copies one bundle from the address from to dst (bundles.Mirror), thin when
+// omit is set.
+func copyBundle(ctx context.Context, cmd *cobra.Command, p printer, o bundles.Options, from string, dst bundles.Address, omit func(digest.Digest) bool) error {
+	src, err := bundles.ParseAddress(from)
+	if err != nil {
+		return badInput(err)
+	}
+	res, err := bundles.Mirror(ctx, src, dst, o, bundles.MirrorOptions{Omit: omit, Progress: o.Progress})
 	if err != nil {
 		return err
 	}
-	defer src.Close()
-	where, err := bundles.Copy(ctx, src, desc, dst, o)
-	if err != nil {
-		return err
-	}
-	out := copied{Digest: desc.Digest.String(), To: where}
-	return p.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) { fmt.Fprintf(w, "%s -> %s\n", out.Digest, out.To) })
+	out := copied{Digest: res.Placed[0].Digest, To: res.Placed[0].Where, Thin: omit != nil}
+	return p.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
+		fmt.Fprintf(w, "%s -> %s", out.Digest, out.To)
+		if out.Thin {
+			fmt.Fprint(w, " (thin: what the node's receipt holds is left out)")
+		}
+		fmt.Fprintln(w)
+	})
 }
 
 // openSource parses a bundle address and opens it for reading.

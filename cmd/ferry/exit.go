@@ -8,6 +8,7 @@ import (
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/daemon"
 	"github.com/ferrygitops/ferry/internal/strictyaml"
+	"github.com/ferrygitops/ferry/receipt"
 	"github.com/ferrygitops/ferry/verify"
 )
 
@@ -35,7 +36,8 @@ const exitCodesHelp = `Exit codes:
   3  bad input: an unknown command or flag, wrong arguments, an invalid flag value, or an
      invalid file (ferry.yaml, the daemon's config, a trust policy, a key)
   4  a bundle refused as untrusted: not signed, not signed by enough trusted keys, or
-     signed outside the keys' scope (ferry bundle verify, ferry import)
+     signed outside the keys' scope (ferry bundle verify, ferry import); a node receipt
+     not signed by a trusted node key (--receipt, ferry receipts)
   5  the daemon is not reachable: nothing answers on its socket (node commands)
   6  the bundle is suspended, so nothing was done (ferry reconcile; ferry resume first)`
 
@@ -55,7 +57,7 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.Is(err, errDiffers):
 		return exitDiffers
-	case errors.Is(err, verify.ErrUntrusted):
+	case errors.Is(err, verify.ErrUntrusted), errors.Is(err, receipt.ErrUnknownKey):
 		return exitUntrusted
 	case errors.Is(err, daemon.ErrUnreachable):
 		return exitUnreachable

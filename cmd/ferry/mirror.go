@@ -16,6 +16,7 @@ func newMirrorCommand() *cobra.Command {
 		o  bundles.Options
 		mo bundles.MirrorOptions
 		p  printer
+		rf receiptFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "mirror SRC DST",
@@ -30,7 +31,11 @@ directory under ~/.cache/ferry/staging and written when the copy is complete; a 
 is interrupted (a pulled stick, a dropped link) and run again sends only what is missing.
 
 Addresses are those of ferry bundle: oci://host/repo[:tag], PATH.tar[:tag], DIR[:tag],
-s3://bucket/key.tar or s3://bucket/prefix.`,
+s3://bucket/key.tar or s3://bucket/prefix.
+
+With --receipt, the copy is thin: the blobs the node's signed receipt says it holds are left
+out (manifests always travel). Only that node can import it; any other refuses it, naming what
+is missing, and changes nothing.`,
 		Example: `  # Headquarters' registry onto a stick
   ferry mirror oci://registry.hq:5000/site/edge-apps:1.4.0 /media/usb/edge-apps.tar
 
@@ -38,7 +43,11 @@ s3://bucket/key.tar or s3://bucket/prefix.`,
   ferry mirror --all /media/usb/site.tar oci://registry.site.local/site
 
   # An S3 prefix of archives into one layout directory
-  ferry mirror --all s3://bundles/site dist/site`,
+  ferry mirror --all s3://bundles/site dist/site
+
+  # A thin stick for site-7: only what its last receipt says it lacks
+  ferry mirror --all oci://registry.hq:5000/site /media/usb/site-7.tar \
+    --receipt /media/usb/receipts/site-7.receipt.json --node-keys hq/node-keys/`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := p.validate(); err != nil {
@@ -54,6 +63,9 @@ s3://bucket/key.tar or s3://bucket/prefix.`,
 			}
 			if os.Getenv("CI") == "" && term.IsTerminal(int(os.Stderr.Fd())) {
 				mo.Progress = cmd.ErrOrStderr()
+			}
+			if mo.Omit, err = rf.omit(cmd.Context(), o, dst); err != nil {
+				return err
 			}
 			res, err := bundles.Mirror(cmd.Context(), src, dst, o, mo)
 			if err != nil {
@@ -71,6 +83,7 @@ s3://bucket/key.tar or s3://bucket/prefix.`,
 		},
 	}
 	addSourceFlags(cmd.Flags(), &o)
+	rf.add(cmd)
 	cmd.Flags().BoolVar(&mo.All, "all", false, "copy every bundle and tag of SRC (a repository, layout, archive or S3 prefix), each under its own tag")
 	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
 	return cmd

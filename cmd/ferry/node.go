@@ -418,7 +418,7 @@ func nodeCommands() []*cobra.Command {
 		newBundleActionCommand("suspend", "Stop reconciling a bundle (no new revision, no drift correction)", "  ferry suspend edge-site"),
 		newBundleActionCommand("resume", "Reconcile a suspended bundle again", "  ferry resume edge-site"),
 		newBundleActionCommand("reconcile", "Reconcile a bundle now (roll out the newest revision, correct drift)", "  ferry reconcile edge-site"),
-		newImportCommand(), newNodeDiffCommand(), newEventsCommand(), newLogsCommand(), newCheckCommand(), newTreeCommand(), newRemoveCommand(),
+		newImportCommand(), newNodeDiffCommand(), newEventsCommand(), newLogsCommand(), newCheckCommand(), newTreeCommand(), newRemoveCommand(), newReceiptCommand(),
 	}
 }
 
