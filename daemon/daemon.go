@@ -174,6 +174,15 @@ func (d *Daemon) Close() error { return d.st.Close() }
 // Run serves until ctx is done: the API socket, metrics, notifications, one poller per
 // source and one reconcile loop per bundle. It returns the first error that stops it.
 func (d *Daemon) Run(ctx context.Context) error {
+	// A node that sends receipts has its key from the start: headquarters can collect
+	// node.pub before the first stick comes back.
+	if d.wantsReceipts() {
+		n, err := d.nodeKey()
+		if err != nil {
+			return err
+		}
+		d.log.Info("node key", "node", n.name, "key", n.key.ID, "public", n.pub)
+	}
 	ln, err := listenUnix(d.cfg.Socket)
 	if err != nil {
 		return err

@@ -26,6 +26,7 @@ import (
 // nodeID is who the node is to headquarters: its name and the key that signs its receipts.
 type nodeID struct {
 	name   string
+	pub    string // the public key's file
 	signer crypto.Signer
 	key    verify.Key
 }
@@ -65,7 +66,7 @@ func loadNodeKey(cfg *Config) (*nodeID, error) {
 	if k, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(key.Public) {
 		return nil, fmt.Errorf("nodeKey: %s is not the public key of %s", pub, priv)
 	}
-	return &nodeID{name: name, signer: signer, key: key}, nil
+	return &nodeID{name: name, pub: pub, signer: signer, key: key}, nil
 }
 
 // nodeKey is the node's identity, loaded (or made) the first time a receipt needs it: a
@@ -243,6 +244,17 @@ func (d *Daemon) writeReceipts(ctx context.Context) {
 		}
 		d.receipts.last[target] = unchanged
 	}
+}
+
+// wantsReceipts reports whether a source writes receipts (a stick's receiptDir, an S3
+// receiptPrefix).
+func (d *Daemon) wantsReceipts() bool {
+	for _, s := range d.cfg.Sources {
+		if s.USB != nil && s.USB.ReceiptDir != "" {
+			return true
+		}
+	}
+	return d.hasS3Receipts()
 }
 
 func (d *Daemon) hasS3Receipts() bool {
