@@ -73,7 +73,9 @@ func TestSneakernetRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	onStick := filepath.Join(stick, "receipts", "site-7"+receipt.Suffix)
-	r1 := waitReceipt(t, onStick, nodePub, func(r *receipt.Receipt) bool { return len(r.Bundles) == 1 && r.Bundles[0].Running == 1 && r.Bundles[0].Healthy() })
+	r1 := waitReceipt(t, onStick, nodePub, func(r *receipt.Receipt) bool {
+		return len(r.Bundles) == 1 && r.Bundles[0].Running == 1 && r.Bundles[0].Healthy()
+	})
 	full, desc1, err := bundles.OpenSource(t.Context(), rev1, bundles.Options{})
 	if err != nil {
 		t.Fatal(err)
