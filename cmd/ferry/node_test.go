@@ -122,6 +122,44 @@ sources: [{name: usb, usb: {paths: [%[1]s/media]}}]
 		t.Fatalf("import of the revision the node holds: %v\n%s", err, out)
 	}
 
+	// The node's receipt, carried back: read at headquarters with the node's key, and the
+	// base of a thin export; refused with any other key.
+	receipts := filepath.Join(dir, "receipts")
+	if out, err := node("receipt", "--out", receipts); err != nil || !strings.Contains(out, "receipt written") {
+		t.Fatalf("receipt: %v\n%s", err, out)
+	}
+	found, _ := filepath.Glob(filepath.Join(receipts, "*.receipt.json"))
+	if len(found) != 1 {
+		t.Fatalf("receipt files %v", found)
+	}
+	nodePub := filepath.Join(dir, "state", "node.pub")
+	if out, err := runFerry(t, "receipts", receipts, "--node-keys", nodePub); err != nil || !strings.Contains(out, "demo") || !strings.Contains(out, "HEALTHY") {
+		t.Fatalf("receipts: %v\n%s", err, out)
+	}
+	if out, err := runFerry(t, "receipts", receipts, "--node-keys", filepath.Join(dir, "ci.pub")); exitCode(err) != exitUntrusted || !strings.Contains(out, "refused") {
+		t.Fatalf("receipts under an unknown key: exit %d, %v\n%s", exitCode(err), err, out)
+	}
+	thin := filepath.Join(dir, "thin.tar")
+	if out, err := runFerry(t, "bundle", "export", layout, thin, "--receipt", found[0], "--node-keys", nodePub); err != nil || !strings.Contains(out, "thin") {
+		t.Fatalf("thin export: %v\n%s", err, out)
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"bundle", "export", layout, filepath.Join(dir, "x.tar"), "--receipt", found[0], "--node-keys", filepath.Join(dir, "ci.pub")}, exitUntrusted},
+		{[]string{"bundle", "export", layout, filepath.Join(dir, "x.tar"), "--receipt", found[0]}, exitBadInput},
+		{[]string{"bundle", "export", layout, filepath.Join(dir, "x.tar"), "--node-keys", nodePub}, exitBadInput},
+		{[]string{"mirror", layout, "oci://127.0.0.1:1/x/y", "--receipt", found[0], "--node-keys", nodePub}, exitBadInput},
+	} {
+		if _, err := runFerry(t, c.args...); exitCode(err) != c.code {
+			t.Errorf("ferry %s: exit %d (%v), want %d", strings.Join(c.args, " "), exitCode(err), err, c.code)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "x.tar")); err == nil {
+		t.Fatal("a refused thin export wrote its destination")
+	}
+
 	// Nothing applied: no revision, no state, no time, said so instead of 0, "" and year 1.
 	out, err := node("status")
 	if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -168,7 +169,8 @@ func newReceiptsCommand() *cobra.Command {
 		Long: `Receipts reads every NODE.receipt.json (and its .sig) in the directories and S3
 prefixes given, checks each signature against the node keys you trust, and prints what each
 node holds and runs and whether it is healthy. A receipt that is not signed by a trusted node
-key, or is damaged, is listed as refused and makes the command exit 1.`,
+key, or is damaged, is listed as refused and makes the command fail (exit 4 for an unknown
+key).`,
 		Example: `  ferry receipts /media/usb0/receipts --node-keys hq/node-keys/
   ferry receipts s3://bundles/receipts --node-keys hq/node-keys/ -o json`,
 		Args: cobra.MinimumNArgs(1),
@@ -188,13 +190,17 @@ key, or is damaged, is listed as refused and makes the command exit 1.`,
 				}
 				locs = append(locs, found...)
 			}
-			var out []siteReceipt
-			refused := 0
+			var (
+				out     []siteReceipt
+				refused int
+				first   error
+			)
 			for _, l := range locs {
 				r, err := readReceipt(cmd.Context(), o, l, keys)
 				s := siteReceipt{From: l, Receipt: r}
 				if err != nil {
 					s.Error, refused = err.Error(), refused+1
+					first = cmp.Or(first, err)
 				}
 				out = append(out, s)
 			}
@@ -202,7 +208,7 @@ key, or is damaged, is listed as refused and makes the command exit 1.`,
 				return err
 			}
 			if refused > 0 {
-				return fmt.Errorf("%d of %d receipts refused", refused, len(out))
+				return fmt.Errorf("%d of %d receipts refused, the first: %w", refused, len(out), first)
 			}
 			return nil
 		},
