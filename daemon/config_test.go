@@ -39,6 +39,8 @@ func TestConfigRefusals(t *testing.T) {
 		"empty":             {"", "empty document"},
 		"bad namespace":     {base + "namespace: Team_A\nsources: [{name: a, usb: {}}]\n", "namespace"},
 		"bad default sa":    {base + "defaultServiceAccount: \"a b\"\nsources: [{name: a, usb: {}}]\n", "defaultServiceAccount"},
+		"node name a path":  {base + "nodeName: ../etc\nsources: [{name: a, usb: {}}]\n", "nodeName"},
+		"relative node key": {base + "nodeKey: node.key\nsources: [{name: a, usb: {}}]\n", "nodeKey"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -56,7 +58,8 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.StateDir != "/var/lib/ferry" || c.Kubeconfig != DefaultKubeconfig || c.Socket != DefaultSocket ||
-		c.MetricsAddress != DefaultMetrics || c.ImagesAddress != DefaultImages || c.Retention != 10 || len(c.Sources[0].USB.Paths) != 3 {
+		c.MetricsAddress != DefaultMetrics || c.ImagesAddress != DefaultImages || c.Retention != 10 || len(c.Sources[0].USB.Paths) != 3 ||
+		c.NodeKey != "/var/lib/ferry/node.key" || c.NodeName == "" {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
