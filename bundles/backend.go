@@ -291,9 +291,6 @@ func CopyBundle(ctx context.Context, src Source, desc ocispec.Descriptor, dst Si
 		}
 		placed.roots = append(placed.roots, im.Descriptor)
 	}
-	if err := dst.Tag(ctx, desc, tag); err != nil {
-		return Placed{}, fmt.Errorf("tag %s: %w", tag, err)
-	}
 	// Signatures and attestations stored as OCI 1.1 referrers travel too (their graph names
 	// the bundle as subject, which is already there).
 	if graph, ok := src.(content.ReadOnlyGraphStorage); ok {
@@ -324,6 +321,11 @@ func CopyBundle(ctx context.Context, src Source, desc ocispec.Descriptor, dst Si
 			return Placed{}, fmt.Errorf("tag %s: %w", t, err)
 		}
 		placed.roots = append(placed.roots, withRefName(d, t))
+	}
+	// The bundle's tag moves last: a node polling the destination never sees the new
+	// revision before its signatures are there.
+	if err := dst.Tag(ctx, desc, tag); err != nil {
+		return Placed{}, fmt.Errorf("tag %s: %w", tag, err)
 	}
 	placed.Bytes = copied.Load()
 	dst.add(placed)

@@ -5,9 +5,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -232,9 +234,35 @@ func (o Options) s3() (*minio.Client, error) {
 			&credentials.FileAWSCredentials{Filename: o.S3CredentialsFile, Profile: os.Getenv("AWS_PROFILE")},
 		})
 	}
+	tr, err := s3Transport(secure)
+	if err != nil {
+		return nil, err
+	}
 	return minio.New(strings.TrimSuffix(endpoint, "/"), &minio.Options{
-		Creds: creds, Secure: secure, Region: firstNonEmpty(o.S3Region, os.Getenv("AWS_REGION"), "us-east-1"),
+		Creds: creds, Secure: secure, Region: firstNonEmpty(o.S3Region, os.Getenv("AWS_REGION"), "us-east-1"), Transport: tr,
 	})
+}
+
+// s3Transports are shared by every S3 client of the process: a client is made per call (a
+// daemon's poll, a copy), and with a transport of its own each would open a new connection
+// (and, over HTTPS, a TLS handshake) instead of reusing the idle one.
+var s3Transports = struct {
+	sync.Mutex
+	byScheme map[bool]*http.Transport
+}{byScheme: map[bool]*http.Transport{}}
+
+func s3Transport(secure bool) (*http.Transport, error) {
+	s3Transports.Lock()
+	defer s3Transports.Unlock()
+	if tr, ok := s3Transports.byScheme[secure]; ok {
+		return tr, nil
+	}
+	tr, err := minio.DefaultTransport(secure)
+	if err != nil {
+		return nil, err
+	}
+	s3Transports.byScheme[secure] = tr
+	return tr, nil
 }
 
 func (o Options) download(ctx context.Context, a Address) (string, error) {
