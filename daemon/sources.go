@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"oras.land/oras-go/v2/registry/remote"
+
 	"github.com/ferrygitops/ferry/bundles"
 )
 
@@ -37,7 +39,7 @@ type source interface {
 func newSource(c SourceConfig) source {
 	switch {
 	case c.Registry != nil:
-		return registrySource{c.Registry}
+		return &registrySource{cfg: c.Registry}
 	case c.USB != nil:
 		return &usbSource{cfg: c.USB, seen: map[string]stamp{}, guard: bundles.NewGuard(c.USB.StallTimeout.Duration)}
 	default:
@@ -48,37 +50,53 @@ func newSource(c SourceConfig) source {
 // sourceOf builds the poller of a configured source; a test puts in one that never answers.
 var sourceOf = newSource
 
-type registrySource struct{ cfg *RegistrySource }
+// registrySource polls a repository. It keeps the registry's last answer for the followed
+// tag, so that the next HEAD is conditional (resolveTag); poll is called from one goroutine at
+// a time.
+type registrySource struct {
+	cfg  *RegistrySource
+	last resolved
+	// repo is kept between polls, with its connections and its auth cache: a registry
+	// with token auth is not asked for a new token at every poll.
+	repo *remote.Repository
+}
 
-func (r registrySource) interval() time.Duration { return r.cfg.Interval.or(time.Minute) }
+func (r *registrySource) interval() time.Duration { return r.cfg.Interval.or(time.Minute) }
 
-// poll resolves the tag (or the highest tag in the range) with one HEAD request, so an idle
-// poll costs a request or two and the bundle is read only when its digest changed.
-func (r registrySource) poll(ctx context.Context) ([]candidate, error) {
+// poll resolves the tag (or the highest tag in the range) with one HEAD request, conditional
+// on the last answer's ETag, so an idle poll costs a request or two (a 304 where the registry
+// honours If-None-Match) and the bundle is read only when its digest changed. The tag list of
+// a range is read whole at each poll: distribution sends no ETag for it and ignores
+// If-None-Match there.
+func (r *registrySource) poll(ctx context.Context) ([]candidate, error) {
 	opts := bundles.Options{PlainHTTP: r.cfg.PlainHTTP, DockerConfig: r.cfg.DockerConfig, CAFile: r.cfg.CAFile}
-	base, err := bundles.ParseAddress("oci://" + r.cfg.Repository)
-	if err != nil {
-		return nil, err
+	if r.repo == nil {
+		base, err := bundles.ParseAddress("oci://" + r.cfg.Repository)
+		if err != nil {
+			return nil, err
+		}
+		if r.repo, err = opts.Repository(base); err != nil {
+			return nil, err
+		}
 	}
-	repo, err := opts.Repository(base)
-	if err != nil {
-		return nil, err
-	}
+	repo := r.repo
+	var err error
 	tag := r.cfg.Tag
 	if tag == "" {
 		if tag, err = bundles.HighestTag(ctx, repo, r.cfg.SemVer); err != nil {
 			return nil, fmt.Errorf("%s: %w", r.cfg.Repository, err)
 		}
 	}
-	desc, err := repo.Resolve(ctx, tag)
+	res, err := resolveTag(ctx, repo, tag, r.last)
 	if err != nil {
 		return nil, fmt.Errorf("%s:%s: %w", r.cfg.Repository, tag, err)
 	}
-	addr, err := bundles.ParseAddress("oci://" + r.cfg.Repository + "@" + desc.Digest.String())
+	r.last = res
+	addr, err := bundles.ParseAddress("oci://" + r.cfg.Repository + "@" + res.digest.String())
 	if err != nil {
 		return nil, err
 	}
-	return []candidate{{addr: addr, opts: opts, key: desc.Digest.String()}}, nil
+	return []candidate{{addr: addr, opts: opts, key: res.digest.String()}}, nil
 }
 
 type s3Source struct{ cfg *S3Source }
@@ -89,7 +107,9 @@ func (s s3Source) options() bundles.Options {
 	return bundles.Options{S3Endpoint: s.cfg.Endpoint, S3Region: s.cfg.Region, S3CredentialsFile: s.cfg.CredentialsFile}
 }
 
-// poll lists the archives under the prefix, newest first; each is read once per ETag.
+// poll lists the archives under the prefix, newest first; each is read once per ETag. The
+// listing is one request that cannot be conditional: S3 takes If-None-Match and
+// If-Modified-Since on GetObject, HeadObject and CopyObject only, not on ListObjectsV2.
 func (s s3Source) poll(ctx context.Context) ([]candidate, error) {
 	objs, err := s.options().ListS3(ctx, s.cfg.Bucket, s.cfg.Prefix)
 	if err != nil {
