@@ -17,7 +17,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 UNIT_PKGS = $(shell $(GO) list ./... | grep -v '/integration')
 TESTBED_BIN = $(shell integration/testbed/tools/build.sh)/bin
 
-.PHONY: all build test test-unit test-integration testbed demo lint fuzz bench bench-apply bench-daemon bench-helm bench-images clean
+.PHONY: all build test test-unit test-integration testbed demo lint fuzz bench bench-apply bench-daemon bench-helm bench-images bench-fleet clean
 
 all: build
 
@@ -78,9 +78,18 @@ IMAGE_SIZE ?= 2GiB
 bench-images: testbed build
 	$(GO) run ./bench/images -ferry bin/ferry -size $(IMAGE_SIZE)
 
+## bench-mirror: ferry mirror registry ↔ tar and layout beside oras cp and skopeo copy, and a thin delta archive's size and import beside a full one (testbed; ~12 min; MIRROR_FLAGS="-runs 1 -total 512")
+.PHONY: bench-mirror
+bench-mirror: testbed
+	$(GO) run ./bench/mirror $(MIRROR_FLAGS)
+
 ## bench-helm: Helm releases, the apply engine against the helm CLI (testbed; about 1 min)
 bench-helm: testbed
 	$(GO) run ./bench/helm -runs 3
+
+## bench-fleet: 500 nodes' pollers and admission against one registry, then one S3 server: requests, bytes and mirror CPU per idle poll, time until all admit a new revision (testbed; ~25 min; FLEET_FLAGS='-nodes 50 -idle 30s' for a quick run)
+bench-fleet: testbed
+	$(GO) run ./bench/fleet $(FLEET_FLAGS)
 
 clean:
 	rm -rf bin/

@@ -46,6 +46,7 @@ import (
 
 	"oras.land/oras-go/v2/content/memory"
 
+	"github.com/ferrygitops/ferry/bench/measure"
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/daemon"
@@ -107,7 +108,7 @@ func run(ctx context.Context, o options) error {
 		cmdline += " " + strings.Join(os.Args[1:], " ")
 	}
 	fmt.Printf("Reproduce (from the repository root; about 6 minutes, more the first time for the builds):\n\n    %s\n\n", cmdline)
-	fmt.Printf("Machine: %s, %d cores, %s; load average at start %s.\n\n", cpuModel(), runtime.NumCPU(), runtime.Version(), loadAvg())
+	fmt.Printf("Machine: %s, %d cores, %s; load average at start %s.\n\n", measure.CPUModel(), runtime.NumCPU(), runtime.Version(), measure.LoadAvg())
 
 	bins, err := measureSize(ctx, root, work, o.only != "node")
 	if err != nil {
@@ -132,7 +133,7 @@ func run(ctx context.Context, o options) error {
 	}
 	reportMemory(o, r)
 	reportLatency(r)
-	fmt.Printf("\nLoad average at the end: %s.\n", loadAvg())
+	fmt.Printf("\nLoad average at the end: %s.\n", measure.LoadAvg())
 	return nil
 }
 
@@ -1620,22 +1621,4 @@ func tail(path string) string {
 		b = b[len(b)-4000:]
 	}
 	return string(b)
-}
-
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	return strings.Join(strings.Fields(string(b))[:3], " ")
-}
-
-func cpuModel() string {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for line := range strings.Lines(string(b)) {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return runtime.GOARCH
 }

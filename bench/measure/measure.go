@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -105,4 +106,24 @@ func Run(cmd *exec.Cmd) (took time.Duration, peakKiB int64, out string, err erro
 			peakKiB = max(peakKiB, VmHWM(status))
 		}
 	}
+}
+
+// LoadAvg is the 1, 5 and 15 minute load averages, for a report's machine line.
+func LoadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+// CPUModel is the CPU's model name, for a report's machine line.
+func CPUModel() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for line := range strings.Lines(string(b)) {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return runtime.GOARCH
 }
