@@ -1,7 +1,6 @@
 package apply
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -10,6 +9,7 @@ import (
 
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/store"
+	"github.com/ferrygitops/ferry/verify"
 )
 
 // serviceAccountUser is the user name the API server gives a service account's tokens, and
@@ -132,21 +132,11 @@ func signerScopes(r *store.Revision) ([]*bundles.Scope, error) {
 	if len(r.Verification) == 0 {
 		return nil, nil
 	}
-	var v struct {
-		Signers []struct {
-			Scope *bundles.Scope `json:"scope"`
-		} `json:"signers"`
-	}
-	if err := json.Unmarshal(r.Verification, &v); err != nil {
+	v, err := verify.ParseRecord(r.Verification)
+	if err != nil {
 		return nil, fmt.Errorf("%s revision %d: verification record: %w", r.Name, r.Revision, err)
 	}
-	var out []*bundles.Scope
-	for _, s := range v.Signers {
-		if s.Scope != nil {
-			out = append(out, s.Scope)
-		}
-	}
-	return out, nil
+	return v.Scopes(), nil
 }
 
 // scope applies the signing keys' scopes to component c before anything is sent: its

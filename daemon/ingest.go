@@ -224,13 +224,7 @@ func (d *Daemon) Preview(ctx context.Context, ref string) (*Preview, error) {
 		}
 		p.NotAdmitted = err.Error()
 	}
-	var scopes []*bundles.Scope
-	for _, s := range res.Signers {
-		if s.Scope != nil {
-			scopes = append(scopes, s.Scope)
-		}
-	}
-	if p.Plan, err = d.eng.Preview(ctx, c.src, b, scopes); err != nil {
+	if p.Plan, err = d.eng.Preview(ctx, c.src, b, res.Scopes()); err != nil {
 		return nil, fmt.Errorf("%s revision %d would fail to roll out: %w", p.Bundle, p.Revision, err)
 	}
 	return p, nil

@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -146,6 +147,28 @@ type Result struct {
 
 	signatures *bundles.Signatures
 	verified   []ocispec.Descriptor // payloads of the signatures that counted
+}
+
+// Scopes are the scopes of the keys that signed, those that have one.
+func (r *Result) Scopes() []*bundles.Scope {
+	var out []*bundles.Scope
+	for _, s := range r.Signers {
+		if s.Scope != nil {
+			out = append(out, s.Scope)
+		}
+	}
+	return out
+}
+
+// ParseRecord reads a Result as Ingest stores it with a revision (its JSON): the node reads
+// the signers' scopes back from it at every apply, through this one type, so the field names
+// written and read cannot drift apart.
+func ParseRecord(b []byte) (*Result, error) {
+	var r Result
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
 }
 
 // SignatureBlobs are the blobs to keep with the revision so a node can show (and re-check)
