@@ -537,11 +537,15 @@ func firstLines(err error) string {
 }
 
 // goCmd is the go command in dir with env added, never downloading a toolchain (like the
-// Makefile).
+// Makefile). GOFLAGS is dropped from the environment: `make bench-daemon` exports the
+// Makefile's -tags, which would make every variant below the tagged one, and the comparison
+// of the release build with the tagged build a build compared with itself. Each build says
+// its flags itself.
 func goCmd(ctx context.Context, dir string, env []string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = dir
-	cmd.Env = append(append(os.Environ(), "GOTOOLCHAIN=local"), env...)
+	base := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GOFLAGS=") })
+	cmd.Env = append(append(base, "GOTOOLCHAIN=local", "GOFLAGS="), env...)
 	return cmd
 }
 
