@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/url"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
@@ -170,8 +173,11 @@ func isTransient(err error) bool {
 		apierrors.IsServiceUnavailable(err) || isConnectionError(err)
 }
 
+// isConnectionError reports, by type, the API server out of reach: a request that failed in
+// the transport (client-go returns every such failure as a *url.Error: refused, reset, a
+// timeout, no route) or a connection cut mid-answer (io.ErrUnexpectedEOF).
 func isConnectionError(err error) bool {
-	msg := err.Error()
-	return strings.Contains(msg, "connection refused") || strings.Contains(msg, "connection reset") ||
-		strings.Contains(msg, "unexpected EOF") || strings.Contains(msg, "i/o timeout") || strings.Contains(msg, "no route to host")
+	var ue *url.Error
+	return errors.As(err, &ue) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EHOSTUNREACH)
 }

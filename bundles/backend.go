@@ -5,16 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/minio/minio-go/v7"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2"
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry"
+	"oras.land/oras-go/v2/registry/remote/errcode"
 )
 
 // A bundle lives in one of four places (SPEC §7): a registry, an OCI layout directory, an OCI
@@ -42,6 +46,30 @@ var backends = map[Kind]backend{
 	KindLayout:   layoutBackend{},
 	KindTar:      archiveBackend{},
 	KindS3:       s3Backend{},
+}
+
+// Transient reports an error that reading the same place again may not meet, by its type: the
+// network (any net.Error: a refused or reset connection, a timeout, a name not resolved), or a
+// registry or S3 server answering 5xx or 429. Anything else (not found, denied, content that
+// does not check) is what the place holds.
+func Transient(err error) bool {
+	var (
+		ne  net.Error
+		reg *errcode.ErrorResponse
+		s3  minio.ErrorResponse
+	)
+	busy := func(code int) bool { return code >= 500 || code == http.StatusTooManyRequests }
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &ne):
+		return true
+	case errors.As(err, &reg):
+		return busy(reg.StatusCode)
+	case errors.As(err, &s3):
+		return busy(s3.StatusCode)
+	}
+	return false
 }
 
 // onePlace is the list of a backend whose every address names one place.

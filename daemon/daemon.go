@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -374,10 +373,7 @@ func (d *Daemon) pollSource(ctx context.Context, name string, s source) {
 // registry or S3 server failing, a full disk. Anything else (signatures, content, junk on a
 // stick, a replay) is final for that copy until it changes.
 func retryable(err error) bool {
-	var ne net.Error
-	msg := err.Error()
-	return errors.Is(err, store.ErrNoSpace) || errors.As(err, &ne) || apply.Transient(err) ||
-		strings.Contains(msg, "no such host") || serverError.MatchString(msg)
+	return errors.Is(err, store.ErrNoSpace) || bundles.Transient(err) || apply.Transient(err)
 }
 
 // unsignedYet reports a registry bundle with no signature at all: CI pushes the bundle,
@@ -386,8 +382,6 @@ func retryable(err error) bool {
 func unsignedYet(c candidate, err error) bool {
 	return c.addr.Kind == bundles.KindRegistry && errors.Is(err, bundles.ErrNoSignatures)
 }
-
-var serverError = regexp.MustCompile(`status code 5\d\d|\b5\d\d (Internal Server Error|Bad Gateway|Service Unavailable|Gateway Timeout)`)
 
 // ingest verifies and admits one candidate. A refusal is an event (and a metric), never a
 // change to what runs.
