@@ -101,7 +101,8 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, opts: opts, log: log, logs: logs, st: st, eng: eng, policy: policy, m: newMetrics(), images: imgs,
-		loops: map[string]chan struct{}{}, lastErr: map[string]string{}, handled: map[string]bool{}, refused: map[string]bool{}, paused: map[string]bool{}}
+		loops: map[string]chan struct{}{}, lastErr: map[string]string{}, handled: map[string]bool{}, refused: map[string]bool{}, paused: map[string]bool{},
+		receipts: receipts{kick: make(chan struct{}, 1)}}
 	if cfg.Webhook != nil {
 		if d.notify, err = NewNotifier(st, *cfg.Webhook, log); err != nil {
 			st.Close()
@@ -211,6 +212,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if d.notify != nil {
 		g.Go(func() error { return d.notify.Run(ctx) })
+	}
+	if d.wantsReceipts() {
+		g.Go(func() error { d.receiptLoop(ctx); return nil })
 	}
 	for _, s := range d.cfg.Sources {
 		g.Go(func() error { d.pollSource(ctx, s.Name, sourceOf(s)); return nil })
@@ -391,7 +395,7 @@ func (d *Daemon) ingest(ctx context.Context, sourceName string, c candidate) (*s
 	if c.receiptDir != "" {
 		defer func() {
 			d.receipts.addStick(c.receiptDir, c.guard)
-			d.writeReceipts(ctx)
+			d.receipts.kickWrite()
 		}()
 	}
 	src, desc, err := bundles.OpenSource(ctx, c.addr, c.opts)
@@ -561,7 +565,7 @@ func (d *Daemon) reconcile(ctx context.Context, name string) error {
 	}
 	d.kickNotify()
 	d.refreshInfo(name)
-	d.writeReceipts(ctx)
+	d.receipts.kickWrite()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if op != "sync" {

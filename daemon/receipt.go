@@ -154,11 +154,34 @@ func (d *Daemon) SignedReceipt() (file, sig []byte, err error) {
 // prefixes) and what was last written to each, so a receipt is rewritten only when what it
 // says changes.
 type receipts struct {
+	// kick asks receiptLoop for a write; a full channel means one is asked for already.
+	kick   chan struct{}
 	keyMu  sync.Mutex
 	node   *nodeID // loaded on first use
 	mu     sync.Mutex
 	sticks map[string]*bundles.Guard // receipt directory on a stick → its guard
 	last   map[string]string         // target → the receipt last written there, time left out
+}
+
+// kickWrite asks for the receipt to be written where it goes, without waiting: a stick that
+// stalls holds the receipt loop, never a bundle's reconcile loop or the poller.
+func (r *receipts) kickWrite() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// receiptLoop writes the receipt each time it is asked to, until ctx is done.
+func (d *Daemon) receiptLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.receipts.kick:
+			d.writeReceipts(ctx)
+		}
+	}
 }
 
 // addStick makes dir a place the receipt is written to while it exists.
