@@ -14,6 +14,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 	"oras.land/oras-go/v2"
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/errdef"
@@ -313,11 +314,22 @@ func CopyBundle(ctx context.Context, src Source, desc ocispec.Descriptor, dst Si
 	}
 	placed := Placed{Name: b.Metadata.Name, Version: b.Metadata.Version, Tag: tag, Digest: desc.Digest.String(), omit: co.Omit}
 	placed.roots = append(placed.roots, withRefName(desc, tag))
+	// Images two at a time, each with oras's three blobs in flight: an image of one or two
+	// layers alone would leave the link idle. A blob two images share may be fetched by both;
+	// the sink keeps one.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(imageConcurrency)
 	for _, im := range b.Metadata.Images {
-		if err := oras.CopyGraph(ctx, counted, dst, im.Descriptor, opts); err != nil {
-			return Placed{}, fmt.Errorf("copy image %s (%s): %w", im.Name, im.Descriptor.Digest, err)
-		}
+		g.Go(func() error {
+			if err := oras.CopyGraph(gctx, counted, dst, im.Descriptor, opts); err != nil {
+				return fmt.Errorf("copy image %s (%s): %w", im.Name, im.Descriptor.Digest, err)
+			}
+			return nil
+		})
 		placed.roots = append(placed.roots, im.Descriptor)
+	}
+	if err := g.Wait(); err != nil {
+		return Placed{}, err
 	}
 	// Signatures and attestations stored as OCI 1.1 referrers travel too (their graph names
 	// the bundle as subject, which is already there).
@@ -359,6 +371,9 @@ func CopyBundle(ctx context.Context, src Source, desc ocispec.Descriptor, dst Si
 	dst.add(placed)
 	return placed, nil
 }
+
+// imageConcurrency is how many carried images CopyBundle copies at once.
+const imageConcurrency = 2
 
 // AttestationTag is the tag cosign stores the attestations of manifest d under.
 func AttestationTag(d ocispec.Descriptor) string {

@@ -429,8 +429,8 @@ func run(ctx context.Context, c config) error {
 		r.runs = append(r.runs, m)
 	}
 	const (
-		ferryConc  = "3 blobs (oras-go CopyGraph default), one image after another; the tar written after, one stream"
-		ferryConcL = "3 blobs (oras-go CopyGraph default), one image after another"
+		ferryConc  = "3 blobs (oras-go CopyGraph default), two images at a time; the tar written after, one stream"
+		ferryConcL = "3 blobs (oras-go CopyGraph default), two images at a time"
 		orasConc   = "3 (`--concurrency` default), one command per image"
 		skopeoConc = "up to 6 layers (containers/image maxParallelDownloads), one command per image"
 	)
