@@ -130,8 +130,8 @@ func plan(n, totalMiB int) []image {
 	return ims
 }
 
-// gzipLayer streams a gzip (stored blocks: random bytes do not compress) of a tar holding
-// one file of size random bytes from seed. The diff_id is the digest of the tar.
+// gzipLayer streams a gzip (stored blocks: random bytes do not compress) of the testbed's
+// layer tar for seed and size. The diff_id is the digest of the tar, written to diff.
 func gzipLayer(seed uint64, size int64, diff io.Writer) io.Reader {
 	pr, pw := io.Pipe()
 	go func() {
@@ -140,18 +140,7 @@ func gzipLayer(seed uint64, size int64, diff io.Writer) io.Reader {
 		if diff != nil {
 			w = io.MultiWriter(zw, diff)
 		}
-		tw := tar.NewWriter(w)
-		err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("data/%x.bin", seed), Mode: 0o644, Size: size, Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)})
-		if err == nil {
-			var key [32]byte
-			for i := range 8 {
-				key[i] = byte(seed >> (8 * i))
-			}
-			_, err = io.CopyN(tw, mrand.NewChaCha8(key), size)
-		}
-		if err == nil {
-			err = tw.Close()
-		}
+		_, err := io.Copy(w, testbed.LayerTar(seed, size))
 		if err == nil {
 			err = zw.Close()
 		}

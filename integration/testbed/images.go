@@ -53,12 +53,12 @@ func (tb *Testbed) PushImage(ctx context.Context, im Image) (ocispec.Descriptor,
 		for i, size := range im.LayerBytes {
 			seed := im.Seed<<16 | uint64(a)<<8 | uint64(i)
 			h := sha256.New()
-			n, err := io.Copy(h, layerTar(seed, size))
+			n, err := io.Copy(h, LayerTar(seed, size))
 			if err != nil {
 				return ocispec.Descriptor{}, err
 			}
 			d := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.Digest("sha256:" + hex.EncodeToString(h.Sum(nil))), Size: n}
-			if err := r.Push(ctx, d, layerTar(seed, size)); err != nil {
+			if err := r.Push(ctx, d, LayerTar(seed, size)); err != nil {
 				return ocispec.Descriptor{}, fmt.Errorf("push layer of %s: %w", im.Repository, err)
 			}
 			layers = append(layers, d)
@@ -104,8 +104,9 @@ func (tb *Testbed) DeleteImage(ctx context.Context, repository string, d ocispec
 	return r.Delete(ctx, d)
 }
 
-// layerTar streams a tar holding one file of size bytes from seed.
-func layerTar(seed uint64, size int64) io.Reader {
+// LayerTar streams a tar holding one file of size random bytes from seed (ChaCha8): the same
+// bytes for the same seed, incompressible as real layers are.
+func LayerTar(seed uint64, size int64) io.Reader {
 	pr, pw := io.Pipe()
 	go func() {
 		tw := tar.NewWriter(pw)
