@@ -48,10 +48,10 @@ func loadNodeKey(cfg *Config) (*nodeID, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := writeExclusive(pub, pubPEM, 0o644); err != nil && !errors.Is(err, fs.ErrExist) {
+		if err := cosignkey.WriteNew(pub, pubPEM, 0o644); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("nodeKey: %w", err)
 		}
-		if err := writeExclusive(priv, privPEM, 0o600); err != nil && !errors.Is(err, fs.ErrExist) {
+		if err := cosignkey.WriteNew(priv, privPEM, 0o600); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("nodeKey: %w", err)
 		}
 	}
@@ -82,24 +82,6 @@ func (d *Daemon) nodeKey() (*nodeID, error) {
 		d.receipts.node = n
 	}
 	return d.receipts.node, nil
-}
-
-// writeExclusive creates path with b, failing if it exists; the file is synced.
-func writeExclusive(path string, b []byte, mode os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		os.Remove(path)
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // Receipt is the node's receipt now: every bundle with its revisions, what runs and its

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/internal/cosignkey"
 	"github.com/ferrygitops/ferry/verify"
 )
 
@@ -225,10 +226,10 @@ overwritten.`,
 			if err != nil {
 				return err
 			}
-			if err := writeNew(priv, privPEM, 0o600); err != nil {
+			if err := cosignkey.WriteNew(priv, privPEM, 0o600); err != nil {
 				return err
 			}
-			if err := writeNew(pub, pubPEM, 0o644); err != nil {
+			if err := cosignkey.WriteNew(pub, pubPEM, 0o644); err != nil {
 				return err
 			}
 			out := map[string]string{"privateKey": priv, "publicKey": pub}
@@ -241,17 +242,4 @@ overwritten.`,
 	gen.Flags().StringVar(&prefix, "prefix", "cosign", "file name prefix for the key pair")
 	cmd.AddCommand(gen)
 	return cmd
-}
-
-// writeNew creates a file that must not exist yet.
-func writeNew(path string, b []byte, mode os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

@@ -105,3 +105,23 @@ func Sign(key crypto.Signer, payload []byte) ([]byte, error) {
 	sum := sha256.Sum256(payload)
 	return key.Sign(rand.Reader, sum[:], crypto.SHA256)
 }
+
+// WriteNew writes a key file that must not exist yet (a key is never overwritten), synced,
+// and removed again if it could not be written whole.
+func WriteNew(path string, b []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+	}
+	return err
+}
