@@ -133,10 +133,11 @@ func (s *stagedSink) Commit(ctx context.Context) ([]Placed, error) {
 	return s.placed, nil
 }
 
-// Close removes the staging directory once the destination is written; otherwise it is kept
+// Close removes the staging directory once the destination is written, or when it holds no
+// blob (a copy refused before it sent anything leaves nothing behind); otherwise it is kept
 // for the next copy.
 func (s *stagedSink) Close() error {
-	if s.done {
+	if blobs, _ := os.ReadDir(filepath.Join(s.dir, ocispec.ImageBlobsDir, "sha256")); s.done || len(blobs) == 0 {
 		os.RemoveAll(s.dir)
 	}
 	return s.lock.Close()

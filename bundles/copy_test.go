@@ -2,6 +2,7 @@ package bundles
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,5 +39,19 @@ func TestCopyTagsTheBundleLast(t *testing.T) {
 	}
 	if len(rec.tags) != 2 || !strings.HasSuffix(rec.tags[0], ".sig") || rec.tags[1] != "1.4.0" {
 		t.Fatalf("tags set in the order %v, want the signature's then the bundle's", rec.tags)
+	}
+}
+
+// A mirror refused before it sent anything (its source is not there) leaves no staging
+// behind; one that copied blobs keeps them for the next run (the conformance test).
+func TestRefusedMirrorLeavesNoStaging(t *testing.T) {
+	staging := filepath.Join(t.TempDir(), "staging")
+	src, _ := ParseAddress(filepath.Join(t.TempDir(), "missing.tar"))
+	dst, _ := ParseAddress(filepath.Join(t.TempDir(), "out.tar"))
+	if _, err := Mirror(t.Context(), src, dst, Options{StagingDir: staging}, MirrorOptions{}); err == nil {
+		t.Fatal("a mirror from a missing archive succeeded")
+	}
+	if left, _ := os.ReadDir(staging); len(left) != 0 {
+		t.Fatalf("staging left behind: %v", left)
 	}
 }
