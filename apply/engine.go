@@ -25,7 +25,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 	"oras.land/oras-go/v2/content"
-	"sigs.k8s.io/kustomize/api/resmap"
+	kyaml "sigs.k8s.io/kustomize/kyaml/yaml"
 
 	"github.com/ferrygitops/ferry/apply/render"
 	"github.com/ferrygitops/ferry/bundles"
@@ -199,9 +199,9 @@ type Inventory struct {
 type component struct {
 	spec   bundles.Component
 	bundle string
-	ns     string // where its objects without a namespace go
-	home   string // where it lives: its service account, references without a namespace
-	rm     resmap.ResMap
+	ns     string         // where its objects without a namespace go
+	home   string         // where it lives: its service account, references without a namespace
+	nodes  []*kyaml.RNode // built, before substitution; shared with the build cache, never changed
 	objs   []*object
 	wait   bool
 	prune  bool
@@ -831,7 +831,7 @@ func (e *Engine) buildFrom(ctx context.Context, src content.Fetcher, b *bundles.
 		c := component{spec: spec, bundle: b.Metadata.Name, ns: e.opts.namespaceOf(spec), home: e.opts.homeOf(spec), tmo: e.opts.DefaultTimeout}
 		var timeout, sa string
 		if k := spec.Kustomize; k != nil {
-			if c.rm, err = e.opts.build(ctx, src, b, i); err != nil {
+			if c.nodes, err = e.opts.build(ctx, src, b, i); err != nil {
 				return nil, err
 			}
 			c.wait, c.prune, c.force, c.drift = k.Wait, k.Prune, k.Force, k.DriftDetection
@@ -903,7 +903,7 @@ func (e *Engine) prepare(ctx context.Context, c *component, cc *cluster, before 
 	if !e.lookupSet {
 		env.Lookup = cc.lookup // substituteFrom is read as the component's identity
 	}
-	us, err := env.finish(ctx, c.spec, c.rm)
+	us, err := env.finish(ctx, c.spec, c.nodes)
 	if err != nil {
 		return err
 	}

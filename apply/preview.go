@@ -141,9 +141,11 @@ func (e *Engine) Preview(ctx context.Context, src content.Fetcher, b *bundles.Bu
 			if err != nil {
 				return Plan{}, fmt.Errorf("component %s: %w", c.spec.Name, err)
 			}
-			if c.rm, err = render.Template(c.helm.files, c.spec.Name, c.helm.spec, vals); err != nil {
+			rm, err := render.Template(c.helm.files, c.spec.Name, c.helm.spec, vals)
+			if err != nil {
 				return Plan{}, fmt.Errorf("component %s: %w", c.spec.Name, err)
 			}
+			c.nodes = rm.ToRNodeSlice()
 		}
 		if err := e.prepare(ctx, c, cc, done); err != nil {
 			return Plan{}, err

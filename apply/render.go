@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"oras.land/oras-go/v2/content"
 	"sigs.k8s.io/kustomize/api/resmap"
+	kyaml "sigs.k8s.io/kustomize/kyaml/yaml"
 
 	"github.com/ferrygitops/ferry/apply/decrypt"
 	"github.com/ferrygitops/ferry/apply/render"
@@ -78,16 +79,21 @@ func (env Env) homeOf(c bundles.Component) string {
 // exactly as the node applies it: SOPS files decrypted in memory, kustomize or Helm, then
 // postBuild substitution. `ferry render` and the engine share it.
 func RenderComponent(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i int, env Env) ([]*unstructured.Unstructured, error) {
-	rm, err := env.build(ctx, src, b, i)
+	nodes, err := env.build(ctx, src, b, i)
 	if err != nil {
 		return nil, err
 	}
-	return env.finish(ctx, b.Metadata.Components[i], rm)
+	return env.finish(ctx, b.Metadata.Components[i], nodes)
 }
 
-// build decrypts and renders a component; what only the cluster knows (substituteFrom) is
-// left for finish, which the engine calls once the component's dependencies are applied.
-func (env Env) build(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i int) (resmap.ResMap, error) {
+// build returns a component's objects before substitution: its rendered layer when the bundle
+// carries one, else its files decrypted and built. What only the cluster knows
+// (substituteFrom) is left for finish, which the engine calls once the component's
+// dependencies are applied.
+func (env Env) build(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i int) ([]*kyaml.RNode, error) {
+	if _, ok := b.Rendered(i); ok {
+		return render.Carried(ctx, src, b, i)
+	}
 	c := b.Metadata.Components[i]
 	files, err := b.Layer(ctx, src, i)
 	if err != nil {
@@ -121,7 +127,7 @@ func (env Env) build(ctx context.Context, src content.Fetcher, b *bundles.Bundle
 	if err != nil {
 		return nil, fmt.Errorf("component %s: %w", c.Name, err)
 	}
-	return rm, nil
+	return rm.ToRNodeSlice(), nil
 }
 
 // helmChart reads a Helm component's layer and loads its chart: the engine installs it as a
@@ -144,28 +150,28 @@ func (env Env) helmChart(ctx context.Context, src content.Fetcher, b *bundles.Bu
 	return &helmChart{release: render.ReleaseName(c.Name, *c.Helm), chart: ch, files: files, layer: b.Manifest.Layers[i].Digest, spec: *c.Helm}, nil
 }
 
-// finish substitutes variables (postBuild) into a copy of rm and returns its objects.
-func (env Env) finish(ctx context.Context, c bundles.Component, rm resmap.ResMap) ([]*unstructured.Unstructured, error) {
+// finish substitutes variables (postBuild) into the objects, leaving nodes as they are, and
+// returns them.
+func (env Env) finish(ctx context.Context, c bundles.Component, nodes []*kyaml.RNode) ([]*unstructured.Unstructured, error) {
 	if c.Kustomize != nil && c.Kustomize.PostBuild != nil && !env.KeepVariables {
 		vars, err := env.variables(ctx, c, *c.Kustomize.PostBuild)
 		if err != nil {
 			return nil, fmt.Errorf("component %s: %w", c.Name, err)
 		}
-		rm = rm.DeepCopy()
-		if err := render.Substitute(rm, vars, !env.Lenient); err != nil {
+		if nodes, err = render.Substitute(nodes, vars, !env.Lenient); err != nil {
 			return nil, fmt.Errorf("component %s: %w", c.Name, err)
 		}
 	}
-	out := make([]*unstructured.Unstructured, 0, rm.Size())
-	for _, res := range rm.Resources() {
+	out := make([]*unstructured.Unstructured, 0, len(nodes))
+	for _, n := range nodes {
 		// Through JSON, so numbers are int64/float64 as client-go expects everywhere.
-		b, err := res.MarshalJSON()
+		b, err := n.MarshalJSON()
 		if err != nil {
-			return nil, fmt.Errorf("component %s: %s: %w", c.Name, res.CurId(), err)
+			return nil, fmt.Errorf("component %s: %s %s: %w", c.Name, n.GetKind(), n.GetName(), err)
 		}
 		u := &unstructured.Unstructured{}
 		if err := u.UnmarshalJSON(b); err != nil {
-			return nil, fmt.Errorf("component %s: %s: %w", c.Name, res.CurId(), err)
+			return nil, fmt.Errorf("component %s: %s %s: %w", c.Name, n.GetKind(), n.GetName(), err)
 		}
 		if u.GetName() == "" || u.GetKind() == "" || u.GetAPIVersion() == "" {
 			return nil, fmt.Errorf("component %s: an object has no apiVersion, kind or metadata.name", c.Name)

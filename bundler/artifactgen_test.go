@@ -84,7 +84,7 @@ func TestBuildFromFluxArtifactGenerator(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, _ := objs.AsYaml()
+		out, _ := render.AsYAML(objs)
 		for _, want := range []string{"name: from-repo\n", "name: from-repo-sub", "name: prod-env"} {
 			if !strings.Contains(string(out), want) {
 				t.Fatalf("composed artifact renders without %q:\n%s", want, out)

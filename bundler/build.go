@@ -57,6 +57,9 @@ type Options struct {
 	// CI's pull-through cache or internal mirror. The bundle records the original names and
 	// the digests the mirror served.
 	ImageMirrors map[string]string
+	// NoRendered leaves the components' build output out of the bundle: nodes then build
+	// each component again (SPEC §3, rendered layers).
+	NoRendered bool
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
 }
@@ -122,6 +125,7 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 	meta.Created = meta.Created.UTC().Truncate(time.Second)
 
 	layers := make([][]byte, len(spec.Spec.Components))
+	var rendered [][]byte // of the components marked rendered, in order
 	discovered := map[string]bool{}
 	for i, c := range spec.Spec.Components {
 		base := dir
@@ -153,6 +157,19 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 			comp.Helm.Version = ch.Metadata.Version // the resolved version, recorded
 		}
 		layers[i] = layer
+		if comp.CanRender() && !opts.NoRendered {
+			// The node applies what was built here rather than building it again: reading
+			// the output is linear in its size, building is quadratic in its objects.
+			out, err := objs.AsYaml()
+			if err == nil {
+				out, err = bundles.GzipRendered(out)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("component %s: rendered output: %w", c.Name, err)
+			}
+			comp.Rendered = true
+			rendered = append(rendered, out)
+		}
 		meta.Components = append(meta.Components, comp)
 		for _, im := range render.Images(objs) {
 			discovered[im] = true
@@ -170,7 +187,7 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 			return nil, err
 		}
 	}
-	desc, err := bundles.Pack(ctx, dst, meta, layers)
+	desc, err := bundles.Pack(ctx, dst, meta, append(layers, rendered...))
 	if err != nil {
 		return nil, err
 	}

@@ -210,7 +210,7 @@ func TestBuildHelmComponent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, _ := objs.AsYaml()
+	out, _ := render.AsYAML(objs)
 	if !strings.Contains(string(out), "color: green") || !strings.Contains(string(out), "replicas: \"3\"") {
 		t.Fatalf("rendered from the bundle:\n%s", out)
 	}

@@ -107,7 +107,7 @@ func TestBuildVendorsARepositoryChart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, _ := objs.AsYaml()
+	out, _ := render.AsYAML(objs)
 	if !strings.Contains(string(out), `version: 1.2.0`) || !strings.Contains(string(out), "color: green") {
 		t.Fatalf("rendered:\n%s", out)
 	}

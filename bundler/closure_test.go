@@ -84,7 +84,7 @@ func TestOverlayReachingBase(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, _ := objs.AsYaml()
+		got, _ := render.AsYAML(objs)
 		if want := diskBuild(t, filepath.Join(dir, path)); string(got) != want {
 			t.Errorf("%s renders:\n%s\nkustomize build of the tree:\n%s", path, got, want)
 		}
@@ -177,7 +177,7 @@ spec: {url: "https://git.example.com/site.git"}
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _ := objs.AsYaml()
+	got, _ := render.AsYAML(objs)
 	if want := diskBuild(t, filepath.Join(dir, "apps", "staging")); string(got) != want {
 		t.Errorf("renders:\n%s\nkustomize build of the tree:\n%s", got, want)
 	}

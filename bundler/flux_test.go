@@ -277,7 +277,7 @@ spec:
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, _ := objs.AsYaml()
+		out, _ := render.AsYAML(objs)
 		renders[c.Name] = string(out)
 	}
 	if r := renders["infra-controllers"]; strings.Contains(r, "toolkit.fluxcd.io") || !strings.Contains(r, "kind: Namespace") {

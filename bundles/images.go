@@ -87,11 +87,14 @@ func ImageBlobs(ctx context.Context, src content.Fetcher, root ocispec.Descripto
 }
 
 // Check reads every blob of the bundle from src and checks it against the digest the
-// signed manifest and config give: each component layer (and its files), and each carried
-// image's manifests, configs and layers, streamed.
+// signed manifest and config give: each component layer (and its files) and rendered layer,
+// and each carried image's manifests, configs and layers, streamed.
 func (b *Bundle) Check(ctx context.Context, src content.Fetcher) error {
 	for i := range b.Metadata.Components {
 		if err := b.CheckLayer(ctx, src, i); err != nil {
+			return err
+		}
+		if err := b.CheckRendered(ctx, src, i); err != nil {
 			return err
 		}
 	}

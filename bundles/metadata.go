@@ -79,6 +79,9 @@ type Component struct {
 	Type      string         `json:"type"`
 	Kustomize *KustomizeSpec `json:"kustomize,omitempty"`
 	Helm      *HelmSpec      `json:"helm,omitempty"`
+	// Rendered says the bundle carries the component's kustomize build output as a rendered
+	// layer (SPEC §3), which the node applies instead of building the component again.
+	Rendered bool `json:"rendered,omitempty"`
 }
 
 var (
@@ -174,6 +177,9 @@ func (m *Metadata) Validate() error {
 			bad(f+".type", "%q is not a component type this Ferry knows (kustomize, helm)", c.Type)
 		default:
 			bad(f, "type %q needs exactly its own spec", c.Type)
+		}
+		if c.Rendered && !c.CanRender() {
+			bad(f+".rendered", "only a kustomize component without decryption carries a rendered layer")
 		}
 	}
 	if len(m.Images) > MaxImages {

@@ -18,11 +18,13 @@ import (
 // MaxManifestBytes bounds a bundle or signature manifest read from outside.
 const MaxManifestBytes = 4 << 20
 
-// Pack stores the metadata and one layer per component in dst as a bundle manifest
-// (SPEC §1) and returns the manifest's descriptor. It does not tag; the caller names it.
+// Pack stores the metadata and its layers in dst as a bundle manifest (SPEC §1) and returns
+// the manifest's descriptor: one layer per component, then the rendered layer of each
+// component marked rendered, in component order. It does not tag; the caller names it.
 func Pack(ctx context.Context, dst content.Pusher, m *Metadata, layers [][]byte) (ocispec.Descriptor, error) {
-	if len(layers) != len(m.Components) {
-		return ocispec.Descriptor{}, fmt.Errorf("pack: %d layers for %d components", len(layers), len(m.Components))
+	owners := layerOwners(m)
+	if len(layers) != len(owners) {
+		return ocispec.Descriptor{}, fmt.Errorf("pack: %d layers for %d components and %d rendered outputs", len(layers), len(m.Components), len(owners)-len(m.Components))
 	}
 	cfg, err := m.Marshal()
 	if err != nil {
@@ -34,8 +36,12 @@ func Pack(ctx context.Context, dst content.Pusher, m *Metadata, layers [][]byte)
 	}
 	descs := make([]ocispec.Descriptor, len(layers))
 	for i, l := range layers {
-		d := content.NewDescriptorFromBytes(ComponentType, l)
-		d.Annotations = map[string]string{ocispec.AnnotationTitle: m.Components[i].Name}
+		mt := ComponentType
+		if i >= len(m.Components) {
+			mt = RenderedType
+		}
+		d := content.NewDescriptorFromBytes(mt, l)
+		d.Annotations = map[string]string{ocispec.AnnotationTitle: m.Components[owners[i]].Name}
 		if err := pushIfAbsent(ctx, dst, d, l); err != nil {
 			return ocispec.Descriptor{}, err
 		}
@@ -67,6 +73,23 @@ type Bundle struct {
 	Descriptor ocispec.Descriptor // of the manifest
 	Manifest   ocispec.Manifest
 	Metadata   *Metadata
+
+	rendered []int // per component, the index of its rendered layer, or -1
+}
+
+// layerOwners returns, for each layer of a bundle with metadata m, the index of the component
+// it belongs to: every component, then each rendered one again.
+func layerOwners(m *Metadata) []int {
+	owners := make([]int, 0, len(m.Components))
+	for i := range m.Components {
+		owners = append(owners, i)
+	}
+	for i, c := range m.Components {
+		if c.Rendered {
+			owners = append(owners, i)
+		}
+	}
+	return owners
 }
 
 // ErrNotBundle is what Open says of a manifest that is not a Ferry bundle at all (another
@@ -107,15 +130,28 @@ func Open(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor) (*B
 	if err != nil {
 		return nil, fmt.Errorf("bundle %s: %w", desc.Digest, err)
 	}
-	if len(man.Layers) != len(meta.Components) {
-		return nil, fmt.Errorf("bundle %s: %d layers for %d components", desc.Digest, len(man.Layers), len(meta.Components))
+	owners := layerOwners(meta)
+	if len(man.Layers) != len(owners) {
+		return nil, fmt.Errorf("bundle %s: %d layers for %d components and %d rendered outputs", desc.Digest, len(man.Layers), len(meta.Components), len(owners)-len(meta.Components))
+	}
+	rendered := make([]int, len(meta.Components))
+	for i := range rendered {
+		rendered[i] = -1
 	}
 	for i, l := range man.Layers {
-		if l.MediaType != ComponentType {
-			return nil, fmt.Errorf("bundle %s: layers[%d] mediaType %q, want %s", desc.Digest, i, l.MediaType, ComponentType)
+		want := ComponentType
+		if i >= len(meta.Components) {
+			want = RenderedType
+			rendered[owners[i]] = i
+		}
+		if l.MediaType != want {
+			return nil, fmt.Errorf("bundle %s: layers[%d] mediaType %q, want %s", desc.Digest, i, l.MediaType, want)
 		}
 		if l.Size < 0 || l.Size > MaxLayerBytes {
 			return nil, fmt.Errorf("bundle %s: layers[%d] size %d out of range", desc.Digest, i, l.Size)
+		}
+		if t, ok := l.Annotations[ocispec.AnnotationTitle]; ok && t != meta.Components[owners[i]].Name {
+			return nil, fmt.Errorf("bundle %s: layers[%d] is titled %q but belongs to component %s", desc.Digest, i, t, meta.Components[owners[i]].Name)
 		}
 	}
 	for k, want := range meta.Annotations() {
@@ -123,7 +159,7 @@ func Open(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor) (*B
 			return nil, fmt.Errorf("bundle %s: annotation %s is %q but the signed config says %q", desc.Digest, k, got, want)
 		}
 	}
-	return &Bundle{Descriptor: desc, Manifest: man, Metadata: meta}, nil
+	return &Bundle{Descriptor: desc, Manifest: man, Metadata: meta, rendered: rendered}, nil
 }
 
 // Layer fetches component i's layer, checking its digest and size, and reads its files.

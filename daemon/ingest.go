@@ -105,7 +105,12 @@ func check(ctx context.Context, st *store.Store, src bundles.Source, desc ocispe
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(2)
 	for i := range b.Metadata.Components {
-		g.Go(func() error { return b.CheckLayer(gctx, held, i) })
+		g.Go(func() error {
+			if err := b.CheckLayer(gctx, held, i); err != nil {
+				return err
+			}
+			return b.CheckRendered(gctx, held, i)
+		})
 	}
 	if err := g.Wait(); err != nil {
 		return nil, fmt.Errorf("ingest %s revision %d: %w", b.Metadata.Name, b.Metadata.Revision, err)

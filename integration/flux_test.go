@@ -114,7 +114,7 @@ func TestFluxGuideRendersAsKubectlKustomize(t *testing.T) {
 				if err != nil {
 					t.Fatalf("%s: %v", c.Name, err)
 				}
-				got, _ := objs.AsYaml()
+				got, _ := render.AsYAML(objs)
 				kubectl := exec.Command(tb.Bin("kubectl"), "kustomize", "--load-restrictor", "LoadRestrictionsNone", filepath.Join(dir, paths[c.Name]))
 				want, err := kubectl.Output()
 				if err != nil {

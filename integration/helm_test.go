@@ -61,7 +61,7 @@ func TestBundleVendorsAChartFromARealHelmRepository(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ours, _ := objs.AsYaml()
+	ours, _ := render.AsYAML(objs)
 	// The real helm, on the same chart with the same values and release name.
 	theirs := helm(src, "template", "apps-podinfo", "./podinfo", "--namespace", "apps", "--set", "replicaCount=2", "--set", "message=from-ferry")
 	for _, want := range []string{"name: apps-podinfo", "replicas: 2", "from-ferry"} {
@@ -112,7 +112,7 @@ func TestBundleVendorsAnOCIChartPushedByHelm(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, _ := objs.AsYaml()
+	out, _ := render.AsYAML(objs)
 	if !strings.Contains(string(out), "size: 5Gi") || !strings.Contains(string(out), "chart: 1.1.0") {
 		t.Fatalf("rendered:\n%s", out)
 	}
@@ -202,7 +202,7 @@ spec:
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, _ := objs.AsYaml()
+		out, _ := render.AsYAML(objs)
 		renders[c.Name] = string(out)
 	}
 	if !strings.Contains(renders["apps"], "name: from-oci") || !strings.Contains(renders["cache"], "v: 3.1.0") {

@@ -12,14 +12,19 @@ import (
 
 	"github.com/pmezard/go-difflib/difflib"
 	"oras.land/oras-go/v2/content"
-	"sigs.k8s.io/kustomize/api/resmap"
 	"sigs.k8s.io/kustomize/kyaml/yaml"
 
 	"github.com/ferrygitops/ferry/bundles"
 )
 
-// FromBundle renders component i of bundle b, reading its layer (digest-checked) from src.
-func FromBundle(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i int) (resmap.ResMap, error) {
+// FromBundle returns the objects of component i of bundle b, reading its layers
+// (digest-checked) from src: its rendered layer when the bundle carries one, else its files
+// built, SOPS files as they are. `ferry bundle diff` and the node's engine read a component
+// the same way.
+func FromBundle(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i int) ([]*yaml.RNode, error) {
+	if _, ok := b.Rendered(i); ok {
+		return Carried(ctx, src, b, i)
+	}
 	files, err := b.Layer(ctx, src, i)
 	if err != nil {
 		return nil, err
@@ -29,7 +34,7 @@ func FromBundle(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i i
 	if err != nil {
 		return nil, fmt.Errorf("component %s: %w", c.Name, err)
 	}
-	return rm, nil
+	return rm.ToRNodeSlice(), nil
 }
 
 // Object is one rendered object of a bundle, secrets masked.

@@ -5,9 +5,8 @@ import (
 	"regexp"
 
 	"github.com/fluxcd/pkg/envsubst"
-	"sigs.k8s.io/kustomize/api/resmap"
-	"sigs.k8s.io/kustomize/api/resource"
 	"sigs.k8s.io/kustomize/kyaml/yaml"
+	sigsyaml "sigs.k8s.io/yaml"
 )
 
 // SubstituteAnnotation turns substitution off for one object when set to "disabled" (Flux).
@@ -16,32 +15,43 @@ const SubstituteAnnotation = "kustomize.toolkit.fluxcd.io/substitute"
 // varName is what Flux accepts as a variable name.
 var varName = regexp.MustCompile(`^[_[:alpha:]][_[:alpha:][:digit:]]*$`)
 
-// Substitute replaces ${VAR} and ${VAR:=default} in every object of rm with vars, as Flux's
-// postBuild does, skipping objects annotated kustomize.toolkit.fluxcd.io/substitute: disabled.
-// In strict mode a variable that is unset and has no default is an error naming the object;
-// otherwise it becomes empty. Variable values never appear in errors.
-func Substitute(rm resmap.ResMap, vars map[string]string, strict bool) error {
+// Substitute replaces ${VAR} and ${VAR:=default} in every object of nodes with vars, as
+// Flux's postBuild does, skipping objects annotated kustomize.toolkit.fluxcd.io/substitute:
+// disabled, and returns the objects substituted (nodes itself is not changed). In strict mode
+// a variable that is unset and has no default is an error naming the object; otherwise it
+// becomes empty. Variable values never appear in errors.
+func Substitute(nodes []*yaml.RNode, vars map[string]string, strict bool) ([]*yaml.RNode, error) {
 	for k := range vars {
 		if !varName.MatchString(k) {
-			return fmt.Errorf("substitute: %q is not a valid variable name", k)
+			return nil, fmt.Errorf("substitute: %q is not a valid variable name", k)
 		}
 	}
-	for _, res := range rm.Resources() {
-		if res.GetAnnotations()[SubstituteAnnotation] == "disabled" {
+	out := make([]*yaml.RNode, len(nodes))
+	for i, n := range nodes {
+		if n.GetAnnotations()[SubstituteAnnotation] == "disabled" {
+			out[i] = n
 			continue
 		}
-		if err := substituteOne(res, vars, strict); err != nil {
-			return err
+		s, err := substituteOne(n, vars, strict)
+		if err != nil {
+			return nil, err
 		}
+		out[i] = s
 	}
-	return nil
+	return out, nil
 }
 
-func substituteOne(res *resource.Resource, vars map[string]string, strict bool) error {
-	id := res.CurId().String()
-	in, err := res.AsYAML()
+// substituteOne substitutes in the object's YAML as kustomize prints it (through JSON, as
+// Flux's kustomize-controller does with Resource.AsYAML), so a value lands in the same text.
+func substituteOne(n *yaml.RNode, vars map[string]string, strict bool) (*yaml.RNode, error) {
+	id := n.GetKind() + " " + n.GetNamespace() + "/" + n.GetName()
+	j, err := n.MarshalJSON()
 	if err != nil {
-		return fmt.Errorf("%s: %w", id, err)
+		return nil, fmt.Errorf("%s: %w", id, err)
+	}
+	in, err := sigsyaml.JSONToYAML(j)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", id, err)
 	}
 	// envsubst itself refuses a variable the mapping does not know and that has no default;
 	// outside strict mode every unknown variable is simply empty.
@@ -50,12 +60,11 @@ func substituteOne(res *resource.Resource, vars map[string]string, strict bool) 
 		return v, ok || !strict
 	})
 	if err != nil {
-		return fmt.Errorf("%s: substitute: %w", id, err)
+		return nil, fmt.Errorf("%s: substitute: %w", id, err)
 	}
 	node, err := yaml.Parse(out)
 	if err != nil {
-		return fmt.Errorf("%s: after substitution the object is not valid YAML: %w", id, err)
+		return nil, fmt.Errorf("%s: after substitution the object is not valid YAML: %w", id, err)
 	}
-	res.RNode = *node
-	return nil
+	return node, nil
 }

@@ -47,14 +47,14 @@ Addresses, the same for every command:
 
 func newBundleBuildCommand(o *bundles.Options) *cobra.Command {
 	var (
-		out        string
-		revision   uint64
-		allowDirty bool
-		fromFlux   string
-		name, ver  string
-		mirrors    map[string]string
-		overrides  map[string]string
-		p          = printer{}
+		out                  string
+		revision             uint64
+		allowDirty, rendered bool
+		fromFlux             string
+		name, ver            string
+		mirrors              map[string]string
+		overrides            map[string]string
+		p                    = printer{}
 	)
 	cmd := &cobra.Command{
 		Use:   "build [DIR]",
@@ -62,7 +62,9 @@ func newBundleBuildCommand(o *bundles.Options) *cobra.Command {
 		Long: `Build reads DIR/ferry.yaml, records the Git provenance of the tree (commit, origin
 URL, clean or dirty), packs each component reproducibly, renders each one to prove it
 builds, and writes the bundle to the address given by --to (default: an OCI layout
-directory dist/NAME).
+directory dist/NAME). The build output of each kustomize component without decryption
+travels with it as a rendered layer, exactly as kustomize build prints it: the node
+applies that instead of running kustomize again (--rendered=false to leave it out).
 
 With --from-flux, the Kustomizations and HelmReleases of a Flux cluster directory become
 the components, with the same fields. Sources that are this repository become local
@@ -109,7 +111,7 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
 			if err != nil {
 				return err
 			}
-			res, err := bundler.Build(cmd.Context(), store, bundler.Options{Dir: dir, Revision: revision, AllowDirty: allowDirty, Created: created,
+			res, err := bundler.Build(cmd.Context(), store, bundler.Options{Dir: dir, Revision: revision, AllowDirty: allowDirty, Created: created, NoRendered: !rendered,
 				FromFlux: fromFlux, Name: name, Version: ver, Remote: *o, ImageMirrors: mirrors, SourceOverrides: overrides})
 			if err != nil {
 				return err
@@ -150,6 +152,7 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
 	cmd.Flags().StringVar(&out, "to", "", "where to write the bundle, any address (default: layout directory dist/NAME)")
 	cmd.Flags().Uint64Var(&revision, "revision", 0, "bundle revision (default: commits reachable from HEAD)")
 	cmd.Flags().BoolVar(&allowDirty, "allow-dirty", false, "build a tree with uncommitted changes or outside Git (marked dirty)")
+	cmd.Flags().BoolVar(&rendered, "rendered", true, "carry each kustomize component's build output (without decryption) so nodes apply it instead of building it again; --rendered=false leaves the building to the node")
 	cmd.Flags().StringVar(&fromFlux, "from-flux", "", "read this Flux cluster directory (Kustomization, HelmRelease, GitRepository, HelmRepository) instead of ferry.yaml")
 	cmd.Flags().StringVar(&name, "name", "", "bundle name, with --from-flux")
 	cmd.Flags().StringVar(&ver, "version", "", "bundle version (semver), with --from-flux")
@@ -312,6 +315,13 @@ type inspectComponent struct {
 	Digest string `json:"digest"`
 	Size   int64  `json:"size"`
 	Chart  string `json:"chartVersion,omitempty"`
+	// Rendered is the rendered layer the component carries (its build output), if any.
+	Rendered *inspectLayer `json:"rendered,omitempty"`
+}
+
+type inspectLayer struct {
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
 }
 
 type bundlesSignatureRef struct {
@@ -349,6 +359,9 @@ func newBundleInspectCommand(o *bundles.Options) *cobra.Command {
 				if c.Helm != nil {
 					ic.Chart = c.Helm.Version
 				}
+				if r, ok := b.Rendered(i); ok {
+					ic.Rendered = &inspectLayer{Digest: r.Digest.String(), Size: r.Size}
+				}
 				out.Components = append(out.Components, ic)
 			}
 			if sig, err := src.Resolve(cmd.Context(), bundles.SignatureTag(desc)); err == nil {
@@ -361,9 +374,13 @@ func newBundleInspectCommand(o *bundles.Options) *cobra.Command {
 				if len(out.Signatures) > 0 {
 					sigs = out.Signatures[0].Tag
 				}
-				fmt.Fprintf(w, "Signatures:\t%s\n\nCOMPONENT\tTYPE\tSIZE\tDIGEST\n", sigs)
+				fmt.Fprintf(w, "Signatures:\t%s\n\nCOMPONENT\tTYPE\tSIZE\tDIGEST\tRENDERED\n", sigs)
 				for _, c := range out.Components {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", c.Name, c.Type, humanBytes(c.Size), c.Digest)
+					rendered := "no"
+					if c.Rendered != nil {
+						rendered = humanBytes(c.Rendered.Size)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", c.Name, c.Type, humanBytes(c.Size), c.Digest, rendered)
 				}
 				if len(m.Images) > 0 {
 					fmt.Fprintf(w, "\nIMAGE\tDIGEST\n")

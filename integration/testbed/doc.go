@@ -6,7 +6,7 @@
 //   - kwok, whose fake nodes make pods Running and Ready, with one Stage of ours that keeps
 //     pods labelled [FailLabel] from ever becoming Ready, so a test can make a rollout fail;
 //   - an OCI registry (distribution v3) and an S3 server (versitygw, posix backend);
-//   - the CLIs interoperability tests call: cosign, sops, oras, helm, age, kubectl.
+//   - the CLIs interoperability tests call: cosign, sops, oras, helm, age, kubectl, kustomize.
 //
 // Binaries come from tools/build.sh, which builds them once into a cache outside the clone
 // (${XDG_CACHE_HOME:-~/.cache}/ferry-testbed/<hash>) and reuses them afterwards.

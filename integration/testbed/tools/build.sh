@@ -23,6 +23,7 @@ simple=(
 	github.com/getsops/sops/v3/cmd/sops@v3.13.3
 	oras.land/oras/cmd/oras@v1.3.6
 	helm.sh/helm/v3/cmd/helm@v3.22.0
+	sigs.k8s.io/kustomize/kustomize/v5@v5.8.2
 	filippo.io/age/cmd/age@v1.3.2
 	filippo.io/age/cmd/age-keygen@v1.3.2
 	honnef.co/go/tools/cmd/staticcheck@v0.7.0
