@@ -66,9 +66,15 @@ bench:
 
 ## bench-daemon: the edge daemon's binary size, memory, CPU and stick-to-healthy time (testbed; ~6 min)
 .PHONY: bench-daemon
-## bench-apply: the apply engine against kubectl, fluxcd/pkg/ssa and a raw loop (about 12 min)
+## bench-apply: the apply engine against kubectl, fluxcd/pkg/ssa and a raw loop, then the render sweep (1k, 4k, 16k objects) against kustomize build (12 min, then about 40 min for the sweep, most of it kustomize at 16k; RENDER_FLAGS='-sizes 1000,4000' takes 4 min)
 bench-apply: testbed
 	$(GO) run ./bench/apply -runs 3
+	$(GO) run ./bench/render $(RENDER_FLAGS)
+
+## bench-render: only the render sweep of bench-apply
+.PHONY: bench-render
+bench-render: testbed
+	$(GO) run ./bench/render $(RENDER_FLAGS)
 
 bench-daemon: testbed
 	$(GO) run ./bench/daemon
