@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -47,6 +48,32 @@ func TestBundleCLIEndToEnd(t *testing.T) {
 	}
 	if !strings.Contains(out, "demo 0.2.0 (revision 1)") {
 		t.Fatalf("build output %q", out)
+	}
+	// The kustomize component carries its build output; --rendered=false leaves it out.
+	for _, tc := range []struct {
+		flags []string
+		want  bool
+	}{{nil, true}, {[]string{"--rendered=false"}, false}} {
+		at := filepath.Join(t.TempDir(), "layout")
+		if _, err := runFerry(t, append([]string{"bundle", "build", dir, "--to", at}, tc.flags...)...); err != nil {
+			t.Fatal(err)
+		}
+		js, err := runFerry(t, "bundle", "inspect", at, "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct {
+			Components []struct {
+				Digest   string
+				Rendered *struct{ Digest string }
+			}
+		}
+		if err := json.Unmarshal([]byte(js), &got); err != nil || len(got.Components) != 1 {
+			t.Fatalf("inspect -o json: %v\n%s", err, js)
+		}
+		if r := got.Components[0].Rendered; (r != nil) != tc.want || (r != nil && (r.Digest == "" || r.Digest == got.Components[0].Digest)) {
+			t.Fatalf("build %v: rendered layer %+v, want one: %v", tc.flags, r, tc.want)
+		}
 	}
 	stick := filepath.Join(t.TempDir(), "demo.tar")
 	if _, err := runFerry(t, "bundle", "export", layout, stick); err != nil {
