@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -54,7 +55,19 @@ func main() {
 	sizes := flag.String("sizes", "1000,4000,16000", "object counts, comma-separated, ascending")
 	runs := flag.Int("runs", 1, "runs of each measurement; the median is reported (kustomize alone takes minutes at 16k objects)")
 	timeout := flag.Duration("timeout", 10*time.Minute, "give up on one measurement after this long")
+	rows := flag.String("rows", strings.Join(columns, ","), "the rows to measure, comma-separated (ferry bundle build always runs: the others need its bundle)")
 	flag.Parse()
+	only := map[string]bool{"ferry bundle build": true}
+	for _, r := range strings.Split(*rows, ",") {
+		only[strings.TrimSpace(r)] = true
+	}
+	var keep []string
+	for _, c := range columns {
+		if only[c] {
+			keep = append(keep, c)
+		}
+	}
+	columns = keep
 	var ns []int
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -146,12 +159,18 @@ func run(sizes []int, runs int, timeout time.Duration) error {
 		}
 		rendered, unrendered := filepath.Join(dir, "bundle"), filepath.Join(dir, "bundle-unrendered")
 		measureOne("ferry bundle build", self, "build", dir, rendered)
-		if err := buildLayout(dir, unrendered, true); err != nil {
-			return err
+		if slices.Contains(columns, "ferry node") {
+			measureOne("ferry node", self, "render", rendered)
 		}
-		measureOne("ferry node", self, "render", rendered)
-		measureOne("ferry node, --rendered=false", self, "render", unrendered)
-		measureOne("kustomize build", kustomize, "build", "--load-restrictor", "LoadRestrictionsNone", "-o", os.DevNull, filepath.Join(dir, "cms"))
+		if slices.Contains(columns, "ferry node, --rendered=false") {
+			if err := buildLayout(dir, unrendered, true); err != nil {
+				return err
+			}
+			measureOne("ferry node, --rendered=false", self, "render", unrendered)
+		}
+		if slices.Contains(columns, "kustomize build") {
+			measureOne("kustomize build", kustomize, "build", "--load-restrictor", "LoadRestrictionsNone", "-o", os.DevNull, filepath.Join(dir, "cms"))
+		}
 		for _, col := range columns {
 			if len(table[col]) != len(table["ferry bundle build"]) {
 				return fmt.Errorf("%d objects: %s failed", n, col)
