@@ -110,8 +110,9 @@ func (b *Bundle) CheckRendered(ctx context.Context, src content.Fetcher, i int) 
 	return nil
 }
 
-// gunzipRendered decompresses one gzip member of UTF-8 text into w, refusing more than
-// MaxRenderedBytes, a second member and anything after the stream.
+// gunzipRendered decompresses one gzip member of UTF-8 text into w, in 64 KiB pieces,
+// refusing more than MaxRenderedBytes, text that is not UTF-8, a second member and anything
+// after the stream. Memory stays constant when w keeps nothing (ingest).
 func gunzipRendered(r io.Reader, w io.Writer) error {
 	br := bufio.NewReader(r)
 	gz, err := gzip.NewReader(br)
@@ -120,20 +121,47 @@ func gunzipRendered(r io.Reader, w io.Writer) error {
 	}
 	defer gz.Close()
 	gz.Multistream(false)
-	var buf bytes.Buffer
-	n, err := io.Copy(&buf, io.LimitReader(gz, MaxRenderedBytes+1))
-	if err != nil {
-		return err
+	lr := &io.LimitedReader{R: gz, N: MaxRenderedBytes + 1}
+	buf := make([]byte, 64<<10)
+	var carry []byte // the start of a character split between two pieces
+	for {
+		n, err := lr.Read(buf[len(carry):])
+		if n > 0 {
+			chunk := buf[:len(carry)+n]
+			// Hold back an incomplete character at the end; check the rest.
+			cut := len(chunk)
+			for i := 1; i <= utf8.UTFMax-1 && i <= len(chunk); i++ {
+				if b := chunk[len(chunk)-i]; utf8.RuneStart(b) {
+					if !utf8.FullRune(chunk[len(chunk)-i:]) {
+						cut = len(chunk) - i
+					}
+					break
+				}
+			}
+			if !utf8.Valid(chunk[:cut]) {
+				return errors.New("not UTF-8 text")
+			}
+			if _, werr := w.Write(chunk[:cut]); werr != nil {
+				return werr
+			}
+			carry = append(buf[:0:0], chunk[cut:]...)
+			copy(buf, carry)
+		}
+		if lr.N <= 0 {
+			return fmt.Errorf("over the %d-byte limit once decompressed", MaxRenderedBytes)
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
 	}
-	if n > MaxRenderedBytes {
-		return fmt.Errorf("over the %d-byte limit once decompressed", MaxRenderedBytes)
-	}
-	if !utf8.Valid(buf.Bytes()) {
+	if len(carry) > 0 {
 		return errors.New("not UTF-8 text")
 	}
 	if _, err := br.ReadByte(); err == nil {
 		return errors.New("data after the gzip stream")
 	}
-	_, err = w.Write(buf.Bytes())
-	return err
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
 
@@ -195,5 +196,24 @@ func TestMetadataRefusesRenderedWhereTheNodeMustBuild(t *testing.T) {
 	h.Components[0] = Component{Name: "chart", Type: TypeHelm, Helm: &HelmSpec{Chart: "chart"}, Rendered: true}
 	if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "components[0].rendered") {
 		t.Fatalf("err = %v, want rendered refused on a Helm component", err)
+	}
+}
+
+// TestGunzipRenderedUTF8AcrossPieces: characters split between the 64 KiB pieces the check
+// reads are accepted whole, and broken ones anywhere refused, the output left byte for byte.
+func TestGunzipRenderedUTF8AcrossPieces(t *testing.T) {
+	for _, pad := range []int{64<<10 - 1, 64<<10 - 2, 64<<10 - 3, 64 << 10, 3} {
+		text := strings.Repeat("a", pad) + "ü€😀" + strings.Repeat("b", 64<<10) + "é"
+		gz, _ := GzipRendered([]byte(text))
+		var out bytes.Buffer
+		if err := gunzipRendered(bytes.NewReader(gz), &out); err != nil || out.String() != text {
+			t.Fatalf("pad %d: %v (got %d bytes of %d)", pad, err, out.Len(), len(text))
+		}
+		for _, bad := range []string{text[:len(text)-1], strings.Repeat("a", pad) + "\xe2\x82" + "x"} {
+			gz, _ := GzipRendered([]byte(bad))
+			if err := gunzipRendered(bytes.NewReader(gz), io.Discard); err == nil || !strings.Contains(err.Error(), "UTF-8") {
+				t.Fatalf("pad %d: accepted broken UTF-8: %v", pad, err)
+			}
+		}
 	}
 }
