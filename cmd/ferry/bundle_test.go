@@ -110,17 +110,26 @@ func TestBundleCLIEndToEnd(t *testing.T) {
 		t.Fatalf("verify with the node's policy: %v\n%s", err, out)
 	}
 
-	// A stick whose component layer was altered after signing fails, naming the component.
-	tampered := filepath.Join(t.TempDir(), "tampered.tar")
-	flipLayerByte(t, stick, tampered)
-	if _, err := runFerry(t, "bundle", "verify", tampered, "--key", filepath.Join(keys, "ci.pub")); err == nil || !strings.Contains(err.Error(), "component web") {
-		t.Fatalf("tampered layer: err = %v", err)
+	// A stick whose component layer or rendered layer was altered after signing fails,
+	// naming the component.
+	for k := 0; ; k++ {
+		tampered := filepath.Join(t.TempDir(), "tampered.tar")
+		if !flipLayerByte(t, stick, tampered, k) {
+			if k != 2 {
+				t.Fatalf("%d gzip layers in the stick, want the component's and its rendered one", k)
+			}
+			break
+		}
+		if _, err := runFerry(t, "bundle", "verify", tampered, "--key", filepath.Join(keys, "ci.pub")); err == nil || !strings.Contains(err.Error(), "component web") {
+			t.Fatalf("tampered layer %d: err = %v", k, err)
+		}
 	}
 }
 
-// flipLayerByte copies a bundle tar, changing one byte of its gzip blob (the component
-// layer) while keeping sizes, as a corrupted or tampered stick would.
-func flipLayerByte(t *testing.T, from, to string) {
+// flipLayerByte copies a bundle tar, changing one byte of its k-th gzip blob (a component or
+// rendered layer) while keeping sizes, as a corrupted or tampered stick would; false when the
+// tar has no k-th gzip blob.
+func flipLayerByte(t *testing.T, from, to string, k int) bool {
 	t.Helper()
 	in, err := os.ReadFile(from)
 	if err != nil {
@@ -132,7 +141,7 @@ func flipLayerByte(t *testing.T, from, to string) {
 	}
 	var ents []ent
 	tr := tar.NewReader(bytes.NewReader(in))
-	layer := -1
+	var layers []int
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -144,9 +153,13 @@ func flipLayerByte(t *testing.T, from, to string) {
 		b, _ := io.ReadAll(tr)
 		ents = append(ents, ent{h, b})
 		if strings.HasPrefix(h.Name, "blobs/") && bytes.HasPrefix(b, []byte{0x1f, 0x8b}) {
-			layer = len(ents) - 1 // the gzip component layer
+			layers = append(layers, len(ents)-1) // a gzip layer: component or rendered
 		}
 	}
+	if k >= len(layers) {
+		return false
+	}
+	layer := layers[k]
 	ents[layer].data[len(ents[layer].data)/2] ^= 0xff
 	var out bytes.Buffer
 	tw := tar.NewWriter(&out)
@@ -158,6 +171,7 @@ func flipLayerByte(t *testing.T, from, to string) {
 	if err := os.WriteFile(to, out.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return true
 }
 
 func TestExportIsReproducible(t *testing.T) {
