@@ -36,12 +36,12 @@ func Pack(ctx context.Context, dst content.Pusher, m *Metadata, layers [][]byte)
 	}
 	descs := make([]ocispec.Descriptor, len(layers))
 	for i, l := range layers {
-		mt := ComponentType
+		mt, title := ComponentType, m.Components[owners[i]].Name
 		if i >= len(m.Components) {
-			mt = RenderedType
+			mt, title = RenderedType, RenderedTitle(title)
 		}
 		d := content.NewDescriptorFromBytes(mt, l)
-		d.Annotations = map[string]string{ocispec.AnnotationTitle: m.Components[owners[i]].Name}
+		d.Annotations = map[string]string{ocispec.AnnotationTitle: title}
 		if err := pushIfAbsent(ctx, dst, d, l); err != nil {
 			return ocispec.Descriptor{}, err
 		}
@@ -139,9 +139,9 @@ func Open(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor) (*B
 		rendered[i] = -1
 	}
 	for i, l := range man.Layers {
-		want := ComponentType
+		want, title := ComponentType, meta.Components[owners[i]].Name
 		if i >= len(meta.Components) {
-			want = RenderedType
+			want, title = RenderedType, RenderedTitle(title)
 			rendered[owners[i]] = i
 		}
 		if l.MediaType != want {
@@ -150,8 +150,8 @@ func Open(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor) (*B
 		if l.Size < 0 || l.Size > MaxLayerBytes {
 			return nil, fmt.Errorf("bundle %s: layers[%d] size %d out of range", desc.Digest, i, l.Size)
 		}
-		if t, ok := l.Annotations[ocispec.AnnotationTitle]; ok && t != meta.Components[owners[i]].Name {
-			return nil, fmt.Errorf("bundle %s: layers[%d] is titled %q but belongs to component %s", desc.Digest, i, t, meta.Components[owners[i]].Name)
+		if t, ok := l.Annotations[ocispec.AnnotationTitle]; ok && t != title {
+			return nil, fmt.Errorf("bundle %s: layers[%d] is titled %q but belongs to component %s (title %q)", desc.Digest, i, t, meta.Components[owners[i]].Name, title)
 		}
 	}
 	for k, want := range meta.Annotations() {

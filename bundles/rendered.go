@@ -19,6 +19,10 @@ import (
 // one component, made when the bundle was built, as one gzip-compressed YAML stream.
 const RenderedType = "application/vnd.ferry.rendered.v1.yaml+gzip"
 
+// RenderedTitle is the title annotation of component's rendered layer: the file name `oras
+// pull` gives it, distinct from the component layer's.
+func RenderedTitle(component string) string { return component + ".rendered.yaml.gz" }
+
 // MaxRenderedBytes bounds a rendered layer's YAML once decompressed.
 const MaxRenderedBytes = 128 << 20
 

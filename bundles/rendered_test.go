@@ -44,7 +44,7 @@ func TestRenderedLayerRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	d, ok := b.Rendered(0)
-	if !ok || d.MediaType != RenderedType || d.Annotations[ocispec.AnnotationTitle] != "web" || b.Manifest.Layers[0].MediaType != ComponentType {
+	if !ok || d.MediaType != RenderedType || d.Annotations[ocispec.AnnotationTitle] != "web.rendered.yaml.gz" || b.Manifest.Layers[0].MediaType != ComponentType {
 		t.Fatalf("rendered %v %+v; layers %+v", ok, d, b.Manifest.Layers)
 	}
 	y, err := b.RenderedYAML(t.Context(), store, 0)
@@ -146,9 +146,8 @@ func TestOpenRefusesMisplacedRenderedLayers(t *testing.T) {
 	repack := func(mut func(*ocispec.Manifest)) ocispec.Descriptor {
 		m := good
 		m.Layers = append([]ocispec.Descriptor(nil), good.Layers...)
-		for i := range m.Layers {
-			m.Layers[i].Annotations = map[string]string{ocispec.AnnotationTitle: "web"}
-		}
+		m.Layers[0].Annotations = map[string]string{ocispec.AnnotationTitle: "web"}
+		m.Layers[1].Annotations = map[string]string{ocispec.AnnotationTitle: "web.rendered.yaml.gz"}
 		mut(&m)
 		b, _ := json.Marshal(m)
 		d := content.NewDescriptorFromBytes(ocispec.MediaTypeImageManifest, b)
@@ -167,7 +166,8 @@ func TestOpenRefusesMisplacedRenderedLayers(t *testing.T) {
 		{"rendered layer typed as a component", func(m *ocispec.Manifest) { m.Layers[1].MediaType = ComponentType }, "layers[1] mediaType"},
 		{"component layer typed as rendered", func(m *ocispec.Manifest) { m.Layers[0].MediaType = RenderedType }, "layers[0] mediaType"},
 		{"layers swapped", func(m *ocispec.Manifest) { m.Layers[0], m.Layers[1] = m.Layers[1], m.Layers[0] }, "mediaType"},
-		{"titled for another component", func(m *ocispec.Manifest) { m.Layers[1].Annotations[ocispec.AnnotationTitle] = "db" }, "belongs to component web"},
+		{"titled for another component", func(m *ocispec.Manifest) { m.Layers[1].Annotations[ocispec.AnnotationTitle] = "db.rendered.yaml.gz" }, "belongs to component web"},
+		{"titled as the component layer", func(m *ocispec.Manifest) { m.Layers[1].Annotations[ocispec.AnnotationTitle] = "web" }, "belongs to component web"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,7 +2,9 @@ package integration
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -177,7 +179,7 @@ func TestOrasReadsFerryBundles(t *testing.T) {
 	if err := json.Unmarshal(out, &man); err != nil {
 		t.Fatal(err)
 	}
-	if man.ArtifactType != bundles.ArtifactType || len(man.Layers) != 2 || man.Annotations[bundles.AnnotationVersion] != "1.4.0" {
+	if man.ArtifactType != bundles.ArtifactType || len(man.Layers) != 4 || man.Annotations[bundles.AnnotationVersion] != "1.4.0" {
 		t.Fatalf("oras sees %+v", man)
 	}
 	pulled := t.TempDir()
@@ -196,6 +198,19 @@ func TestOrasReadsFerryBundles(t *testing.T) {
 	}
 	if _, ok := files.Get("deploy.yaml"); !ok {
 		t.Fatalf("layer pulled by oras: %+v", files)
+	}
+	// The rendered layer is its own file, the component's build output, gzip-compressed.
+	gz, err := os.ReadFile(filepath.Join(pulled, bundles.RenderedTitle("web")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(gz))
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := io.ReadAll(zr)
+	if err != nil || !strings.Contains(string(y), "kind: Deployment") {
+		t.Fatalf("rendered layer pulled by oras: %v\n%s", err, y)
 	}
 	_ = res
 }
