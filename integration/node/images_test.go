@@ -176,7 +176,11 @@ func TestImagesServedToContainerd(t *testing.T) {
 	// current the tag is its image; after the rollback, revision 1's again.
 	web2 := pushImage(t, testbed.Image{Repository: "pics/web", Tag: "1.0", LayerBytes: []int64{200 << 10}, Seed: 3})
 	s.shipImages(t, 2, true, true, web, nil, filepath.Join(stick, "pics-2.tar"))
-	s.waitStatus(t, c, "revision 2 rolled back", 2*time.Minute, func(b daemon.BundleStatus) bool { return b.Revision == 1 && b.Newest == 2 && b.Applying == 0 })
+	// LastError tells "rolled back" from "admitted, not applying yet", which has the same
+	// revisions and no rollout in progress.
+	s.waitStatus(t, c, "revision 2 rolled back", 2*time.Minute, func(b daemon.BundleStatus) bool {
+		return b.Revision == 1 && b.Newest == 2 && b.Applying == 0 && b.LastError != ""
+	})
 	deleteFromRegistry(t, "pics/web", web2)
 	ctr(t, "images", "rm", "--sync", web)
 	pull(web)
