@@ -170,18 +170,22 @@ func TestOpenRefusesWhatIsNotABundle(t *testing.T) {
 		{"huge declared config", func(m *ocispec.Manifest) { m.Config.Size = 1 << 40 }, "limit"},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := Open(ctx, store, manifest(tt.mut))
-			if tt.want == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("err = %v, want %q", err, tt.want)
-			}
-		})
+		t.Run(tt.name, func(t *testing.T) { wantOpen(t, store, manifest(tt.mut), tt.want) })
+	}
+}
+
+// wantOpen opens desc from src: it must succeed when want is "", else fail saying want.
+func wantOpen(t *testing.T, src content.Fetcher, desc ocispec.Descriptor, want string) {
+	t.Helper()
+	_, err := Open(t.Context(), src, desc)
+	if want == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("err = %v, want %q", err, want)
 	}
 }
 
