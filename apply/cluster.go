@@ -21,7 +21,7 @@ import (
 	"k8s.io/client-go/rest"
 )
 
-// cluster is the engine's access to one API server: a dynamic client, a RESTMapper over
+// cluster is the applier's access to one API server: a dynamic client, a RESTMapper over
 // cached discovery, and a bound on requests in flight.
 type cluster struct {
 	cfg         *rest.Config                       // what dyn was built from (the Helm SDK builds its own clients)
@@ -32,7 +32,7 @@ type cluster struct {
 	poll        time.Duration
 }
 
-// Entry is what the engine recorded for one applied object: the hash of what it sent and
+// Entry is what the applier recorded for one applied object: the hash of what it sent and
 // the resourceVersion the server returned (or last saw unchanged in Ferry's fields).
 type Entry struct {
 	ObjectRef
@@ -227,7 +227,7 @@ func isImmutable(err error) bool {
 	return strings.Contains(msg, "immutable") || strings.Contains(msg, "may not change") || strings.Contains(msg, "cannot change")
 }
 
-// waitBound bounds the waits that hold the engine's lock without a component timeout of
+// waitBound bounds the waits that hold the applier's lock without a component timeout of
 // their own (a CRD becoming Established, an object being deleted to be recreated): a stuck
 // finalizer must not stop every other bundle.
 const waitBound = 2 * time.Minute

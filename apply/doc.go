@@ -1,38 +1,30 @@
-// Package apply is the node's apply engine: it takes a revision kept in the store to one
-// cluster and keeps it there. An [Engine] renders the revision, applies it with server-side
-// apply, waits for it to be healthy, prunes what the revision no longer holds, and rolls a
-// failed revision back to the last good one by itself. Everything between a verified
-// revision in the store and the objects in the cluster is owned here; the rollout
-// transaction is recorded through the store.
+// Package apply is the node's applier: it takes the components of one revision to one
+// cluster, and keeps no state of its own. An [Applier] offers verbs that take what they need
+// as data and hand back what they did; package rollout calls them inside its transaction and
+// stores what they hand back:
 //
-// # A rollout
-//
-// [Engine.Rollout] applies revision N of a bundle:
-//
-//  1. Render, up front: every component is built in dependency order (dependsOn, else as
-//     listed). Its layer is read from the store, digest-checked; SOPS files are decrypted in
-//     memory with the node's age identities only ([Env.Keys], package apply/decrypt); then
-//     kustomize or Helm runs (package apply/render). A render error records N failed and
-//     sends nothing.
-//  2. store.Begin records "applying N, last good M, deadline T" in store.Bundle.Txn and makes
-//     N current. T is now plus the sum of the components' timeouts plus one minute.
-//  3. Each component in turn: postBuild substitution runs now, just before the component is
-//     applied, so substituteFrom reads the ConfigMaps and Secrets its dependencies created.
+//   - [Applier.Build] builds every component of a revision in dependency order (dependsOn,
+//     else as listed): the rendered layer the bundler carried, or, for a component with
+//     decryption (or a bundle without rendered layers), SOPS files decrypted in memory with
+//     the node's age identities only ([Env.Keys], package apply/decrypt) and kustomize run
+//     again; a Helm component's chart is loaded (package apply/render). Builds are cached.
+//   - [Applier.Apply] applies one kustomize component: postBuild substitution runs now, just
+//     before, so substituteFrom reads the ConfigMaps and Secrets its dependencies created.
 //     Variables merge lowest first: [Env.Vars], each substituteFrom in order (read in the
 //     component's targetNamespace, else [Env.Namespace], else "default"), substitute. The
 //     node substitutes strictly: an unset variable without a default is an error. Objects
 //     get the labels [LabelBundle] and [LabelComponent]; namespaced objects without a
 //     namespace get the component's, cluster-scoped ones lose theirs (kinds the API server
-//     does not serve yet are scoped by the revision's own CRDs). The component's inventory is
-//     written, then its objects are sent, then, if it sets wait or healthChecks, its health
-//     is awaited. A substitution error surfaces only here, after Begin: it fails N like an
-//     apply error.
-//  4. Prune, once every component is applied and healthy.
-//  5. N is recorded healthy (current and last good; the transaction is closed), or failed
-//     and rolled back. A rollout stopped by its context (the daemon shutting down) leaves the
-//     transaction open for [Engine.Resume].
+//     does not serve yet are scoped by the revision's own CRDs). The component's [Inventory]
+//     is handed to [ApplyOptions.Record], then its objects are sent, then the inventory with
+//     what the API server returned is handed over again.
+//   - [Applier.Release] is Apply for a Helm component (see Helm releases).
+//   - [Applier.Wait] waits for a component's health; [Applier.Prune] deletes what earlier
+//     revisions' inventories hold and the revision in place no longer has;
+//     [Applier.Remove] takes a whole revision out; [Applier.Tree] reads the health of what
+//     inventories list; [Applier.Preview] dry-runs a bundle not admitted.
 //
-// [RenderComponent] is step 1 and the substitution of step 3 in one call; [Objects] runs it
+// [RenderComponent] is Build and the substitution of Apply in one call; [Objects] runs it
 // for `ferry render` and `ferry bundle diff`, so a preview renders with the node's code. A
 // preview stops there: it does not add Ferry's labels or fill in namespaces.
 //
@@ -87,30 +79,10 @@
 // is bounded by the component's timeout, else [Options.DefaultTimeout] (5m). Errors that
 // say the API server is unreachable or overloaded are polled again.
 //
-// # Rollback, retry and resume
+// # Drift
 //
-// When N fails to apply or to become healthy, it is recorded failed (the transaction turns
-// to "rolling back to M") and M is applied again through the same path, with health; what
-// N's inventories list and M does not have is pruned whatever N's prune settings (N was
-// never good), still sparing objects annotated prune: disabled. Then N is recorded
-// rolled-back and M is current. If the rollback fails too, the transaction stays open and
-// the next Resume (or Rollout of N) tries it again. Without a last good revision nothing is
-// rolled back: N stays current, failed. A revision that failed or was rolled back is never
-// rolled out again by itself: Rollout refuses it with [ErrFailedBefore]; [Engine.Retry] is
-// the explicit way. Rolling out the current healthy revision again is a sync.
-//
-// [Engine.Resume] finishes a transaction a crash left open: before its deadline N is
-// applied again (every step is idempotent; Begin then sets a new deadline), after it, or
-// if N had already failed, M is restored. The deadline is read only by Resume: a rollout
-// that is running is bounded by the component timeouts and by its context, not by T, and
-// waiting for a CRD to be Established or for an object being recreated to be gone is
-// bounded by the context alone.
-//
-// # Sync and drift
-//
-// [Engine.Sync] brings the current revision back into the cluster with the skip rules
-// above: with nothing changed it sends no write. It does not wait for health or prune, and
-// it refuses while a transaction is open. Drift (a live object that lost Ferry's fields, or
+// With [ApplyOptions.Sync] (package rollout's sync of the running revision) Apply uses the
+// skip rules above and, with nothing changed, sends no write and records nothing. Drift (a live object that lost Ferry's fields, or
 // was deleted) is handled alike by syncs and rollouts, as driftDetection.mode says
 // (HelmRelease's field, on both component types): enabled (the default) applies the object
 // again, warn reports it in [Report.Drift] and leaves it (and reports it again next time),
@@ -131,7 +103,7 @@
 // revision (or uninstalled) before the action. The component's inventory records the Helm
 // revision ([Release]) each Ferry revision deployed: a whole-revision rollback returns the
 // release to exactly that one, and uninstalls releases the failed revision added. Once the
-// action is done the manifest's objects are handled like the engine's own: drift compared
+// action is done the manifest's objects are handled like the applier's own: drift compared
 // (an object Ferry has no record of is compared with the live one, not sent), recorded,
 // health awaited with kstatus.
 //
@@ -147,11 +119,10 @@
 //
 // # Invariants
 //
-//   - One apply at a time per engine: Rollout, Retry and Sync hold one mutex, whatever the
-//     number of bundles.
-//   - No object is sent before the transaction is recorded, and none before the inventory of
-//     its component, so after a crash at any point the objects a revision may have created
-//     are known and can be pruned.
+//   - No object is sent before the inventory of its component was handed to Record (and
+//     stored by the caller), so after a crash at any point the objects a revision may have
+//     created are known and can be pruned.
+//   - The package does not import the store: what was applied before reaches it as data.
 //   - Prune deletes only objects that carry the bundle's label, and the live copies of the
 //     objects a revision applies are read, for comparison and health, through that label.
 //     (force's delete-and-recreate goes by name: the object is one the bundle declares.)
@@ -160,17 +131,17 @@
 //     Secrets included. (Failure reasons stored with a revision are the messages of
 //     kustomize and the API server, which package decrypt's no-plaintext rule does not
 //     cover.)
-//   - Builds (kustomize output before substitution, loaded Helm charts) are cached by manifest digest
-//     for the last two revisions built: a bundle's layers never change, and building is the
+//   - Builds (kustomize output before substitution, loaded Helm charts) are cached by manifest
+//     digest and signing scopes for the last two revisions built: a bundle's layers never change, and building is the
 //     costly part of a sync with nothing to do.
 //
 // # What it does not do
 //
 // Helm's own guarantees stop at the release: a Helm component's objects are applied by the
-// Helm SDK (three-way merge patches, one at a time), not by the engine's parallel server-side
+// Helm SDK (three-way merge patches, one at a time), not by the applier's parallel server-side
 // apply, and Helm hooks run outside the inventory (an object a hook leaves behind is Helm's,
 // not pruned by Ferry). The package does not verify or admit bundles (packages verify and
-// store, the daemon's ingest; it enforces the signing keys' scopes recorded there), decide
-// when to roll out or sync, or honour a suspended bundle (the daemon), and it never retries a
-// failed revision on its own.
+// store, the daemon's ingest; it enforces the signing keys' scopes it is handed), keep
+// inventories or revision states, roll back (package rollout), decide when to roll out or
+// sync, or honour a suspended bundle (the daemon).
 package apply

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -78,11 +79,11 @@ type Release struct {
 // from the cluster, as the component's service account) < inline values; then ${VAR} naming
 // a node variable is replaced in string values (others are left as written: dashboards and
 // scripts in values use the same syntax).
-func (e *Engine) helmValues(ctx context.Context, c *component, cc *cluster) (map[string]any, error) {
+func (ap *Applier) helmValues(ctx context.Context, c *Component, cc *cluster) (map[string]any, error) {
 	h := c.helm.spec
 	var from []map[string]any
 	for i, ref := range h.ValuesFrom {
-		ns, err := e.refNamespace(c, ref.Namespace, fmt.Sprintf("valuesFrom[%d]", i))
+		ns, err := ap.refNamespace(c, ref.Namespace, fmt.Sprintf("valuesFrom[%d]", i))
 		if err != nil {
 			return nil, err
 		}
@@ -116,7 +117,7 @@ func (e *Engine) helmValues(ctx context.Context, c *component, cc *cluster) (map
 		}
 		from = append(from, v)
 	}
-	return e.opts.Env.values(c.helm.files, h, from...)
+	return ap.opts.Env.values(c.helm.files, h, from...)
 }
 
 // values merges a Helm component's values (render.Values) and replaces ${VAR} naming a node
@@ -203,7 +204,7 @@ func installedFrom(rel *release.Release, source string, ch *chart.Chart, values 
 	return err == nil && got == values
 }
 
-// helmGetter gives the Helm SDK the engine's connection to the cluster (impersonating the
+// helmGetter gives the Helm SDK the applier's connection to the cluster (impersonating the
 // component's service account when it has one) instead of a kubeconfig from the
 // environment.
 type helmGetter struct {
@@ -224,10 +225,10 @@ func (g helmGetter) ToRawKubeConfigLoader() clientcmd.ClientConfig {
 
 // helmConfig returns the SDK's configuration for releases in ns, stored in Secrets (so
 // `helm list` and `helm history` on the node show them), as cc's identity.
-func (e *Engine) helmConfig(cc *cluster, ns string, maxHistory int) (*action.Configuration, error) {
+func (ap *Applier) helmConfig(cc *cluster, ns string, maxHistory int) (*action.Configuration, error) {
 	if cc.helmDisco == nil {
 		// Helm's own cache: every Helm action invalidates the discovery it is given, and
-		// the engine's RESTMapper must not lose its cache each time.
+		// the applier's RESTMapper must not lose its cache each time.
 		dc, err := discovery.NewDiscoveryClientForConfig(cc.cfg)
 		if err != nil {
 			return nil, err
@@ -236,7 +237,7 @@ func (e *Engine) helmConfig(cc *cluster, ns string, maxHistory int) (*action.Con
 	}
 	cfg := new(action.Configuration)
 	get := helmGetter{cfg: cc.cfg, ns: ns, disco: cc.helmDisco, rm: cc.mapper}
-	logf := func(format string, v ...any) { e.log.Debug(fmt.Sprintf(format, v...), "helm", true) }
+	logf := func(format string, v ...any) { ap.log.Debug(fmt.Sprintf(format, v...), "helm", true) }
 	if err := cfg.Init(get, ns, "secret", logf); err != nil {
 		return nil, fmt.Errorf("helm: %w", err)
 	}
@@ -245,7 +246,7 @@ func (e *Engine) helmConfig(cc *cluster, ns string, maxHistory int) (*action.Con
 }
 
 // labeler is Helm's post-renderer: it labels every object of the release as the bundle's,
-// so the engine lists, checks and guards them as it does its own.
+// so the applier lists, checks and guards them as it does its own.
 type labeler struct{ bundle, component string }
 
 func (l labeler) Run(in *bytes.Buffer) (*bytes.Buffer, error) {
@@ -297,10 +298,10 @@ type helmOutcome struct {
 // semantics, or, when back is set (a whole-revision rollback), returns it to the Helm
 // revision the good revision deployed. A release whose chart and values are unchanged and
 // that is deployed is left alone: no new Helm revision.
-func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, back *Release, failed string) (helmOutcome, error) {
+func (ap *Applier) applyRelease(ctx context.Context, c *Component, cc *cluster, back *Release, failed string) (helmOutcome, error) {
 	h := c.helm.spec
-	log := e.log.With("bundle", c.bundle, "component", c.spec.Name, "release", c.helm.release)
-	vals, err := e.helmValues(ctx, c, cc)
+	log := ap.log.With("bundle", c.bundle, "component", c.spec.Name, "release", c.helm.release)
+	vals, err := ap.helmValues(ctx, c, cc)
 	if err != nil {
 		return helmOutcome{}, err
 	}
@@ -313,7 +314,7 @@ func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, ba
 	if h.MaxHistory != nil {
 		maxHistory = *h.MaxHistory
 	}
-	cfg, err := e.helmConfig(cc, c.ns, maxHistory)
+	cfg, err := ap.helmConfig(cc, c.ns, maxHistory)
 	if err != nil {
 		return helmOutcome{}, err
 	}
@@ -387,20 +388,20 @@ func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, ba
 		}
 	}
 	if c.confined() {
-		if err := e.confineRelease(ctx, c, cc, cfg, last, vals, post, maxHistory); err != nil {
+		if err := ap.confineRelease(ctx, c, cc, cfg, last, vals, post, maxHistory); err != nil {
 			return helmOutcome{}, err
 		}
 	}
 	if crds := crdPolicy(h, last == nil); crds == "CreateReplace" || (crds == "Create" && last != nil) {
-		if err := e.applyCRDs(ctx, c, cc, vals, crds == "CreateReplace"); err != nil {
+		if err := ap.applyCRDs(ctx, c, cc, vals, crds == "CreateReplace"); err != nil {
 			return helmOutcome{}, err
 		}
 	}
 	var out helmOutcome
 	if last == nil {
-		out, err = e.install(ctx, cfg, c, vals, labels, post, maxHistory, log)
+		out, err = ap.install(ctx, cfg, c, vals, labels, post, maxHistory, log)
 	} else {
-		out, err = e.upgrade(ctx, cfg, c, cc, last, vals, labels, post, maxHistory, log)
+		out, err = ap.upgrade(ctx, cfg, c, cc, last, vals, labels, post, maxHistory, log)
 	}
 	if err != nil && ctx.Err() == nil && !isTransient(err) {
 		out.attempt = source + "/" + want // not for a shutdown or an API server away
@@ -413,7 +414,7 @@ func (e *Engine) applyRelease(ctx context.Context, c *component, cc *cluster, ba
 // the cluster's capabilities — and refuses it, before Helm writes anything, if it holds
 // objects the component may not (see confine): manifest, hooks, and the chart's CRDs when
 // the crds policy would apply them.
-func (e *Engine) confineRelease(ctx context.Context, c *component, cc *cluster, cfg *action.Configuration, last *release.Release, vals map[string]any, post labeler, maxHistory int) error {
+func (ap *Applier) confineRelease(ctx context.Context, c *Component, cc *cluster, cfg *action.Configuration, last *release.Release, vals map[string]any, post labeler, maxHistory int) error {
 	var rel *release.Release
 	var err error
 	if last == nil {
@@ -446,7 +447,7 @@ func (e *Engine) confineRelease(ctx context.Context, c *component, cc *cluster, 
 // confineStored refuses a release (a dry run's, or one read back from Helm's storage, which
 // whoever may write Secrets in the namespace can change) holding objects the component may
 // not: its manifest, its hooks and extra.
-func confineStored(c *component, cc *cluster, rel *release.Release, extra ...*unstructured.Unstructured) error {
+func confineStored(c *Component, cc *cluster, rel *release.Release, extra ...*unstructured.Unstructured) error {
 	if !c.confined() {
 		return nil
 	}
@@ -491,7 +492,7 @@ func crdPolicy(h bundles.HelmSpec, install bool) string {
 
 // applyCRDs creates the chart's CRDs (crds/), or replaces them with replace, before Helm
 // runs: the SDK itself only creates them on install, and never touches them again.
-func (e *Engine) applyCRDs(ctx context.Context, c *component, cc *cluster, vals map[string]any, replace bool) error {
+func (ap *Applier) applyCRDs(ctx context.Context, c *Component, cc *cluster, vals map[string]any, replace bool) error {
 	// Subcharts the values disable contribute no CRDs.
 	ch, err := render.LoadChart(c.helm.files) // a copy: processing dependencies changes it
 	if err != nil {
@@ -571,7 +572,7 @@ func remediation(r *bundles.Remediation, upgrade bool) (int, bool, string) {
 	return r.Retries, last, strategy
 }
 
-func (e *Engine) install(ctx context.Context, cfg *action.Configuration, c *component, vals map[string]any, labels map[string]string, post labeler, maxHistory int, log interface{ Info(string, ...any) }) (helmOutcome, error) {
+func (ap *Applier) install(ctx context.Context, cfg *action.Configuration, c *Component, vals map[string]any, labels map[string]string, post labeler, maxHistory int, log interface{ Info(string, ...any) }) (helmOutcome, error) {
 	h := c.helm.spec
 	retries, remediateLast, _ := remediation(installRemediation(h), false)
 	var err error
@@ -607,7 +608,7 @@ func (e *Engine) install(ctx context.Context, cfg *action.Configuration, c *comp
 	return helmOutcome{}, fmt.Errorf("release %s: install: %w", c.helm.release, err)
 }
 
-func (e *Engine) upgrade(ctx context.Context, cfg *action.Configuration, c *component, cc *cluster, last *release.Release, vals map[string]any, labels map[string]string, post labeler, maxHistory int, log interface{ Info(string, ...any) }) (helmOutcome, error) {
+func (ap *Applier) upgrade(ctx context.Context, cfg *action.Configuration, c *Component, cc *cluster, last *release.Release, vals map[string]any, labels map[string]string, post labeler, maxHistory int, log interface{ Info(string, ...any) }) (helmOutcome, error) {
 	h := c.helm.spec
 	retries, remediateLast, strategy := remediation(upgradeRemediation(h), true)
 	// The release to go back to is the one deployed before this upgrade was tried.
@@ -645,7 +646,7 @@ func (e *Engine) upgrade(ctx context.Context, cfg *action.Configuration, c *comp
 				return helmOutcome{}, errors.Join(err, uerr)
 			}
 			if attempt < retries {
-				return e.install(ctx, cfg, c, vals, labels, post, maxHistory, log)
+				return ap.install(ctx, cfg, c, vals, labels, post, maxHistory, log)
 			}
 		case good == 0:
 			return helmOutcome{}, fmt.Errorf("release %s: upgrade: %w (no deployed revision to roll back to)", c.helm.release, err)
@@ -685,8 +686,8 @@ func uninstall(cfg *action.Configuration, name string, timeout time.Duration) er
 // adopting returns the Helm revision of the component's release when one exists that this
 // bundle did not install (a release made by hand, taken over as helm-controller does), else
 // 0.
-func (e *Engine) adopting(cc *cluster, c *component) (int, error) {
-	cfg, err := e.helmConfig(cc, c.ns, defaultMaxHistory)
+func (ap *Applier) adopting(cc *cluster, c *Component) (int, error) {
+	cfg, err := ap.helmConfig(cc, c.ns, defaultMaxHistory)
 	if err != nil {
 		return 0, err
 	}
@@ -710,8 +711,8 @@ func (e *Engine) adopting(cc *cluster, c *component) (int, error) {
 // first, so Helm's uninstall does not delete them. Rolling back (rollback), a release the
 // failed revision adopted (one that existed before it) is returned to the Helm revision it
 // had, not uninstalled.
-func (e *Engine) removeRelease(ctx context.Context, cc *cluster, bundle string, rec Release, keep map[string]bool, rollingBack bool) error {
-	cfg, err := e.helmConfig(cc, rec.Namespace, defaultMaxHistory)
+func (ap *Applier) removeRelease(ctx context.Context, cc *cluster, bundle string, rec Release, keep map[string]bool, rollingBack bool) error {
+	cfg, err := ap.helmConfig(cc, rec.Namespace, defaultMaxHistory)
 	if err != nil {
 		return err
 	}
@@ -723,14 +724,14 @@ func (e *Engine) removeRelease(ctx context.Context, cc *cluster, bundle string, 
 		return fmt.Errorf("release %s/%s: %w", rec.Namespace, rec.Name, err)
 	}
 	if owner := last.Labels[LabelBundle]; owner != bundle {
-		e.log.Warn("not uninstalling a release this bundle did not install", "release", rec.Name, "namespace", rec.Namespace, "owner", owner)
+		ap.log.Warn("not uninstalling a release this bundle did not install", "release", rec.Name, "namespace", rec.Namespace, "owner", owner)
 		return nil
 	}
 	if rollingBack && rec.Adopted {
 		if rec.Before == 0 || rec.Before == last.Version {
 			return nil
 		}
-		e.log.Info("returning an adopted release to the revision it had", "release", rec.Name, "namespace", rec.Namespace, "to", rec.Before)
+		ap.log.Info("returning an adopted release to the revision it had", "release", rec.Name, "namespace", rec.Namespace, "to", rec.Before)
 		if err := rollback(cfg, rec.Name, rec.Before, waitBound, defaultMaxHistory); err != nil {
 			return fmt.Errorf("release %s/%s: roll back to Helm revision %d: %w", rec.Namespace, rec.Name, rec.Before, err)
 		}
@@ -742,7 +743,7 @@ func (e *Engine) removeRelease(ctx context.Context, cc *cluster, bundle string, 
 	if err := uninstall(cfg, rec.Name, waitBound); err != nil {
 		return fmt.Errorf("uninstall release %s/%s: %w", rec.Namespace, rec.Name, err)
 	}
-	e.log.Info("release uninstalled", "release", rec.Name, "namespace", rec.Namespace)
+	ap.log.Info("release uninstalled", "release", rec.Name, "namespace", rec.Namespace)
 	return nil
 }
 
@@ -794,4 +795,121 @@ func manifestObjects(rel *release.Release) ([]*unstructured.Unstructured, error)
 		out = append(out, &unstructured.Unstructured{Object: m})
 	}
 	return out, nil
+}
+
+// ReleaseOptions are the data Release works from.
+type ReleaseOptions struct {
+	// Bundle, Records, Recorded, Sync and Record are as for Apply (ApplyOptions).
+	Bundle   string
+	Records  map[string]Entry
+	Recorded Inventory
+	Sync     bool
+	Record   func(Inventory) error
+	// Back is the release the revision being restored deployed (a rollback), else nil: the
+	// release is returned to exactly that Helm revision.
+	Back *Release
+	// TakeOver is set when the revisions before applied the component's objects without
+	// Helm: the release adopts them (see install).
+	TakeOver bool
+}
+
+// Release installs, upgrades or rolls back a Helm component's release (see applyRelease),
+// then treats the objects of the release's manifest as Apply treats its own: drift
+// compared and corrected or reported, recorded (opts.Record, before Helm runs and after).
+// The release's health is Wait's, like any component's; Result.Changed says Helm made a new
+// release revision.
+func (ap *Applier) Release(ctx context.Context, c *Component, opts ReleaseOptions) (Result, error) {
+	res, err := ap.release(ctx, c, opts)
+	if err != nil {
+		return res, fmt.Errorf("component %s: %w", c.spec.Name, err)
+	}
+	ap.log.Info("release in place", "bundle", opts.Bundle, "component", c.spec.Name, "release", c.helm.release, "changed", res.Changed)
+	return res, nil
+}
+
+func (ap *Applier) release(ctx context.Context, c *Component, opts ReleaseOptions) (Result, error) {
+	cc, err := ap.clusterFor(c.sa)
+	if err != nil {
+		return Result{}, err
+	}
+	if opts.TakeOver {
+		h := *c.helm // the cached build is shared: flag a copy
+		h.takeOver = true
+		c.helm = &h
+	}
+	// Written before Helm runs: after a crash, this revision may have installed the release,
+	// and a rollback uninstalls it if the good revision has none.
+	planned := opts.Recorded // an earlier attempt recorded more
+	if planned.Release == nil {
+		planned = Inventory{Component: c.spec.Name, Prune: true, ServiceAccount: c.sa,
+			Release: &Release{Name: c.helm.release, Namespace: c.ns}}
+		if planned.Release.Before, err = ap.adopting(cc, c); err != nil {
+			return Result{}, err
+		}
+		planned.Release.Adopted = planned.Release.Before > 0
+		if err := opts.Record(planned); err != nil {
+			return Result{}, err
+		}
+	}
+	failed := ""
+	if opts.Sync {
+		failed = planned.Release.Failed // a sync does not try a failed upgrade again
+	}
+	out, err := ap.applyRelease(ctx, c, cc, opts.Back, failed)
+	if err != nil {
+		if out.attempt != "" && planned.Release.Failed != out.attempt {
+			planned.Release.Failed = out.attempt
+			if rerr := opts.Record(planned); rerr != nil {
+				return Result{}, errors.Join(err, rerr)
+			}
+		}
+		return Result{}, err
+	}
+	us, err := manifestObjects(out.rel)
+	if err != nil {
+		return Result{}, err
+	}
+	c.objs = nil
+	for _, u := range us {
+		o, err := newObject(u, ap.opts.Keys.HashKey())
+		if err != nil {
+			return Result{}, err
+		}
+		c.objs = append(c.objs, o)
+	}
+	if err := cc.place(c.objs, c.ns, crdScopes(c.objs)); err != nil {
+		return Result{}, err
+	}
+	// The manifest comes from Helm's storage (Secrets in the namespace): what drift
+	// correction would send is confined like everything else.
+	if err := confine(c, c.objs); err != nil {
+		return Result{}, err
+	}
+	for _, o := range c.objs {
+		if err := o.rehash(); err != nil {
+			return Result{}, err
+		}
+	}
+	res, err := cc.sync(ctx, syncSet{bundle: opts.Bundle, objs: c.objs, prev: opts.Records, drift: c.drift, helm: true})
+	r := Result{Drift: res.drifted, Changed: out.changed}
+	if out.changed {
+		r.Applied = len(c.objs)
+	} else {
+		r.Applied, r.Unchanged = len(res.applied), len(c.objs)-len(res.applied)
+	}
+	inv := Inventory{Component: c.spec.Name, Prune: true, Objects: merge(c.objs, res.entries), ServiceAccount: c.sa,
+		Release: &Release{Name: out.rel.Name, Namespace: out.rel.Namespace, Version: out.rel.Version,
+			Adopted: planned.Release.Adopted, Before: planned.Release.Before}}
+	if !reflect.DeepEqual(inv.Release, planned.Release) || changed(planned.Objects, inv.Objects) {
+		if rerr := opts.Record(inv); rerr != nil {
+			return r, errors.Join(err, rerr)
+		}
+	}
+	if err != nil {
+		return r, err
+	}
+	if out.rel.Info.Status != release.StatusDeployed {
+		return r, fmt.Errorf("release %s is %s", out.rel.Name, out.rel.Info.Status)
+	}
+	return r, nil
 }

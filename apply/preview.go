@@ -2,7 +2,6 @@ package apply
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -18,7 +17,6 @@ import (
 
 	"github.com/ferrygitops/ferry/apply/render"
 	"github.com/ferrygitops/ferry/bundles"
-	"github.com/ferrygitops/ferry/store"
 )
 
 // Objects renders the components of b (all, or only the one named component) with env, as
@@ -93,7 +91,19 @@ type Planned struct {
 	err   error
 }
 
-// Preview renders bundle b (its layers read from src; not admitted) as a rollout would, with
+// PreviewOptions are the data Preview works from.
+type PreviewOptions struct {
+	// Source holds the bundle's layers; Bundle is not admitted.
+	Source content.Fetcher
+	Bundle *bundles.Bundle
+	// Scopes are the scopes of the keys whose signatures admit it.
+	Scopes []*bundles.Scope
+	// Running are the inventories of the bundle's running revision, by component (none if
+	// it has none): what the plan would prune.
+	Running map[string]Inventory
+}
+
+// Preview renders a bundle (its layers read from opts.Source; not admitted) as a rollout would, with
 // the node's variables, its age key in memory and the signing keys' scopes, and asks the
 // API server what would change: each object is sent as a server-side apply with dryRun=All,
 // as the identity its component runs as, and compared with the live object; the objects of
@@ -103,18 +113,11 @@ type Planned struct {
 //
 // Helm components are rendered with `helm template` semantics and each object dry-run
 // applied like any other: Helm's hooks and three-way merge are not shown.
-func (e *Engine) Preview(ctx context.Context, src content.Fetcher, b *bundles.Bundle, scopes []*bundles.Scope) (Plan, error) {
+func (ap *Applier) Preview(ctx context.Context, opts PreviewOptions) (Plan, error) {
+	b, running := opts.Bundle, opts.Running
 	name := b.Metadata.Name
-	comps, err := e.buildFrom(ctx, src, b, scopes)
+	comps, err := ap.buildFrom(ctx, opts.Source, b, opts.Scopes)
 	if err != nil {
-		return Plan{}, err
-	}
-	var running map[string]Inventory
-	if cur, err := e.st.GetBundle(name); err == nil {
-		if running, err = e.inventories(name, cur.Current); err != nil {
-			return Plan{}, err
-		}
-	} else if !errors.Is(err, store.ErrNotFound) {
 		return Plan{}, err
 	}
 	var (
@@ -126,18 +129,19 @@ func (e *Engine) Preview(ctx context.Context, src content.Fetcher, b *bundles.Bu
 		releases = map[string]bool{}
 		newKinds = map[string]bool{} // group/kind of CRDs the revision brings
 		newNS    = map[string]bool{} // namespaces the revision brings
-		done     []*object
+		done     []*Component
+		sent     int // objects of the components done
 		mu       sync.Mutex
 	)
 	for i := range comps {
 		c := &comps[i]
-		cc, err := e.clusterFor(c.sa)
+		cc, err := ap.clusterFor(c.sa)
 		if err != nil {
 			return Plan{}, err
 		}
 		if c.helm != nil {
 			releases[c.ns+"/"+c.helm.release] = true
-			vals, err := e.helmValues(ctx, c, cc)
+			vals, err := ap.helmValues(ctx, c, cc)
 			if err != nil {
 				return Plan{}, fmt.Errorf("component %s: %w", c.spec.Name, err)
 			}
@@ -147,10 +151,11 @@ func (e *Engine) Preview(ctx context.Context, src content.Fetcher, b *bundles.Bu
 			}
 			c.nodes = rm.ToRNodeSlice()
 		}
-		if err := e.prepare(ctx, c, cc, done); err != nil {
+		if err := ap.prepare(ctx, c, cc, done); err != nil {
 			return Plan{}, err
 		}
-		done = append(done, c.objs...)
+		done = append(done, c)
+		sent += len(c.objs)
 		for _, o := range c.objs {
 			keep[o.ref.key()] = true
 			switch o.ref.Group + "/" + o.ref.Kind {
@@ -216,7 +221,7 @@ func (e *Engine) Preview(ctx context.Context, src content.Fetcher, b *bundles.Bu
 		if !prune {
 			continue
 		}
-		cc, err := e.clusterFor(inv.ServiceAccount)
+		cc, err := ap.clusterFor(inv.ServiceAccount)
 		if err != nil {
 			return Plan{}, err
 		}
@@ -251,7 +256,7 @@ func (e *Engine) Preview(ctx context.Context, src content.Fetcher, b *bundles.Bu
 			plan.Changes = append(plan.Changes, p)
 		}
 	}
-	plan.Unchanged = len(done) - (len(plan.Changes) - countActions(plan.Changes, "prune", "uninstall"))
+	plan.Unchanged = sent - (len(plan.Changes) - countActions(plan.Changes, "prune", "uninstall"))
 	slices.SortFunc(plan.Changes, func(a, b Planned) int { return strings.Compare(a.ID, b.ID) })
 	return plan, nil
 }

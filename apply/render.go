@@ -44,7 +44,7 @@ type Env struct {
 	// that name another namespace than the component's (Flux's --no-cross-namespace-refs).
 	NoCrossNamespaceRefs bool
 
-	// scopes are the signing keys' scopes of the component being rendered (engine only).
+	// scopes are the signing keys' scopes of the component being rendered (applier only).
 	scopes []*bundles.Scope
 }
 
@@ -77,7 +77,7 @@ func (env Env) homeOf(c bundles.Component) string {
 
 // RenderComponent renders component i of bundle b (its layer read, digest-checked, from src)
 // exactly as the node applies it: SOPS files decrypted in memory, kustomize or Helm, then
-// postBuild substitution. `ferry render` and the engine share it.
+// postBuild substitution. `ferry render` and the applier share it.
 func RenderComponent(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i int, env Env) ([]*unstructured.Unstructured, error) {
 	nodes, err := env.build(ctx, src, b, i)
 	if err != nil {
@@ -88,7 +88,7 @@ func RenderComponent(ctx context.Context, src content.Fetcher, b *bundles.Bundle
 
 // build returns a component's objects before substitution: its rendered layer when the bundle
 // carries one, else its files decrypted and built. What only the cluster knows
-// (substituteFrom) is left for finish, which the engine calls once the component's
+// (substituteFrom) is left for finish, which the applier calls once the component's
 // dependencies are applied.
 func (env Env) build(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i int) ([]*kyaml.RNode, error) {
 	if _, ok := b.Rendered(i); ok {
@@ -116,7 +116,7 @@ func (env Env) build(ctx context.Context, src content.Fetcher, b *bundles.Bundle
 	var rm resmap.ResMap
 	if c.Type == bundles.TypeHelm && c.Helm != nil {
 		// A preview of a Helm component: the values its release would be installed with
-		// (the engine installs it from helmChart, not from here).
+		// (the applier installs it from helmChart, not from here).
 		var vals map[string]any
 		if vals, err = env.values(files, *c.Helm); err == nil {
 			rm, err = render.Template(files, c.Name, *c.Helm, vals)
@@ -130,7 +130,7 @@ func (env Env) build(ctx context.Context, src content.Fetcher, b *bundles.Bundle
 	return rm.ToRNodeSlice(), nil
 }
 
-// helmChart reads a Helm component's layer and loads its chart: the engine installs it as a
+// helmChart reads a Helm component's layer and loads its chart: the applier installs it as a
 // Helm release rather than applying rendered objects.
 func (env Env) helmChart(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i int) (*helmChart, error) {
 	c := b.Metadata.Components[i]

@@ -29,7 +29,7 @@ type Drift struct {
 	Corrected bool      `json:"corrected"`
 }
 
-// syncSet is one component's objects and what the engine does with drift among them.
+// syncSet is one component's objects and what the applier does with drift among them.
 type syncSet struct {
 	bundle string
 	objs   []*object

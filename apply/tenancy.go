@@ -8,29 +8,27 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/ferrygitops/ferry/bundles"
-	"github.com/ferrygitops/ferry/store"
-	"github.com/ferrygitops/ferry/verify"
 )
 
 // serviceAccountUser is the user name the API server gives a service account's tokens, and
-// the one the engine impersonates for a component that names serviceAccountName.
+// the one the applier impersonates for a component that names serviceAccountName.
 func serviceAccountUser(namespace, name string) string {
 	return "system:serviceaccount:" + namespace + ":" + name
 }
 
-// clusterFor returns the connection a component's requests go through: the engine's own
+// clusterFor returns the connection a component's requests go through: the applier's own
 // for user "", else one that impersonates user, so the API server's RBAC decides what the
 // component may do (Flux's multi-tenancy).
-func (e *Engine) clusterFor(user string) (*cluster, error) {
+func (ap *Applier) clusterFor(user string) (*cluster, error) {
 	if user == "" {
-		return e.c, nil
+		return ap.c, nil
 	}
-	e.cmu.Lock()
-	defer e.cmu.Unlock()
-	if cc := e.clusters[user]; cc != nil {
+	ap.cmu.Lock()
+	defer ap.cmu.Unlock()
+	if cc := ap.clusters[user]; cc != nil {
 		return cc, nil
 	}
-	cfg := rest.CopyConfig(e.c.cfg)
+	cfg := rest.CopyConfig(ap.c.cfg)
 	// Groups are left to the API server, which adds system:serviceaccounts and
 	// system:serviceaccounts:<namespace> for a service account's name.
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: user}
@@ -38,19 +36,19 @@ func (e *Engine) clusterFor(user string) (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	cc := &cluster{cfg: cfg, dyn: dyn, mapper: e.c.mapper, concurrency: e.c.concurrency, poll: e.c.poll}
-	if e.clusters == nil {
-		e.clusters = map[string]*cluster{}
+	cc := &cluster{cfg: cfg, dyn: dyn, mapper: ap.c.mapper, concurrency: ap.c.concurrency, poll: ap.c.poll}
+	if ap.clusters == nil {
+		ap.clusters = map[string]*cluster{}
 	}
-	e.clusters[user] = cc
+	ap.clusters[user] = cc
 	return cc, nil
 }
 
 // refNamespace returns the namespace a reference of component c (substituteFrom,
 // valuesFrom, healthChecks) names, ns or the component's own when ns is empty. A node that
 // refuses cross-namespace references refuses any other namespace.
-func (e *Engine) refNamespace(c *component, ns, field string) (string, error) {
-	env := e.opts.Env
+func (ap *Applier) refNamespace(c *Component, ns, field string) (string, error) {
+	env := ap.opts.Env
 	env.scopes = c.scopes
 	return env.refNamespace(c.home, ns, field)
 }
@@ -77,7 +75,7 @@ func (env Env) refNamespace(own, ns, field string) (string, error) {
 // each: for a tenant (a component that runs as a service account and sets
 // targetNamespace), objects outside that namespace; for a bundle whose signing keys are
 // scoped to namespaces, objects outside them. Cluster-scoped objects fail both.
-func confine(c *component, objs []*object) error {
+func confine(c *Component, objs []*object) error {
 	var out []string
 	for _, o := range objs {
 		if !c.allows(o.ref.Namespace) {
@@ -101,7 +99,7 @@ func confine(c *component, objs []*object) error {
 
 // allows reports whether the component may hold an object in namespace ns ("" for a
 // cluster-scoped one).
-func (c *component) allows(ns string) bool {
+func (c *Component) allows(ns string) bool {
 	if c.sa != "" && c.targetNS != "" && ns != c.targetNS {
 		return false
 	}
@@ -114,7 +112,7 @@ func (c *component) allows(ns string) bool {
 }
 
 // confined reports whether confine can refuse anything of the component.
-func (c *component) confined() bool {
+func (c *Component) confined() bool {
 	if c.sa != "" && c.targetNS != "" {
 		return true
 	}
@@ -126,24 +124,11 @@ func (c *component) confined() bool {
 	return false
 }
 
-// signerScopes returns the scopes of the keys that signed a revision, as recorded at
-// admission (verify.Result); unscoped keys add none.
-func signerScopes(r *store.Revision) ([]*bundles.Scope, error) {
-	if len(r.Verification) == 0 {
-		return nil, nil
-	}
-	v, err := verify.ParseRecord(r.Verification)
-	if err != nil {
-		return nil, fmt.Errorf("%s revision %d: verification record: %w", r.Name, r.Revision, err)
-	}
-	return v.Scopes(), nil
-}
-
 // scope applies the signing keys' scopes to component c before anything is sent: its
 // namespace must be one they allow, and a key that names a service account makes the
 // component run as it (a component naming another is refused). sa is the component's own
 // serviceAccountName; the one to run as is returned.
-func scope(c *component, scopes []*bundles.Scope, sa string) (string, error) {
+func scope(c *Component, scopes []*bundles.Scope, sa string) (string, error) {
 	c.scopes = scopes
 	forced := ""
 	for _, sc := range scopes {

@@ -26,7 +26,7 @@ func TestScopeOfComponent(t *testing.T) {
 		{"lives elsewhere", "team-a", "", []*bundles.Scope{deployer}, "", "lives in namespace flux-system", "flux-system"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := &component{ns: tc.ns, home: tc.home}
+			c := &Component{ns: tc.ns, home: tc.home}
 			if c.home == "" {
 				c.home = tc.ns
 			}
@@ -40,7 +40,7 @@ func TestScopeOfComponent(t *testing.T) {
 
 func TestConfine(t *testing.T) {
 	obj := func(ns string) *object { return &object{ref: ObjectRef{Kind: "ConfigMap", Namespace: ns, Name: "x"}} }
-	tenant := &component{sa: "system:serviceaccount:team-a:d", targetNS: "team-a"}
+	tenant := &Component{sa: "system:serviceaccount:team-a:d", targetNS: "team-a"}
 	if err := confine(tenant, []*object{obj("team-a")}); err != nil {
 		t.Fatal(err)
 	}
@@ -50,12 +50,12 @@ func TestConfine(t *testing.T) {
 		}
 	}
 	// Ferry's own components and tenants without targetNamespace are left to RBAC.
-	for _, c := range []*component{{}, {sa: "system:serviceaccount:team-a:d"}} {
+	for _, c := range []*Component{{}, {sa: "system:serviceaccount:team-a:d"}} {
 		if err := confine(c, []*object{obj(""), obj("team-b")}); err != nil {
 			t.Errorf("%+v: %v", c, err)
 		}
 	}
-	scoped := &component{scopes: []*bundles.Scope{{Namespaces: []string{"team-*"}}}}
+	scoped := &Component{scopes: []*bundles.Scope{{Namespaces: []string{"team-*"}}}}
 	if err := confine(scoped, []*object{obj("team-b")}); err != nil {
 		t.Fatal(err)
 	}

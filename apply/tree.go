@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sort"
 
 	"github.com/fluxcd/cli-utils/pkg/kstatus/status"
 	"helm.sh/helm/v3/pkg/release"
@@ -13,22 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes"
-
-	"github.com/ferrygitops/ferry/bundles"
-	"github.com/ferrygitops/ferry/store"
 )
-
-// Tree is what `ferry tree` shows, as `flux tree kustomization` does for a Kustomization:
-// the objects one revision applied, by component, with their health read now.
-type Tree struct {
-	Bundle   string      `json:"bundle"`
-	Revision uint64      `json:"revision"`
-	Version  string      `json:"version,omitempty"`
-	State    store.State `json:"state"` // the revision's, as recorded
-	// Running is set when Revision is the bundle's current revision.
-	Running    bool            `json:"running"`
-	Components []TreeComponent `json:"components"`
-}
 
 // TreeComponent is one component of a Tree, in the order the revision applies them.
 type TreeComponent struct {
@@ -58,37 +42,22 @@ type ObjectHealth struct {
 	Message string `json:"message,omitempty"`
 }
 
-// Tree returns the objects revision rev of bundle name applied (its inventories) and their
-// health now; rev 0 means the current revision. Live objects are read as each component's
-// identity, with one LIST per resource and namespace filtered by the bundle's label, as
-// health is during a rollout; a Helm release's status is read from Helm's storage. Tree
-// writes nothing and does not wait for a rollout in progress.
-func (e *Engine) Tree(ctx context.Context, name string, rev uint64) (Tree, error) {
-	b, err := e.st.GetBundle(name)
-	if err != nil {
-		return Tree{}, err
-	}
-	if b.Newest == 0 {
-		return Tree{}, fmt.Errorf("no bundle %q on this node: %w", name, store.ErrNotFound)
-	}
-	if rev == 0 {
-		if rev = b.Current; rev == 0 {
-			what := "none has been applied"
-			if !b.Removed.IsZero() {
-				what = "it was removed"
-			}
-			return Tree{}, fmt.Errorf("bundle %q has no running revision (%s): name one (ferry history %s): %w", name, what, name, store.ErrNotFound)
-		}
-	}
-	r, err := e.st.GetRevision(name, rev)
-	if err != nil {
-		return Tree{}, fmt.Errorf("bundle %q has no revision %d on this node (ferry history %s): %w", name, rev, name, store.ErrNotFound)
-	}
-	invs, err := e.inventories(name, rev)
-	if err != nil {
-		return Tree{}, err
-	}
-	t := Tree{Bundle: name, Revision: rev, Version: r.Version, State: r.State, Running: rev == b.Current, Components: []TreeComponent{}}
+// TreeOptions are the data Tree works from.
+type TreeOptions struct {
+	Bundle string
+	// Inventories are the revision's, by component.
+	Inventories map[string]Inventory
+	// Order is the components' names in the order the revision applies them.
+	Order []string
+}
+
+// Tree returns the objects the inventories list, by component in opts.Order, with their
+// health now, as `ferry tree` shows them (as `flux tree kustomization` does). Live objects
+// are read as each component's identity, with one LIST per resource and namespace filtered
+// by the bundle's label, as health is during a rollout; a Helm release's status is read
+// from Helm's storage. Tree writes nothing.
+func (ap *Applier) Tree(ctx context.Context, opts TreeOptions) ([]TreeComponent, error) {
+	name, invs := opts.Bundle, opts.Inventories
 	// One listing per identity: the components that run as the same one share its LISTs.
 	byIdentity := map[string][]ObjectRef{}
 	for _, inv := range invs {
@@ -98,19 +67,20 @@ func (e *Engine) Tree(ctx context.Context, name string, rev uint64) (Tree, error
 	}
 	health := map[string]map[string]ObjectHealth{}
 	for sa, refs := range byIdentity {
-		cc, err := e.clusterFor(sa)
+		cc, err := ap.clusterFor(sa)
 		if err != nil {
-			return Tree{}, err
+			return nil, err
 		}
 		health[sa] = cc.health(ctx, name, refs)
 	}
-	for _, cname := range e.componentOrder(ctx, r, invs) {
+	out := []TreeComponent{}
+	for _, cname := range opts.Order {
 		inv := invs[cname]
 		tc := TreeComponent{Name: cname, Objects: make([]ObjectHealth, 0, len(inv.Objects))}
 		if rec := inv.Release; rec != nil {
-			cc, err := e.clusterFor(inv.ServiceAccount)
+			cc, err := ap.clusterFor(inv.ServiceAccount)
 			if err != nil {
-				return Tree{}, err
+				return nil, err
 			}
 			rh := releaseHealth(cc, *rec)
 			tc.Release = &rh
@@ -118,9 +88,9 @@ func (e *Engine) Tree(ctx context.Context, name string, rev uint64) (Tree, error
 		for _, o := range inv.Objects {
 			tc.Objects = append(tc.Objects, health[inv.ServiceAccount][o.key()])
 		}
-		t.Components = append(t.Components, tc)
+		out = append(out, tc)
 	}
-	return t, nil
+	return out, nil
 }
 
 // health reads refs live (see live) and computes each one's kstatus, by key. Kinds the API
@@ -204,32 +174,4 @@ func releaseHealth(cc *cluster, rec Release) ReleaseHealth {
 		h.Status = status.FailedStatus.String()
 	}
 	return h
-}
-
-// componentOrder returns the names of invs in the order revision r applies its components
-// (dependsOn, else as listed); a component the bundle does not name, or every one if the
-// bundle cannot be read, comes after, by name.
-func (e *Engine) componentOrder(ctx context.Context, r *store.Revision, invs map[string]Inventory) []string {
-	var out []string
-	seen := map[string]bool{}
-	if b, err := bundles.Open(ctx, e.st, r.Manifest); err == nil {
-		if order, err := b.Metadata.Order(); err == nil {
-			for _, i := range order {
-				if n := b.Metadata.Components[i].Name; !seen[n] {
-					if _, ok := invs[n]; ok {
-						out = append(out, n)
-						seen[n] = true
-					}
-				}
-			}
-		}
-	}
-	var rest []string
-	for n := range invs {
-		if !seen[n] {
-			rest = append(rest, n)
-		}
-	}
-	sort.Strings(rest)
-	return append(out, rest...)
 }

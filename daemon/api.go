@@ -13,9 +13,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/daemon/images"
 	"github.com/ferrygitops/ferry/receipt"
+	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 	"github.com/ferrygitops/ferry/verify"
 )
@@ -24,7 +24,7 @@ import (
 //
 //	GET  /v1/status                       []BundleStatus
 //	GET  /v1/bundles/{name}/history       []store.Revision
-//	POST /v1/bundles/{name}/rollback      {"revision": N} → apply.Report
+//	POST /v1/bundles/{name}/rollback      {"revision": N} → rollout.Report
 //	POST /v1/bundles/{name}/suspend|resume|reconcile
 //	POST /v1/import                       {"ref": "PATH|oci://…|s3://…"} → store.Revision
 //	POST /v1/preview                      {"ref": …} → Preview (verified, nothing written)
@@ -314,7 +314,7 @@ func reply(w http.ResponseWriter, v any, err error) {
 			status = ae.status
 		case errors.Is(err, store.ErrNotFound):
 			status = http.StatusNotFound
-		case errors.Is(err, apply.ErrRolledBack), errors.Is(err, apply.ErrFailedBefore):
+		case errors.Is(err, rollout.ErrRolledBack), errors.Is(err, rollout.ErrFailedBefore):
 			status = http.StatusConflict
 		case errors.Is(err, verify.ErrUntrusted):
 			status = http.StatusUnprocessableEntity

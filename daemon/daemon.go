@@ -25,6 +25,7 @@ import (
 	"github.com/ferrygitops/ferry/apply/decrypt"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/daemon/images"
+	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 	"github.com/ferrygitops/ferry/verify"
 )
@@ -35,8 +36,10 @@ type Options struct {
 	Log *slog.Logger
 	// Ready is called once the daemon serves its API (systemd's READY=1).
 	Ready func()
-	// Apply overrides engine options (tests shorten poll intervals).
+	// Apply overrides applier options (tests shorten poll intervals).
 	Apply apply.Options
+	// Rollout overrides rollout options (tests shorten the deadline margin).
+	Rollout rollout.Options
 }
 
 // Daemon is `ferry daemon`: it takes bundles from its sources, verifies and admits them,
@@ -47,7 +50,7 @@ type Daemon struct {
 	log    *slog.Logger
 	logs   *logRing // the recent log, for ferry logs
 	st     *store.Store
-	eng    *apply.Engine
+	eng    *rollout.Manager
 	policy verify.Policy
 	m      *metrics
 	notify *Notifier
@@ -95,11 +98,14 @@ func New(cfg *Config, opts Options) (*Daemon, error) {
 	if cfg.ImagesAddress != "off" && aopts.Images == nil {
 		aopts.Images = imgs
 	}
-	eng, err := apply.New(restCfg, st, aopts)
+	ap, err := apply.New(restCfg, aopts)
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
+	ropts := opts.Rollout
+	ropts.Log = log
+	eng := rollout.New(st, ap, ropts)
 	d := &Daemon{cfg: cfg, opts: opts, log: log, logs: logs, st: st, eng: eng, policy: policy, m: newMetrics(), images: imgs,
 		loops: map[string]chan struct{}{}, lastErr: map[string]string{}, handled: map[string]bool{}, refused: map[string]bool{}, paused: map[string]bool{},
 		receipts: receipts{kick: make(chan struct{}, 1)}}
@@ -461,7 +467,7 @@ func (d *Daemon) kick(name string) {
 }
 
 // loop reconciles one bundle: at a kick, at the drift interval, and after an error with a
-// backoff from 1s to 5m. The engine makes applies to the cluster one at a time.
+// backoff from 1s to 5m. rollout.Manager makes applies to the cluster one at a time.
 func (d *Daemon) loop(ctx context.Context, name string, kick <-chan struct{}) {
 	failures := 0
 	for {
@@ -483,7 +489,7 @@ func (d *Daemon) loop(ctx context.Context, name string, kick <-chan struct{}) {
 			}
 			failures++
 			backoff := min(time.Second<<min(failures-1, 9), 5*time.Minute)
-			if errors.Is(err, errWaitingForAPI) || apply.Paused(ctx, err) {
+			if errors.Is(err, errWaitingForAPI) || rollout.Paused(ctx, err) {
 				// The node's own trouble (k3s restarting, a full disk): tried again soon,
 				// so a rollout resumes within seconds of it being over.
 				backoff = min(backoff, pausedRetry)
@@ -532,7 +538,7 @@ func (d *Daemon) reconcile(ctx context.Context, name string) error {
 	}
 	begin := time.Now()
 	var (
-		rep apply.Report
+		rep rollout.Report
 		op  string
 	)
 	switch target, terr := d.target(name, b); {
@@ -550,7 +556,7 @@ func (d *Daemon) reconcile(ctx context.Context, name string) error {
 	default:
 		return nil
 	}
-	if op != "sync" && ctx.Err() == nil && apply.Paused(ctx, err) {
+	if op != "sync" && ctx.Err() == nil && rollout.Paused(ctx, err) {
 		d.pause(name, err)
 	} else if err == nil || rep.State != "" {
 		d.resumed(name)
@@ -568,17 +574,11 @@ func (d *Daemon) reconcile(ctx context.Context, name string) error {
 	d.receipts.kickWrite()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if op != "sync" {
-		// Retention runs after a rollout moved the pointers, not only at start.
-		if _, gerr := d.st.GC(); gerr != nil {
-			d.log.Warn("store GC", "err", gerr)
-		}
-	}
 	switch {
 	case err == nil:
 		delete(d.lastErr, name)
 		return nil
-	case errors.Is(err, apply.ErrRolledBack) || (op == "rollout" && rep.State == store.StateFailed):
+	case errors.Is(err, rollout.ErrRolledBack) || (op == "rollout" && rep.State == store.StateFailed):
 		d.lastErr[name] = err.Error()
 		return nil // recorded; the revision waits for a newer one or an explicit retry
 	default:
@@ -592,7 +592,7 @@ func (d *Daemon) reconcile(ctx context.Context, name string) error {
 // one RolloutPaused event says why. The rollout is resumed by the loop's next attempt. Both
 // writes are best effort: on a full disk they may fail too, and the log still says it.
 func (d *Daemon) pause(name string, cause error) {
-	if err := d.st.PauseTxn(name); err != nil {
+	if err := d.eng.Pause(name); err != nil {
 		d.log.Warn("rollout pause not recorded", "bundle", name, "err", err)
 	}
 	d.mu.Lock()
@@ -622,7 +622,7 @@ func (d *Daemon) resumed(name string) {
 
 // driftEvent records drift in the event log (and so on the webhook): how many objects, how
 // many corrected, the first few by name.
-func (d *Daemon) driftEvent(name string, rep apply.Report) {
+func (d *Daemon) driftEvent(name string, rep rollout.Report) {
 	corrected := 0
 	var names []string
 	for _, dr := range rep.Drift {
@@ -701,7 +701,7 @@ func (d *Daemon) importProgress() ImportProgress {
 // RollbackTo applies a stored revision again (ferry rollback); the newer revisions are
 // recorded rolled back in the same transaction that opens the rollout, so the daemon stays
 // on it until a newer revision arrives.
-func (d *Daemon) RollbackTo(ctx context.Context, name string, rev uint64) (apply.Report, error) {
+func (d *Daemon) RollbackTo(ctx context.Context, name string, rev uint64) (rollout.Report, error) {
 	rep, err := d.eng.RollbackTo(ctx, name, rev)
 	d.refreshInfo(name)
 	d.kickNotify()

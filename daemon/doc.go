@@ -1,6 +1,6 @@
 // Package daemon is the edge side of Ferry, `ferry daemon`: it takes bundles from sources,
 // admits the ones the node's trust policy accepts into the store, keeps each bundle on its
-// newest good revision through the apply engine, and answers the local CLI.
+// newest good revision through package rollout, and answers the local CLI.
 //
 // What it owns:
 //
@@ -20,9 +20,9 @@
 //   - The reconcile loop (daemon.go): one goroutine per bundle, woken by a kick (a revision
 //     admitted, `ferry reconcile`, `ferry resume`, start-up), by the drift interval, or by its
 //     own backoff (1s doubling to 5m) after an error worth retrying. Each pass waits for the
-//     API server, then does one thing: [apply.Engine.Resume] an open rollout transaction,
-//     [apply.Engine.Rollout] the newest revision above the current one that is still in
-//     state verified, or [apply.Engine.Sync] a current revision that is the last good one
+//     API server, then does one thing: [rollout.Manager.Resume] an open rollout transaction,
+//     [rollout.Manager.Rollout] the newest revision above the current one that is still in
+//     state verified, or [rollout.Manager.Sync] a current revision that is the last good one
 //     (drift). A suspended bundle's pass does nothing.
 //   - The local API (api.go): HTTP+JSON on a unix socket, and [Client] for the CLI.
 //   - Metrics (metrics.go): Prometheus series, /healthz and /readyz on a loopback address.
@@ -38,13 +38,13 @@
 //     address.
 //   - One loop per bundle: [Daemon] starts a bundle's loop once, on its first kick, and every
 //     later kick wakes that loop; kicks that arrive while one is pending coalesce.
-//   - One apply at a time. The loops only decide; the engine serializes Rollout, Retry and
+//   - One apply at a time. The loops only decide; rollout.Manager serializes Rollout, Retry and
 //     Sync on one mutex, so two bundles never apply to the cluster at once.
 //   - Refusals never touch what runs. A poll that fails is logged. A candidate that cannot
 //     be read or is refused is logged and recorded as a "Refused" event (a downgrade or
 //     replay only at debug level). Neither changes a bundle's revisions or the cluster.
 //   - A failed revision stays failed. A revision that failed or was rolled back is never
-//     picked by a loop; only [Daemon.RollbackTo] (the engine's RollbackTo, `ferry rollback`)
+//     picked by a loop; only [Daemon.RollbackTo] (rollout.Manager.RollbackTo, `ferry rollback`)
 //     applies it again.
 //   - The stick is read-only. The USB scan follows no symlink and offers only regular .tar
 //     files and directories holding an oci-layout file; it writes to a stick only when
@@ -64,7 +64,7 @@
 // its transaction in the store); parse trust policies or check signatures (package verify);
 // run under systemd (package systemd; cmd/ferry wires sd_notify into [Options.Ready]).
 // It serves the images of kept revisions to containerd on imagesAddress through package
-// images (daemon/images), which also tells the engine which images the node holds.
+// images (daemon/images), which also tells the applier which images the node holds.
 // Not yet: reload its config or trust policy without a restart, or apply retention while it
 // runs (store.Open does, so a start does).
 package daemon

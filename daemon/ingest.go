@@ -196,7 +196,7 @@ type Preview struct {
 }
 
 // Preview verifies the bundle at ref against the node's trust policy exactly as an import
-// does, then asks the engine what its rollout would change, without writing anything to the
+// does, then asks the applier what its rollout would change, without writing anything to the
 // store or the cluster. An untrusted bundle is an error (verify.ErrUntrusted), as for import.
 func (d *Daemon) Preview(ctx context.Context, ref string) (*Preview, error) {
 	addr, err := bundles.ParseAddress(ref)
@@ -229,7 +229,7 @@ func (d *Daemon) Preview(ctx context.Context, ref string) (*Preview, error) {
 		}
 		p.NotAdmitted = err.Error()
 	}
-	if p.Plan, err = d.eng.Preview(ctx, c.src, b, res.Scopes()); err != nil {
+	if p.Plan, err = d.eng.Preview(ctx, apply.PreviewOptions{Source: c.src, Bundle: b, Scopes: res.Scopes()}); err != nil {
 		return nil, fmt.Errorf("%s revision %d would fail to roll out: %w", p.Bundle, p.Revision, err)
 	}
 	return p, nil

@@ -259,7 +259,7 @@ func (p *preflight) apiServer(ctx context.Context) Check {
 	return failed(chkAPIServer, "%s: %s (is k3s running? systemctl status k3s)", p.rest.Host, oneLine(err.Error()))
 }
 
-// impersonated is one service account the engine will impersonate, and where.
+// impersonated is one service account the applier will impersonate, and where.
 type impersonated struct {
 	name string
 	// in are the namespaces it will surely be used in (the node's namespace, a key scope's
@@ -272,7 +272,7 @@ type impersonated struct {
 	why       []string
 }
 
-// accounts lists the service accounts the engine impersonates without a bundle asking:
+// accounts lists the service accounts the applier impersonates without a bundle asking:
 // defaultServiceAccount, in each component's namespace (the node's namespace when the
 // component names none), and each key scope's serviceAccount, in the scope's namespaces.
 // A component's own serviceAccountName is only known from its bundle.
@@ -330,7 +330,7 @@ func (p *preflight) accounts(policy verify.Policy) []*impersonated {
 }
 
 // impersonation asks, with SelfSubjectAccessReviews, whether Ferry's identity may
-// impersonate each service account the engine will run components as. The engine sets only
+// impersonate each service account the applier will run components as. The applier sets only
 // the user name (apply/tenancy.go), system:serviceaccount:NS:NAME, which the API server
 // authorizes as verb impersonate on serviceaccounts NAME in NS (group ""); it then adds the
 // service account's groups itself, unchecked.

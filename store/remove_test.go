@@ -10,7 +10,7 @@ import (
 // TestRemove: BeginRemove and FinishRemove are one transaction each; the removal keeps every
 // revision, leaves no current or last good one, removes a revision still waiting to be
 // rolled out, and the next rollout clears the marker. A crash right after BeginRemove leaves
-// the removal open, for the engine to finish.
+// the removal open, for package rollout to finish.
 func TestRemove(t *testing.T) {
 	admit := func(t *testing.T, s *Store, rev uint64) {
 		t.Helper()

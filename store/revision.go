@@ -602,7 +602,7 @@ func (s *Store) Bundles() ([]Bundle, error) {
 	return out, err
 }
 
-// PutInventory stores what the apply engine recorded for one component of a revision (opaque
+// PutInventory stores what package rollout recorded for one component of a revision (opaque
 // to the store).
 func (s *Store) PutInventory(name string, rev uint64, component string, inv []byte) error {
 	return s.update(func(tx *bolt.Tx) error {

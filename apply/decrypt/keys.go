@@ -108,7 +108,7 @@ func parseKeys(data []byte) (*Keys, error) {
 }
 
 // HashKey is a key derived from the node's identities, for keyed hashes of what was
-// decrypted: the apply engine records a hash of each object it sends, and with this key the
+// decrypted: the applier records a hash of each object it sends, and with this key the
 // hash of a Secret tells nothing to someone holding the state database but not the key
 // file. nil for nil Keys.
 func (k *Keys) HashKey() []byte {

@@ -19,7 +19,7 @@ import (
 
 // FromBundle returns the objects of component i of bundle b, reading its layers
 // (digest-checked) from src: its rendered layer when the bundle carries one, else its files
-// built, SOPS files as they are. `ferry bundle diff` and the node's engine read a component
+// built, SOPS files as they are. `ferry bundle diff` and the node's applier read a component
 // the same way.
 func FromBundle(ctx context.Context, src content.Fetcher, b *bundles.Bundle, i int) ([]*yaml.RNode, error) {
 	if _, ok := b.Rendered(i); ok {

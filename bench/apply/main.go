@@ -47,6 +47,7 @@ import (
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/integration/testbed"
+	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 )
 
@@ -407,10 +408,11 @@ func ferryStep(ctx context.Context, cfg *rest.Config, ns string, render *float64
 	if os.Getenv("FERRY_BENCH_LOG") != "" {
 		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	eng, err := apply.New(cfg, st, opts)
+	ap, err := apply.New(cfg, opts)
 	if err != nil {
 		return nil, err
 	}
+	eng := rollout.New(st, ap, rollout.Options{Log: opts.Log})
 	return func(p, gen int) error {
 		if p == 1 {
 			_, err := eng.Sync(ctx, "bench")
@@ -485,16 +487,17 @@ func timeRollback(ctx context.Context, log *slog.Logger) (time.Duration, error) 
 			return 0, err
 		}
 	}
-	eng, err := apply.New(tb.REST, st, apply.Options{PollInterval: 500 * time.Millisecond, FailureWindow: 2 * time.Second})
+	ap, err := apply.New(tb.REST, apply.Options{PollInterval: 500 * time.Millisecond, FailureWindow: 2 * time.Second})
 	if err != nil {
 		return 0, err
 	}
+	eng := rollout.New(st, ap, rollout.Options{})
 	if _, err := eng.Rollout(ctx, "bench", 1); err != nil {
 		return 0, err
 	}
 	begin := time.Now()
 	_, err = eng.Rollout(ctx, "bench", 2)
-	if !errors.Is(err, apply.ErrRolledBack) {
+	if !errors.Is(err, rollout.ErrRolledBack) {
 		return 0, fmt.Errorf("want a rollback, got %v", err)
 	}
 	if !strings.Contains(err.Error(), "not healthy") {

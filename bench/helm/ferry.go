@@ -18,6 +18,7 @@ import (
 	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/bench/measure"
 	"github.com/ferrygitops/ferry/integration/testbed"
+	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 )
 
@@ -71,10 +72,11 @@ func ferryChild() error {
 	if os.Getenv("FERRY_BENCH_LOG") != "" {
 		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	eng, err := apply.New(cfg, st, opts)
+	ap, err := apply.New(cfg, opts)
 	if err != nil {
 		return err
 	}
+	eng := rollout.New(st, ap, rollout.Options{Log: opts.Log})
 	res := result{StartRSSKiB: start}
 	cnt.Take() // setup is not counted
 	for p := range phases {
@@ -84,7 +86,7 @@ func ferryChild() error {
 			}
 		}
 		begin := time.Now()
-		var rep apply.Report
+		var rep rollout.Report
 		if p == noop {
 			rep, err = eng.Sync(ctx, bundleName)
 		} else {

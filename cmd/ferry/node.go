@@ -22,9 +22,9 @@ import (
 	"golang.org/x/term"
 	"k8s.io/apimachinery/pkg/util/duration"
 
-	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/daemon"
+	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 	"github.com/ferrygitops/ferry/systemd"
 )
@@ -241,7 +241,7 @@ revision is admitted. If the revision fails, the current one is restored.`,
 			if err != nil || rev == 0 {
 				return badInput(fmt.Errorf("revision %q: want a positive number (see ferry history %s)", args[1], args[0]))
 			}
-			var rep apply.Report
+			var rep rollout.Report
 			if err := n.do(cmd, http.MethodPost, "/v1/bundles/"+url.PathEscape(args[0])+"/rollback", map[string]uint64{"revision": rev}, &rep); err != nil {
 				return err
 			}

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/rollout"
 )
 
 // newTreeCommand is `ferry tree`: a revision's objects and their health now.
@@ -40,7 +41,7 @@ now; nothing is written, and a rollout in progress is not waited for.`,
 				}
 				path += "?revision=" + strconv.FormatUint(rev, 10)
 			}
-			var t apply.Tree
+			var t rollout.Tree
 			if err := n.do(cmd, http.MethodGet, path, nil, &t); err != nil {
 				return err
 			}
@@ -53,7 +54,7 @@ now; nothing is written, and a rollout in progress is not waited for.`,
 
 // printTree writes a tree as a table; a release's objects are drawn under it as
 // `flux tree` draws a tree.
-func printTree(w *tabwriter.Writer, t apply.Tree) {
+func printTree(w *tabwriter.Writer, t rollout.Tree) {
 	running := ""
 	if t.Running {
 		running = ", running"

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/integration/testbed"
+	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 )
 
@@ -209,7 +210,7 @@ func TestFailedHealthRollsBack(t *testing.T) {
 		"app/cm.yaml": cm("rb", "settings", "v2"), "app/added.yaml": cm("rb", "added", "v2")})
 	begin := time.Now()
 	rep, err := n.eng.Rollout(ctx, "rb", 2)
-	if !errors.Is(err, apply.ErrRolledBack) {
+	if !errors.Is(err, rollout.ErrRolledBack) {
 		pods, _ := n.dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "pods"}).Namespace("rb").List(ctx, metav1.ListOptions{})
 		for _, p := range pods.Items {
 			t.Logf("pod %s deleting=%v labels=%v status=%v finalizers=%v", p.GetName(), p.GetDeletionTimestamp(), p.GetLabels(), p.Object["status"].(map[string]any)["phase"], p.GetFinalizers())
@@ -245,8 +246,35 @@ func TestFailedHealthRollsBack(t *testing.T) {
 		t.Fatalf("the failure reason is not recorded: %+v", r2.History)
 	}
 	// Not retried by itself; an explicit retry may.
-	if _, err := n.eng.Rollout(ctx, "rb", 2); !errors.Is(err, apply.ErrFailedBefore) {
+	if _, err := n.eng.Rollout(ctx, "rb", 2); !errors.Is(err, rollout.ErrFailedBefore) {
 		t.Fatalf("a failed revision was tried again: %v", err)
+	}
+}
+
+// TestRollbackRestoresWhatTheFailedRevisionChanged: with driftDetection disabled, an object
+// the failed revision changed is still sent back by the rollback. The rollback compares each
+// object with what the failed revision sent (its records are the newest), not with what the
+// good one sent long ago, which would read the failed revision's change as drift and, with
+// drift disabled, leave it.
+func TestRollbackRestoresWhatTheFailedRevisionChanged(t *testing.T) {
+	n := newNode(t, "rbd", apply.Options{})
+	ctx := ctxTimeout(t, 3*time.Minute)
+	comp := "- name: app\n  kustomize: {path: ./app, prune: true, wait: true, timeout: 10s, driftDetection: {mode: disabled}}\n"
+	ns := "apiVersion: v1\nkind: Namespace\nmetadata: {name: rbd}\n"
+	n.admit(t, 1, comp, map[string]string{"app/ns.yaml": ns, "app/d.yaml": deployment("rbd", "web", false), "app/cm.yaml": cm("rbd", "settings", "v1")})
+	if _, err := n.eng.Rollout(ctx, "rbd", 1); err != nil {
+		t.Fatal(err)
+	}
+	n.admit(t, 2, comp, map[string]string{"app/ns.yaml": ns, "app/d.yaml": deployment("rbd", "web", true), "app/cm.yaml": cm("rbd", "settings", "v2")})
+	if _, err := n.eng.Rollout(ctx, "rbd", 2); !errors.Is(err, rollout.ErrRolledBack) {
+		t.Fatalf("want a rollback, got %v", err)
+	}
+	if got := n.get(t, configMaps, "rbd", "settings"); got.Object["data"].(map[string]any)["value"] != "v1" {
+		t.Fatalf("the rollback left revision 2's ConfigMap: %v", got.Object["data"])
+	}
+	d := n.get(t, deployments, "rbd", "web")
+	if lbls := d.Object["spec"].(map[string]any)["template"].(map[string]any)["metadata"].(map[string]any)["labels"].(map[string]any); lbls[testbed.FailLabel] != nil {
+		t.Fatalf("the Deployment still has revision 2's template: %v", lbls)
 	}
 }
 
@@ -284,7 +312,7 @@ func TestInterruptedRolloutIsResumedOrReverted(t *testing.T) {
 	}
 	restarted := mustEngine(t, n, apply.Options{})
 	rep, err := restarted.Resume(ctx, "resume")
-	if !errors.Is(err, apply.ErrRolledBack) || rep.RolledBackTo != 1 {
+	if !errors.Is(err, rollout.ErrRolledBack) || rep.RolledBackTo != 1 {
 		t.Fatalf("resume: %+v, %v", rep, err)
 	}
 	if n.get(t, deployments, "resume", "web") != nil || n.get(t, configMaps, "resume", "v").Object["data"].(map[string]any)["value"] != "1" {

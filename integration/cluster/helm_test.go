@@ -24,6 +24,7 @@ import (
 	"github.com/ferrygitops/ferry/bundler/bundlertest"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/integration/testbed"
+	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 )
 
@@ -173,7 +174,7 @@ func TestHelmInstallUpgradeRemediate(t *testing.T) {
 	// revision 2, which finds the release already holding revision 2's chart and values.
 	n.admit(t, 3, helmComponent("web", ns, "values: {settings: {color: black}, fail: true}\nupgrade: {remediation: {retries: 1, strategy: rollback}}"), chart("1.0.0"))
 	_, err := n.eng.Rollout(ctx, "hr", 3)
-	if !errors.Is(err, apply.ErrRolledBack) {
+	if !errors.Is(err, rollout.ErrRolledBack) {
 		t.Fatalf("want a rollback, got %v", err)
 	}
 	h := helmHistory(t, ns, rel)
@@ -226,7 +227,7 @@ func TestHelmWholeRevisionRollback(t *testing.T) {
 	}
 	c, f = comps("green", true, true)
 	n.admit(t, 2, c, f)
-	if _, err := n.eng.Rollout(ctx, "hw", 2); !errors.Is(err, apply.ErrRolledBack) {
+	if _, err := n.eng.Rollout(ctx, "hw", 2); !errors.Is(err, rollout.ErrRolledBack) {
 		t.Fatalf("want a rollback, got %v", err)
 	}
 	h := helmHistory(t, ns, "hw-web")
@@ -469,7 +470,7 @@ spec:
 	if r, _, _ := unstructured.NestedInt64(n.get(t, deployments, "podinfo", "podinfo-web").Object, "spec", "replicas"); r != 1 {
 		t.Fatalf("replicas %d after the drift correction", r)
 	}
-	if _, err := n.eng.Rollout(ctx, "guide", 2); !errors.Is(err, apply.ErrRolledBack) {
+	if _, err := n.eng.Rollout(ctx, "guide", 2); !errors.Is(err, rollout.ErrRolledBack) {
 		t.Fatalf("want a rollback, got %v", err)
 	}
 	if got := statuses(helmHistory(t, "podinfo", "podinfo")); got != "1:superseded 2:failed 3:deployed" {
@@ -539,7 +540,7 @@ func TestHelmReleaseOfAnotherBundle(t *testing.T) {
 	files["app/cm.yaml"] = cm(ns, "other", "v2")
 	other.admit(t, 2, "- name: app\n  kustomize: {path: ./app}\n"+helmComponent("web", ns, "releaseName: shared\nvalues: {settings: {color: stolen}}"), files)
 	_, err := other.eng.Rollout(ctx, "other", 2)
-	if !errors.Is(err, apply.ErrRolledBack) || !strings.Contains(err.Error(), "belongs to bundle owner") {
+	if !errors.Is(err, rollout.ErrRolledBack) || !strings.Contains(err.Error(), "belongs to bundle owner") {
 		t.Fatalf("want a refusal and a rollback, got %v", err)
 	}
 	if got := statuses(helmHistory(t, ns, "shared")); got != "1:deployed" {
@@ -580,7 +581,7 @@ func TestHelmAdoptedReleaseAndMoves(t *testing.T) {
 	}
 	files["gate/d.yaml"] = deployment(ns, "gate", true)
 	n.admit(t, 2, helmComponent("web", ns, "values: {settings: {color: taken}}")+gate, files)
-	if _, err := n.eng.Rollout(ctx, "adopt", 2); !errors.Is(err, apply.ErrRolledBack) {
+	if _, err := n.eng.Rollout(ctx, "adopt", 2); !errors.Is(err, rollout.ErrRolledBack) {
 		t.Fatalf("want a rollback, got %v", err)
 	}
 	h := helmHistory(t, ns, "adopt-web")

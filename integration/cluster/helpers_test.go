@@ -29,6 +29,7 @@ import (
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundler/bundlertest"
 	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 	"github.com/ferrygitops/ferry/verify"
 )
@@ -37,7 +38,7 @@ import (
 // every request the engine sends counted.
 type node struct {
 	st     *store.Store
-	eng    *apply.Engine
+	eng    *rollout.Manager
 	reqs   *counter
 	dyn    dynamic.Interface
 	bundle string
@@ -110,10 +111,11 @@ func newNodeAt(t *testing.T, stateDir, bundle string, opts apply.Options) *node 
 	if opts.FailureWindow == 0 {
 		opts.FailureWindow = time.Second
 	}
-	eng, err := apply.New(cfg, st, opts)
+	ap, err := apply.New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	eng := rollout.New(st, ap, rollout.Options{Log: opts.Log})
 	dyn, err := dynamic.NewForConfig(tb.REST)
 	if err != nil {
 		t.Fatal(err)
@@ -199,10 +201,11 @@ func runHelmChild(kubeconfig, components string, files map[string]string) error 
 	if err != nil {
 		return err
 	}
-	eng, err := apply.New(cfg, st, apply.Options{})
+	ap, err := apply.New(cfg, apply.Options{})
 	if err != nil {
 		return err
 	}
+	eng := rollout.New(st, ap, rollout.Options{})
 	_, err = eng.Rollout(ctx, "hp", 1)
 	return err
 }

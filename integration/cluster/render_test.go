@@ -15,6 +15,7 @@ import (
 	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/apply/decrypt"
 	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 )
 
@@ -94,15 +95,16 @@ func TestDependsOnAndSubstitution(t *testing.T) {
 	}
 }
 
-func mustEngine(t *testing.T, n *node, opts apply.Options) *apply.Engine {
+func mustEngine(t *testing.T, n *node, opts apply.Options) *rollout.Manager {
 	t.Helper()
 	cfg := *tb.REST
 	cfg.WrapTransport = n.reqs.RoundTrip
 	opts.PollInterval, opts.FailureWindow = 200*time.Millisecond, time.Second
-	eng, err := apply.New(&cfg, n.st, opts)
+	ap, err := apply.New(&cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	eng := rollout.New(n.st, ap, rollout.Options{Log: opts.Log})
 	return eng
 }
 

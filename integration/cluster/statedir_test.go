@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ferrygitops/ferry/apply"
+	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 )
 
@@ -66,7 +67,7 @@ func TestFullStateDirPausesTheRollout(t *testing.T) {
 		t.Fatal("the rollout succeeded on a full state directory: the test setup is off")
 	}
 	t.Logf("rollout on a full state directory: %v", err)
-	if !store.WriteFailed(err) || errors.Is(err, apply.ErrRolledBack) {
+	if !store.WriteFailed(err) || errors.Is(err, rollout.ErrRolledBack) {
 		t.Fatalf("err = %v, want a state-directory failure that pauses the rollout", err)
 	}
 	if st := n.state(t, 2); st == store.StateFailed || st == store.StateRolledBack {

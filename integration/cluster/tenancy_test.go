@@ -15,6 +15,7 @@ import (
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundler/bundlertest"
 	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 )
 
@@ -156,7 +157,7 @@ func TestTenantRollbackRunsAsTenant(t *testing.T) {
 	files["app/d.yaml"] = deployment("team-a", "tenant-web", true)
 	files["app/added.yaml"] = cm("team-a", "added", "v2")
 	n.admit(t, 2, comp, files)
-	if _, err := n.eng.Rollout(ctx, "tenant-rb", 2); !errors.Is(err, apply.ErrRolledBack) {
+	if _, err := n.eng.Rollout(ctx, "tenant-rb", 2); !errors.Is(err, rollout.ErrRolledBack) {
 		t.Fatalf("want a rollback, got %v", err)
 	}
 	if n.get(t, configMaps, "team-a", "added") != nil {

@@ -14,8 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/daemon"
+	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 )
 
@@ -58,7 +58,7 @@ func TestTechnicianCommands(t *testing.T) {
 	s.waitStatus(t, c, "revision 3 after resume", time.Minute, healthy(3))
 
 	// Rollback to 1: applied, and 2 and 3 are marked rolled back, so the daemon stays.
-	var rep apply.Report
+	var rep rollout.Report
 	if err := c.Do(t.Context(), "POST", "/v1/bundles/tech/rollback", map[string]uint64{"revision": 1}, &rep); err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/daemon"
 	"github.com/ferrygitops/ferry/integration/testbed"
+	"github.com/ferrygitops/ferry/rollout"
 )
 
 // site is one edge node: a config directory with a trust policy and a signing key on the
@@ -167,7 +168,8 @@ func (s *site) start(t *testing.T) *daemon.Client {
 	}
 	ready := make(chan struct{})
 	d, err := daemon.New(cfg, daemon.Options{Log: testLog(t), Ready: func() { close(ready) },
-		Apply: apply.Options{PollInterval: 200 * time.Millisecond, FailureWindow: time.Second, DeadlineMargin: s.margin}})
+		Apply:   apply.Options{PollInterval: 200 * time.Millisecond, FailureWindow: time.Second},
+		Rollout: rollout.Options{DeadlineMargin: s.margin}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ferrygitops/ferry/apply"
 	"github.com/ferrygitops/ferry/daemon"
+	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 )
 
@@ -116,15 +117,15 @@ func (s *site) createConfigMap(t *testing.T, name string) {
 	}
 }
 
-func tree(t *testing.T, c *daemon.Client, bundle, query string) (apply.Tree, error) {
+func tree(t *testing.T, c *daemon.Client, bundle, query string) (rollout.Tree, error) {
 	t.Helper()
-	var tr apply.Tree
+	var tr rollout.Tree
 	err := c.Do(t.Context(), "GET", "/v1/bundles/"+bundle+"/tree"+query, nil, &tr)
 	return tr, err
 }
 
 // statuses is a tree's objects as "ID=Status".
-func statuses(tr apply.Tree) []string {
+func statuses(tr rollout.Tree) []string {
 	var out []string
 	for _, c := range tr.Components {
 		for _, o := range c.Objects {
@@ -288,7 +289,7 @@ func TestRemoveSuspendedAndRollback(t *testing.T) {
 		t.Fatalf("history after the removal: %v", h)
 	}
 
-	var rep apply.Report
+	var rep rollout.Report
 	if err := c.Do(t.Context(), "POST", "/v1/bundles/"+s.bundle+"/rollback", map[string]uint64{"revision": 1}, &rep); err != nil {
 		t.Fatal(err)
 	}
