@@ -2,13 +2,13 @@
 // client-go loop on the same etcd and kube-apiserver, in one run (issue: apply engine,
 // Benchmarks; docs/BENCHMARKS.md has the results).
 //
-// Each run applies 1,001 objects (1 Namespace, 900 ConfigMaps of 10 keys, 100 Deployments)
-// into a fresh namespace per client: cold, then again with nothing changed, then with 1,000
-// of them changed. kubectl runs as the CLI; the others each run in a child process so their
+// Each run applies 1,001 objects (1 Namespace, 900 ConfigMaps of 10 keys, 100 Deployments;
+// -objects N makes it N with N−101 ConfigMaps) into a fresh namespace per client: cold, then
+// again with nothing changed, then with every ConfigMap and Deployment changed. kubectl runs as the CLI; the others each run in a child process so their
 // peak RSS and request counts are their own. Ferry's cold time includes rendering the bundle
 // from its node store. Then a failed-health rollback is timed on a testbed with controllers.
 //
-//	go run -tags kustomize_disable_go_plugin_support ./bench/apply [-runs 3]   (make bench-apply)
+//	go run -tags kustomize_disable_go_plugin_support ./bench/apply [-runs 3] [-objects 1001]   (make bench-apply)
 package main
 
 import (
@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -52,12 +53,15 @@ import (
 )
 
 const (
-	configMaps  = 900
 	deployments = 100
 	phases      = 3 // cold, no-op, changed
 )
 
-var phaseNames = [phases]string{"cold", "nothing changed", "1,000 changed"}
+// configMaps is the number of ConfigMaps (-objects minus the Namespace and the Deployments),
+// handed to the child processes in FERRY_BENCH_CONFIGMAPS.
+var configMaps = 900
+
+var phaseNames = [phases]string{"cold", "nothing changed", "all changed"}
 
 // result is one client's figures for one run.
 type result struct {
@@ -72,6 +76,10 @@ type result struct {
 
 func main() {
 	if os.Getenv("FERRY_BENCH_CHILD") != "" {
+		if _, err := fmt.Sscan(os.Getenv("FERRY_BENCH_CONFIGMAPS"), &configMaps); err != nil {
+			fmt.Fprintln(os.Stderr, "child: FERRY_BENCH_CONFIGMAPS:", err)
+			os.Exit(1)
+		}
 		if err := child(); err != nil {
 			fmt.Fprintln(os.Stderr, "child:", err)
 			os.Exit(1)
@@ -79,7 +87,13 @@ func main() {
 		return
 	}
 	runs := flag.Int("runs", 3, "fresh runs; the median is reported")
+	objects := flag.Int("objects", 1001, "objects per run: 1 Namespace, 100 Deployments, the rest ConfigMaps (at least 102)")
 	flag.Parse()
+	if *objects < 102 {
+		fmt.Fprintln(os.Stderr, "bench: -objects must be at least 102")
+		os.Exit(2)
+	}
+	configMaps = *objects - 1 - deployments
 	if err := run(*runs); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -136,7 +150,8 @@ func run(runs int) error {
 // report prints the markdown tables of docs/BENCHMARKS.md: medians of times and, for each
 // figure, the median over runs of Ferry's ratio to each peer in the same run.
 func report(all map[string][]result, rollback time.Duration) {
-	fmt.Printf("| client | cold | nothing changed | requests per no-op (reads/writes) | 1,000 changed | peak RSS |\n|---|---|---|---|---|---|\n")
+	n := 1 + configMaps + deployments
+	fmt.Printf("%d objects per run.\n\n| client | cold | nothing changed | requests per no-op (reads/writes) | %d changed | peak RSS |\n|---|---|---|---|---|---|\n", n, n-1)
 	for _, c := range clients {
 		rs := all[c]
 		med := func(f func(result) float64) float64 { return measure.Median(rs, f) }
@@ -145,13 +160,13 @@ func report(all map[string][]result, rollback time.Duration) {
 		if c != "kubectl" {
 			rss = fmt.Sprintf("%.0f MiB", med(func(r result) float64 { return float64(r.RSSKiB) / 1024 }))
 		} else {
-			req = "1,001 (one apply per object)"
+			req = fmt.Sprintf("%d (one apply per object)", n)
 		}
 		fmt.Printf("| %s | %.2f s | %.3f s | %s | %.2f s | %s |\n", c,
 			med(func(r result) float64 { return r.Seconds[0] }), med(func(r result) float64 { return r.Seconds[1] }), req,
 			med(func(r result) float64 { return r.Seconds[2] }), rss)
 	}
-	fmt.Printf("\nFerry's time as a fraction of each peer's, same run, median of %d runs:\n\n| vs | cold | nothing changed | 1,000 changed |\n|---|---|---|---|\n", len(all["ferry"]))
+	fmt.Printf("\nFerry's time as a fraction of each peer's, same run, median of %d runs:\n\n| vs | cold | nothing changed | %d changed |\n|---|---|---|---|\n", len(all["ferry"]), n-1)
 	for _, peer := range []string{"raw", "kubectl", "ssa", "ssa32"} {
 		var cells [phases]string
 		for p := range phases {
@@ -164,11 +179,11 @@ func report(all map[string][]result, rollback time.Duration) {
 		}
 		fmt.Printf("| %s | %s | %s | %s |\n", peer, cells[0], cells[1], cells[2])
 	}
-	fmt.Printf("\nOf Ferry's cold time, rendering the 1,001 objects from the store alone takes %.2f s (median).\n", measure.Median(all["ferry"], func(r result) float64 { return r.Render }))
+	fmt.Printf("\nOf Ferry's cold time, rendering the %d objects from the store alone takes %.2f s (median).\n", n, measure.Median(all["ferry"], func(r result) float64 { return r.Render }))
 	fmt.Printf("\nFailed health → previous revision healthy again: %.1f s beyond the 10 s health timeout.\n", rollback.Seconds())
 }
 
-// objects returns the 1,001 objects of generation gen in namespace ns. Generation 2 changes
+// objects returns the objects of generation gen in namespace ns. Generation 2 changes
 // every ConfigMap and Deployment and keeps the Namespace.
 func objects(ns string, gen int) []*unstructured.Unstructured {
 	out := []*unstructured.Unstructured{{Object: map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}}}
@@ -241,7 +256,7 @@ func runKubectl(ctx context.Context, tb *testbed.Testbed, ns string) (result, er
 func runChild(ctx context.Context, tb *testbed.Testbed, client, ns string) (result, error) {
 	var res result
 	cmd := exec.CommandContext(ctx, os.Args[0])
-	cmd.Env = append(os.Environ(), "FERRY_BENCH_CHILD="+client, "FERRY_BENCH_NS="+ns, "FERRY_BENCH_KUBECONFIG="+tb.Kubeconfig)
+	cmd.Env = append(os.Environ(), "FERRY_BENCH_CHILD="+client, "FERRY_BENCH_NS="+ns, "FERRY_BENCH_KUBECONFIG="+tb.Kubeconfig, fmt.Sprintf("FERRY_BENCH_CONFIGMAPS=%d", configMaps))
 	var stdout bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
@@ -280,6 +295,10 @@ func child() error {
 		return err
 	}
 	cnt.Take() // setup requests (discovery, store) are not counted
+	// Nor is setup's memory: Ferry's builds its two bundles with kustomize, CI's work.
+	if err := measure.ResetPeakRSS(); err != nil {
+		return err
+	}
 	for p, gen := range []int{1, 1, 2} {
 		if prof := os.Getenv("FERRY_BENCH_CPUPROFILE"); prof != "" && client == "ferry" {
 			f, err := os.Create(fmt.Sprintf("%s.%d", prof, p))
@@ -294,10 +313,23 @@ func child() error {
 		}
 		res.Seconds[p] = time.Since(begin).Seconds()
 		pprof.StopCPUProfile()
+		if prof := os.Getenv("FERRY_BENCH_MEMPROFILE"); prof != "" && client == "ferry" {
+			// What the phase allocated (alloc_space) and what it keeps (inuse_space).
+			f, err := os.Create(fmt.Sprintf("%s.%d", prof, p))
+			if err != nil {
+				return err
+			}
+			runtime.GC()
+			err = pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+			if err != nil {
+				return err
+			}
+		}
 		res.Reads[p], res.Writes[p], _ = cnt.Take()
 	}
-	// The child's own peak: getrusage's maxrss of a child starts from its parent's at fork,
-	// so it would report the bench's memory, not the client's.
+	// The child's own peak since its setup: getrusage's maxrss of a child starts from its
+	// parent's at fork, so it would report the bench's memory, not the client's.
 	res.RSSKiB = measure.PeakRSS()
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
