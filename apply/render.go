@@ -164,13 +164,9 @@ func (env Env) finish(ctx context.Context, c bundles.Component, nodes []*kyaml.R
 	}
 	out := make([]*unstructured.Unstructured, 0, len(nodes))
 	for _, n := range nodes {
-		// Through JSON, so numbers are int64/float64 as client-go expects everywhere.
-		b, err := n.MarshalJSON()
+		// As through JSON: numbers are int64/float64, as client-go expects everywhere.
+		u, err := render.Unstructured(n)
 		if err != nil {
-			return nil, fmt.Errorf("component %s: %s %s: %w", c.Name, n.GetKind(), n.GetName(), err)
-		}
-		u := &unstructured.Unstructured{}
-		if err := u.UnmarshalJSON(b); err != nil {
 			return nil, fmt.Errorf("component %s: %s %s: %w", c.Name, n.GetKind(), n.GetName(), err)
 		}
 		if u.GetName() == "" || u.GetKind() == "" || u.GetAPIVersion() == "" {
