@@ -57,6 +57,10 @@ type Options struct {
 	// CI's pull-through cache or internal mirror. The bundle records the original names and
 	// the digests the mirror served.
 	ImageMirrors map[string]string
+	// VerifyCommit, when set, requires the commit built from (and/or a tag on it) to be
+	// signed by a key of its keyrings; the signer goes into the signed config. A tree with
+	// uncommitted changes is then refused even with AllowDirty.
+	VerifyCommit *VerifyCommit
 	// NoRendered leaves the components' build output out of the bundle: nodes then build
 	// each component again (SPEC §3, rendered layers).
 	NoRendered bool
@@ -97,6 +101,19 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 	if prov.dirty && !opts.AllowDirty {
 		return nil, fmt.Errorf("%s: %w (commit them, or use --allow-dirty)", dir, ErrDirty)
 	}
+	var verified *bundles.CommitSignature
+	if opts.VerifyCommit != nil {
+		switch {
+		case prov.head == nil:
+			return nil, fmt.Errorf("%s is not in a Git repository: --verify-commit needs the commit to verify", dir)
+		case prov.dirty:
+			return nil, fmt.Errorf("%s: %w: they are not part of commit %s, whose signature --verify-commit checks", dir, ErrDirty, prov.commit)
+		}
+		if verified, err = verifyCommit(prov.repo, prov.head, *opts.VerifyCommit); err != nil {
+			return nil, err
+		}
+		opts.Log.Info("commit signature verified", "commit", prov.commit, "mode", verified.Mode)
+	}
 	spec, bases, cleanup, err := loadSpec(ctx, dir, prov, opts)
 	if err != nil {
 		return nil, err
@@ -108,7 +125,7 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 		Version:       spec.Spec.Version,
 		Revision:      opts.Revision,
 		Created:       opts.Created,
-		Source:        bundles.Provenance{URL: prov.url, Commit: prov.commit, Dirty: prov.dirty},
+		Source:        bundles.Provenance{URL: prov.url, Commit: prov.commit, Dirty: prov.dirty, Verified: verified},
 	}
 	if meta.Revision == 0 {
 		if prov.count == 0 {
@@ -239,6 +256,8 @@ type gitInfo struct {
 	time        time.Time
 	count       uint64
 	dirty       bool
+	repo        *git.Repository
+	head        *object.Commit
 }
 
 // provenance reads HEAD, its commit time, the number of commits reachable from it, the origin
@@ -256,7 +275,7 @@ func provenance(dir string) (*gitInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	info := &gitInfo{commit: head.Hash().String(), time: commit.Committer.When}
+	info := &gitInfo{commit: head.Hash().String(), time: commit.Committer.When, repo: repo, head: commit}
 	if head.Name().IsBranch() {
 		info.branch = head.Name().Short()
 	}

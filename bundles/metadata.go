@@ -56,6 +56,30 @@ type Provenance struct {
 	URL    string `json:"url"`
 	Commit string `json:"commit"`
 	Dirty  bool   `json:"dirty"`
+	// Verified is the commit's (and tag's) signature as the builder verified it
+	// (--verify-commit); nil when nothing was verified.
+	Verified *CommitSignature `json:"verified,omitempty"`
+}
+
+// CommitSignature is what `ferry bundle build --verify-commit` verified of the commit a
+// bundle was built from: in mode HEAD its signer, in mode Tag the signer of an annotated tag
+// pointing at it, in TagAndHEAD both.
+type CommitSignature struct {
+	Mode    string  `json:"mode"`
+	Commit  *Signer `json:"commit,omitempty"`
+	TagName string  `json:"tagName,omitempty"`
+	Tag     *Signer `json:"tag,omitempty"`
+}
+
+// Signer is a key that signed a commit or tag, and who it stands for.
+type Signer struct {
+	// Format is "openpgp" or "ssh".
+	Format string `json:"format"`
+	// Key is the key's fingerprint: OpenPGP's in hex, SSH's as SHA256:base64.
+	Key string `json:"key"`
+	// Identities are the OpenPGP key's user ID emails, or the principals of the
+	// allowed-signers line that admitted the SSH key.
+	Identities []string `json:"identities,omitempty"`
 }
 
 // Image is a container image a bundle carries: the name the manifests use and the image

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -54,6 +57,8 @@ func newBundleBuildCommand(o *bundles.Options) *cobra.Command {
 		name, ver            string
 		mirrors              map[string]string
 		overrides            map[string]string
+		verifyMode           string
+		keyrings, committers []string
 		p                    = printer{}
 	)
 	cmd := &cobra.Command{
@@ -71,6 +76,14 @@ the components, with the same fields. Sources that are this repository become lo
 paths; other Git repositories are cloned and Helm repository charts downloaded now, at
 build time, and vendored into the bundle.
 
+With --verify-commit, the commit built from must be signed (HEAD), an annotated tag
+pointing at it must be (Tag), or both (TagAndHEAD), by a key of --keyring: an armored
+OpenPGP keyring (gpg --export --armor) or an SSH allowed-signers file (as git's
+gpg.ssh.allowedSignersFile). --allowed-committers narrows it to some of those keys, by
+fingerprint or email. The verified signer goes into the signed config (ferry bundle
+inspect shows it); an unsigned commit, an unknown key or uncommitted changes stop the
+build, naming the commit.
+
 The revision defaults to the number of commits reachable from HEAD and the creation
 time to the commit time, so building one commit twice gives the same digest.
 SOURCE_DATE_EPOCH overrides the creation time. The bundle, carried images included, is
@@ -80,6 +93,13 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
 
   # Build straight into a tar for a USB stick, with an explicit revision
   ferry bundle build ./site --revision 120 --to /media/usb/site.tar
+
+  # Only from a commit signed by a release manager's SSH key, named in allowed_signers
+  ferry bundle build --verify-commit HEAD --keyring .ferry/allowed_signers \
+    --allowed-committers release@example.com
+
+  # Only from a commit and tag signed with OpenPGP keys of the team's keyring
+  ferry bundle build --verify-commit TagAndHEAD --keyring team.asc
 
   # Turn a Flux cluster directory into a bundle (sources fetched and vendored now)
   ferry bundle build . --from-flux clusters/production --name production --version 1.4.0
@@ -111,8 +131,19 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
 			if err != nil {
 				return err
 			}
+			var vc *bundler.VerifyCommit
+			switch {
+			case verifyMode != bundler.VerifyHEAD && verifyMode != bundler.VerifyTag && verifyMode != bundler.VerifyTagAndHEAD && verifyMode != "":
+				return badInput(fmt.Errorf("--verify-commit %q: want HEAD, Tag or TagAndHEAD", verifyMode))
+			case verifyMode != "" && len(keyrings) == 0:
+				return badInput(errors.New("--verify-commit needs --keyring: an armored OpenPGP keyring or an SSH allowed-signers file"))
+			case verifyMode != "":
+				vc = &bundler.VerifyCommit{Mode: verifyMode, Keyrings: keyrings, AllowedCommitters: committers}
+			case len(keyrings) > 0 || len(committers) > 0:
+				return badInput(errors.New("--keyring and --allowed-committers take effect with --verify-commit HEAD|Tag|TagAndHEAD"))
+			}
 			res, err := bundler.Build(cmd.Context(), store, bundler.Options{Dir: dir, Revision: revision, AllowDirty: allowDirty, Created: created, NoRendered: !rendered,
-				FromFlux: fromFlux, Name: name, Version: ver, Remote: *o, ImageMirrors: mirrors, SourceOverrides: overrides})
+				FromFlux: fromFlux, Name: name, Version: ver, Remote: *o, ImageMirrors: mirrors, SourceOverrides: overrides, VerifyCommit: vc})
 			if err != nil {
 				return err
 			}
@@ -141,10 +172,14 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
 				"digest": res.Descriptor.Digest.String(), "commit": res.Metadata.Source.Commit,
 				"dirty": res.Metadata.Source.Dirty, "location": where,
 			}
+			if v := res.Metadata.Source.Verified; v != nil {
+				summary["verified"] = v
+			}
 			return p.print(cmd.OutOrStdout(), summary, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "built\t%s %s (revision %d)\n", res.Metadata.Name, res.Metadata.Version, res.Metadata.Revision)
 				fmt.Fprintf(w, "digest\t%s\n", res.Descriptor.Digest)
 				fmt.Fprintf(w, "commit\t%s%s\n", orNone(res.Metadata.Source.Commit), dirtyMark(res.Metadata.Source.Dirty))
+				printVerified(w, res.Metadata.Source.Verified)
 				fmt.Fprintf(w, "written to\t%s\n", where)
 			})
 		},
@@ -152,6 +187,9 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
 	cmd.Flags().StringVar(&out, "to", "", "where to write the bundle, any address (default: layout directory dist/NAME)")
 	cmd.Flags().Uint64Var(&revision, "revision", 0, "bundle revision (default: commits reachable from HEAD)")
 	cmd.Flags().BoolVar(&allowDirty, "allow-dirty", false, "build a tree with uncommitted changes or outside Git (marked dirty)")
+	cmd.Flags().StringVar(&verifyMode, "verify-commit", "", "require a signature by a --keyring key on the commit (`HEAD`), on an annotated tag pointing at it (Tag), or both (TagAndHEAD)")
+	cmd.Flags().StringArrayVar(&keyrings, "keyring", nil, "with --verify-commit, a `FILE` of keys that may sign: an armored OpenPGP keyring or an SSH allowed-signers file (repeatable)")
+	cmd.Flags().StringSliceVar(&committers, "allowed-committers", nil, "with --verify-commit, accept only these signers, by key fingerprint or email (comma-separated, repeatable)")
 	cmd.Flags().BoolVar(&rendered, "rendered", true, "carry each kustomize component's build output (without decryption) so nodes apply it instead of building it again; --rendered=false leaves the building to the node")
 	cmd.Flags().StringVar(&fromFlux, "from-flux", "", "read this Flux cluster directory (Kustomization, HelmRelease, GitRepository, HelmRepository) instead of ferry.yaml")
 	cmd.Flags().StringVar(&name, "name", "", "bundle name, with --from-flux")
@@ -160,6 +198,25 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
 	cmd.Flags().StringToStringVar(&mirrors, "image-mirror", nil, "resolve and copy the carried images of `REGISTRY=MIRROR` from the mirror (a CI's pull-through cache); the bundle keeps the original names (repeatable)")
 	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
 	return cmd
+}
+
+// printVerified prints the commit signature the builder verified, if any.
+func printVerified(w io.Writer, v *bundles.CommitSignature) {
+	if v == nil {
+		return
+	}
+	signer := func(s *bundles.Signer) string {
+		if len(s.Identities) == 0 {
+			return fmt.Sprintf("%s key %s", s.Format, s.Key)
+		}
+		return fmt.Sprintf("%s (%s key %s)", strings.Join(s.Identities, ", "), s.Format, s.Key)
+	}
+	if v.Commit != nil {
+		fmt.Fprintf(w, "Commit signed by:\t%s\n", signer(v.Commit))
+	}
+	if v.Tag != nil {
+		fmt.Fprintf(w, "Tag %s signed by:\t%s\n", v.TagName, signer(v.Tag))
+	}
 }
 
 func sourceDateEpoch() (time.Time, error) {
@@ -370,6 +427,7 @@ func newBundleInspectCommand(o *bundles.Options) *cobra.Command {
 			return p.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "Name:\t%s\nVersion:\t%s\nRevision:\t%d\nDigest:\t%s\nCreated:\t%s\n", m.Name, m.Version, m.Revision, desc.Digest, m.Created.Format(time.RFC3339))
 				fmt.Fprintf(w, "Source:\t%s @ %s%s\n", orNone(m.Source.URL), orNone(m.Source.Commit), dirtyMark(m.Source.Dirty))
+				printVerified(w, m.Source.Verified)
 				sigs := "none"
 				if len(out.Signatures) > 0 {
 					sigs = out.Signatures[0].Tag

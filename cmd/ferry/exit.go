@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundles"
 	"github.com/ferrygitops/ferry/daemon"
 	"github.com/ferrygitops/ferry/internal/strictyaml"
@@ -21,7 +22,7 @@ const (
 	exitDiffers     = 1 // ferry bundle diff, ferry diff: there are changes; ferry check: a check failed
 	exitError       = 2 // any error not below
 	exitBadInput    = 3 // usage, or a file the user wrote that is not valid
-	exitUntrusted   = 4 // a bundle refused: unsigned, untrusted signatures, outside a key's scope
+	exitUntrusted   = 4 // a bundle refused: unsigned, untrusted signatures, outside a key's scope; an unverified commit
 	exitUnreachable = 5 // nothing answers on the daemon's socket
 	exitSuspended   = 6 // the bundle is suspended, so the daemon does not act (ferry reconcile)
 )
@@ -34,10 +35,11 @@ const exitCodesHelp = `Exit codes:
      the bundle (an older revision) or its rollout would fail (the API server refuses an
      object in a dry run)
   3  bad input: an unknown command or flag, wrong arguments, an invalid flag value, or an
-     invalid file (ferry.yaml, the daemon's config, a trust policy, a key)
+     invalid file (ferry.yaml, the daemon's config, a trust policy, a key, a keyring)
   4  a bundle refused as untrusted: not signed, not signed by enough trusted keys, or
      signed outside the keys' scope (ferry bundle verify, ferry import); a node receipt
-     not signed by a trusted node key (--receipt, ferry receipts)
+     not signed by a trusted node key (--receipt, ferry receipts); a commit or tag without
+     the signature ferry bundle build --verify-commit asks for
   5  the daemon is not reachable: nothing answers on its socket (node commands)
   6  the bundle is suspended, so nothing was done (ferry reconcile; ferry resume first)`
 
@@ -57,13 +59,13 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.Is(err, errDiffers):
 		return exitDiffers
-	case errors.Is(err, verify.ErrUntrusted), errors.Is(err, receipt.ErrUnknownKey):
+	case errors.Is(err, verify.ErrUntrusted), errors.Is(err, receipt.ErrUnknownKey), errors.Is(err, bundler.ErrUnverifiedCommit):
 		return exitUntrusted
 	case errors.Is(err, daemon.ErrUnreachable):
 		return exitUnreachable
 	case errors.Is(err, daemon.ErrSuspended):
 		return exitSuspended
-	case errors.As(err, &in), errors.As(err, &fe), errors.As(err, &ye):
+	case errors.As(err, &in), errors.As(err, &fe), errors.As(err, &ye), errors.Is(err, bundler.ErrBadKeyring):
 		return exitBadInput
 	case errors.Is(err, errChecksFailed):
 		return exitDiffers

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the testbed runs beside the binaries build.sh makes: containerd
 # and its ctr client (the node's image pulls), skopeo (a second registry client), chromium and
-# a font (the status page test renders the page headless, as a phone would show it). Packages
+# a font (the status page test renders the page headless, as a phone would show it), and git,
+# gnupg and openssh-client (the bundler signs and verifies commits with them). Packages
 # already present are left alone, so a warm run costs one dpkg query.
 #
 # Used by `make testbed`; needs root (CI and the development machine run as root) and apt.
 set -euo pipefail
 
-want=(containerd skopeo chromium fonts-dejavu-core)
+want=(containerd skopeo chromium fonts-dejavu-core git gnupg openssh-client)
 missing=()
 for p in "${want[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

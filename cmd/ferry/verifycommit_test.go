@@ -1,0 +1,72 @@
+package main
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ferrygitops/ferry/bundler/bundlertest"
+)
+
+// TestBundleBuildVerifyCommit: a commit signed by the real git with an SSH key builds, and
+// the signer shows in the build's output and in ferry bundle inspect; an unsigned one stops
+// the build with exit code 4, naming the commit.
+func TestBundleBuildVerifyCommit(t *testing.T) {
+	s := bundlertest.NewSigners(t)
+	files := map[string]string{
+		"ferry.yaml":             "apiVersion: ferry.dev/v1\nkind: Bundle\nmetadata: {name: demo}\nspec:\n  version: 0.2.0\n  components:\n  - name: web\n    kustomize: {path: ./web}\n",
+		"web/kustomization.yaml": "resources: [cm.yaml]\n",
+		"web/cm.yaml":            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {greeting: hello}\n",
+	}
+	r := s.Repo(t, files)
+	r.Commit(s.Bob)
+	layout := filepath.Join(t.TempDir(), "layout")
+	out, err := runFerry(t, "bundle", "build", r.Dir, "--to", layout, "--verify-commit", "HEAD", "--keyring", s.AllowedSigs, "--allowed-committers", "bob@example.com")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if want := "bob@example.com (ssh key " + s.BobFingerprint + ")"; !strings.Contains(out, want) {
+		t.Fatalf("build output lacks %q:\n%s", want, out)
+	}
+	js, err := runFerry(t, "bundle", "inspect", layout, "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Source struct {
+			Commit   string
+			Verified struct {
+				Mode   string
+				Commit struct{ Format, Key string }
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(js), &got); err != nil {
+		t.Fatal(err)
+	}
+	if v := got.Source.Verified; got.Source.Commit != r.Head() || v.Mode != "HEAD" || v.Commit.Format != "ssh" || v.Commit.Key != s.BobFingerprint {
+		t.Fatalf("inspect: %+v", got.Source)
+	}
+	if text, err := runFerry(t, "bundle", "inspect", layout); err != nil || !strings.Contains(text, "Commit signed by:") {
+		t.Fatalf("inspect text lacks the signer (%v):\n%s", err, text)
+	}
+
+	u := s.Repo(t, files)
+	u.Commit("")
+	_, err = runFerry(t, "bundle", "build", u.Dir, "--to", filepath.Join(t.TempDir(), "l"), "--verify-commit", "HEAD", "--keyring", s.AllowedSigs)
+	if exitCode(err) != exitUntrusted || !strings.Contains(err.Error(), u.Head()) {
+		t.Fatalf("an unsigned commit: exit %d, %v", exitCode(err), err)
+	}
+	for _, args := range [][]string{
+		{"--keyring", s.AllowedSigs},                                                 // without --verify-commit
+		{"--verify-commit", "HEAD"},                                                  // without --keyring
+		{"--verify-commit", "head", "--keyring", s.Keyring},                          // an unknown mode
+		{"--verify-commit", "HEAD", "--keyring", filepath.Join(r.Dir, "ferry.yaml")}, // not a keyring
+	} {
+		_, err := runFerry(t, append([]string{"bundle", "build", r.Dir, "--to", filepath.Join(t.TempDir(), "l")}, args...)...)
+		if exitCode(err) != exitBadInput {
+			t.Errorf("%v: exit %d (%v), want %d", args, exitCode(err), err, exitBadInput)
+		}
+	}
+}
