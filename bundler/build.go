@@ -17,6 +17,7 @@ import (
 
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing/object"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.yaml.in/yaml/v3"
 	"oras.land/oras-go/v2"
@@ -114,7 +115,7 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 		}
 		opts.Log.Info("commit signature verified", "commit", prov.commit, "mode", verified.Mode)
 	}
-	spec, bases, cleanup, err := loadSpec(ctx, dir, prov, opts)
+	spec, bases, cleanup, specDigest, err := loadSpec(ctx, dir, prov, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +126,7 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 		Version:       spec.Spec.Version,
 		Revision:      opts.Revision,
 		Created:       opts.Created,
-		Source:        bundles.Provenance{URL: prov.url, Commit: prov.commit, Dirty: prov.dirty, Verified: verified},
+		Source:        bundles.Provenance{URL: prov.url, Commit: prov.commit, Dirty: prov.dirty, Spec: specDigest.String(), Verified: verified},
 	}
 	if meta.Revision == 0 {
 		if prov.count == 0 {
@@ -217,13 +218,15 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 // loadSpec reads ferry.yaml, or with opts.FromFlux the Flux directory, and returns the spec
 // and, for components whose paths are relative to somewhere else than dir, that base.
 // The returned cleanup removes what reading Flux sources cloned; call it when the build ends.
-func loadSpec(ctx context.Context, dir string, prov *gitInfo, opts Options) (*bundles.Spec, map[string]string, func(), error) {
+// loadSpec reads ferry.yaml, or makes the spec from a Flux directory; it returns the spec,
+// the directories of components outside dir, a cleanup and the digest of the spec's YAML.
+func loadSpec(ctx context.Context, dir string, prov *gitInfo, opts Options) (*bundles.Spec, map[string]string, func(), digest.Digest, error) {
 	if opts.FromFlux == "" {
-		spec, err := bundles.LoadSpec(dir)
-		return spec, nil, func() {}, err
+		spec, d, err := bundles.LoadSpecDigest(dir)
+		return spec, nil, func() {}, d, err
 	}
 	if err := bundles.ValidateNameVersion(opts.Name, opts.Version); err != nil {
-		return nil, nil, nil, fmt.Errorf("--from-flux: %w", err)
+		return nil, nil, nil, "", fmt.Errorf("--from-flux: %w", err)
 	}
 	root := prov.root
 	if root == "" {
@@ -231,11 +234,11 @@ func loadSpec(ctx context.Context, dir string, prov *gitInfo, opts Options) (*bu
 	}
 	flux, err := filepath.Abs(opts.FromFlux)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, "", err
 	}
 	t, err := loadFlux(ctx, opts.Remote, flux, checkout{root: root, originURL: prov.url, branch: prov.branch, commit: prov.commit}, opts.Name, opts.Version, opts.SourceOverrides, opts.Log)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, "", err
 	}
 	// The spec came from Flux objects, not a file: validate it the same way.
 	b, err := yaml.Marshal(t.spec)
@@ -244,9 +247,9 @@ func loadSpec(ctx context.Context, dir string, prov *gitInfo, opts Options) (*bu
 	}
 	if err != nil {
 		t.cleanup()
-		return nil, nil, nil, err
+		return nil, nil, nil, "", err
 	}
-	return t.spec, t.bases, t.cleanup, nil
+	return t.spec, t.bases, t.cleanup, digest.FromBytes(b), nil
 }
 
 type gitInfo struct {

@@ -56,6 +56,9 @@ type Provenance struct {
 	URL    string `json:"url"`
 	Commit string `json:"commit"`
 	Dirty  bool   `json:"dirty"`
+	// Spec is the digest of the ferry.yaml built (or of the spec made from a Flux
+	// directory, as YAML).
+	Spec string `json:"spec,omitempty"`
 	// Verified is the commit's (and tag's) signature as the builder verified it
 	// (--verify-commit); nil when nothing was verified.
 	Verified *CommitSignature `json:"verified,omitempty"`

@@ -14,6 +14,39 @@ type Scope struct {
 	Bundles        []string `yaml:"bundles" json:"bundles,omitempty"`
 	Namespaces     []string `yaml:"namespaces" json:"namespaces,omitempty"`
 	ServiceAccount string   `yaml:"serviceAccount" json:"serviceAccount,omitempty"`
+	// Provenance, when set, admits the key's bundles only with SLSA provenance that meets it.
+	Provenance *ProvenanceRule `yaml:"provenance" json:"provenance,omitempty"`
+}
+
+// ProvenanceRule is what a key's bundles must prove about where they came from: an SLSA v1
+// provenance attestation about the bundle, signed by one of Attestors, naming a source
+// repository that matches Repositories and a builder that matches Builders, and, when
+// CommitSigners is set, a commit (or tag) signature the builder verified by one of them.
+type ProvenanceRule struct {
+	// Attestors are names of keys of the same policy whose attestations count.
+	Attestors []string `yaml:"attestors" json:"attestors"`
+	// Repositories are source repository URLs (globs); empty admits any.
+	Repositories []string `yaml:"repositories" json:"repositories,omitempty"`
+	// Builders are builder ids (globs); empty admits any.
+	Builders []string `yaml:"builders" json:"builders,omitempty"`
+	// CommitSigners are key fingerprints (OpenPGP hex, SSH SHA256:…) or emails, one of which
+	// must have signed the commit or tag built from; empty does not require a verified commit.
+	CommitSigners []string `yaml:"commitSigners" json:"commitSigners,omitempty"`
+}
+
+// String describes the rule for messages.
+func (r *ProvenanceRule) String() string {
+	parts := []string{"attested by " + strings.Join(r.Attestors, ",")}
+	if len(r.Repositories) > 0 {
+		parts = append(parts, "from "+strings.Join(r.Repositories, ","))
+	}
+	if len(r.Builders) > 0 {
+		parts = append(parts, "built by "+strings.Join(r.Builders, ","))
+	}
+	if len(r.CommitSigners) > 0 {
+		parts = append(parts, "commit signed by "+strings.Join(r.CommitSigners, ","))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // Validate reports malformed patterns and names, each under field f.
@@ -27,6 +60,18 @@ func (s *Scope) Validate(f string, bad func(field, format string, a ...any)) {
 	}
 	if sa := s.ServiceAccount; sa != "" && (len(sa) > 253 || !dnsSubdomain.MatchString(sa)) {
 		bad(f+".serviceAccount", "%q is not a valid service account name", sa)
+	}
+	if r := s.Provenance; r != nil {
+		if len(r.Attestors) == 0 {
+			bad(f+".provenance.attestors", "names no key: no attestation could meet the rule")
+		}
+		for name, pats := range map[string][]string{"repositories": r.Repositories, "builders": r.Builders} {
+			for i, p := range pats {
+				if _, err := path.Match(p, ""); err != nil || p == "" {
+					bad(fmt.Sprintf("%s.provenance.%s[%d]", f, name, i), "%q is not a pattern", p)
+				}
+			}
+		}
 	}
 }
 
@@ -65,6 +110,9 @@ func (s *Scope) String() string {
 	}
 	if s.ServiceAccount != "" {
 		parts = append(parts, "service account "+s.ServiceAccount)
+	}
+	if s.Provenance != nil {
+		parts = append(parts, "provenance "+s.Provenance.String())
 	}
 	return strings.Join(parts, "; ")
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -35,6 +36,27 @@ const (
 	MaxSignatures = 64
 	// MaxPayloadBytes bounds one signed payload.
 	MaxPayloadBytes = 64 << 10
+)
+
+// kind is one of the two things cosign stores beside an image: signatures (simple-signing
+// payloads) and attestations (DSSE envelopes). Both live in a manifest under a tag named
+// after the image's digest and, in OCI 1.1 mode, as referrers of the image.
+type kind struct {
+	name         string // for messages
+	tag          func(ocispec.Descriptor) string
+	artifactType string // of a referrer
+	layerType    string
+	limit        int64 // of one layer
+	// signed is true when each layer's signature is in its SignatureAnnotation (simple
+	// signing); a DSSE envelope carries its own.
+	signed bool
+}
+
+var (
+	signatureKind = kind{name: "signature", tag: SignatureTag, artifactType: SignatureArtifactType,
+		layerType: SimpleSigningType, limit: MaxPayloadBytes, signed: true}
+	attestationKind = kind{name: "attestation", tag: AttestationTag, artifactType: AttestationArtifactType,
+		layerType: DSSEType, limit: MaxEnvelopeBytes}
 )
 
 // SimpleSigning is cosign's signed payload. Field order and types match what cosign
@@ -134,12 +156,19 @@ func ReadSignatures(ctx context.Context, src interface {
 	content.Fetcher
 	content.Resolver
 }, d ocispec.Descriptor) (*Signatures, error) {
-	sigDesc, man, layers, err := readSignatures(ctx, src, d)
+	return readAll(ctx, src, d, signatureKind)
+}
+
+func readAll(ctx context.Context, src interface {
+	content.Fetcher
+	content.Resolver
+}, d ocispec.Descriptor, k kind) (*Signatures, error) {
+	sigDesc, man, layers, err := readSignatures(ctx, src, d, k)
 	if err != nil && !errors.Is(err, ErrNoSignatures) {
 		return nil, err
 	}
 	sigs := &Signatures{Descriptor: sigDesc, Manifest: man, Layers: layers}
-	refs, rerr := referrerSignatures(ctx, src, d)
+	refs, rerr := referrerSignatures(ctx, src, d, k)
 	if rerr != nil {
 		return nil, rerr
 	}
@@ -161,32 +190,32 @@ func ReadSignatures(ctx context.Context, src interface {
 		if err != nil {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w (no signature by tag or referrer)", ErrNoSignatures)
+		return nil, fmt.Errorf("%w (no %s by tag or referrer)", ErrNoSignatures, k.name)
 	}
 	return sigs, nil
 }
 
 // referrerSignatures reads the signature manifests that refer to d, if src can list them.
-func referrerSignatures(ctx context.Context, src any, d ocispec.Descriptor) ([]Signatures, error) {
+func referrerSignatures(ctx context.Context, src any, d ocispec.Descriptor, k kind) ([]Signatures, error) {
 	graph, ok := src.(content.ReadOnlyGraphStorage)
 	if !ok {
 		return nil, nil
 	}
-	refs, err := registry.Referrers(ctx, graph, d, SignatureArtifactType)
+	refs, err := registry.Referrers(ctx, graph, d, k.artifactType)
 	if err != nil {
 		// A registry without the referrers API and without the fallback tag is not an error:
 		// it simply holds no referrers.
 		if errors.Is(err, errdef.ErrNotFound) || errors.Is(err, errdef.ErrUnsupported) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("signature referrers of %s: %w", d.Digest, err)
+		return nil, fmt.Errorf("%s referrers of %s: %w", k.name, d.Digest, err)
 	}
 	if len(refs) > MaxSignatures {
-		return nil, fmt.Errorf("signature referrers of %s: %d, over the limit of %d", d.Digest, len(refs), MaxSignatures)
+		return nil, fmt.Errorf("%s referrers of %s: %d, over the limit of %d", k.name, d.Digest, len(refs), MaxSignatures)
 	}
 	var out []Signatures
 	for _, r := range refs {
-		man, layers, err := readSignatureManifest(ctx, src.(content.Fetcher), r, r.Digest.String())
+		man, layers, err := readSignatureManifest(ctx, src.(content.Fetcher), r, r.Digest.String(), k)
 		if err != nil {
 			return nil, err
 		}
@@ -201,50 +230,50 @@ func referrerSignatures(ctx context.Context, src any, d ocispec.Descriptor) ([]S
 func readSignatures(ctx context.Context, src interface {
 	content.Fetcher
 	content.Resolver
-}, d ocispec.Descriptor) (ocispec.Descriptor, ocispec.Manifest, []SignatureLayer, error) {
-	tag := SignatureTag(d)
+}, d ocispec.Descriptor, k kind) (ocispec.Descriptor, ocispec.Manifest, []SignatureLayer, error) {
+	tag := k.tag(d)
 	sigDesc, err := src.Resolve(ctx, tag)
 	if err != nil {
 		return ocispec.Descriptor{}, ocispec.Manifest{}, nil, fmt.Errorf("%w (%s: %v)", ErrNoSignatures, tag, err)
 	}
-	man, layers, err := readSignatureManifest(ctx, src, sigDesc, tag)
+	man, layers, err := readSignatureManifest(ctx, src, sigDesc, tag, k)
 	if err != nil {
 		return sigDesc, man, nil, err
 	}
 	if len(layers) == 0 {
-		return sigDesc, man, nil, fmt.Errorf("%w (%s holds no simple-signing layer)", ErrNoSignatures, tag)
+		return sigDesc, man, nil, fmt.Errorf("%w (%s holds no %s layer)", ErrNoSignatures, tag, k.layerType)
 	}
 	return sigDesc, man, layers, nil
 }
 
-// readSignatureManifest reads one signature manifest and its simple-signing payloads.
-func readSignatureManifest(ctx context.Context, src content.Fetcher, sigDesc ocispec.Descriptor, name string) (ocispec.Manifest, []SignatureLayer, error) {
+// readSignatureManifest reads one signature (or attestation) manifest and its payloads.
+func readSignatureManifest(ctx context.Context, src content.Fetcher, sigDesc ocispec.Descriptor, name string, k kind) (ocispec.Manifest, []SignatureLayer, error) {
 	var man ocispec.Manifest
 	raw, err := FetchLimited(ctx, src, sigDesc, MaxManifestBytes)
 	if err != nil {
-		return man, nil, fmt.Errorf("signature manifest %s: %w", name, err)
+		return man, nil, fmt.Errorf("%s manifest %s: %w", k.name, name, err)
 	}
 	if err := checkJSON(raw); err != nil {
-		return man, nil, fmt.Errorf("signature manifest %s: %w", name, err)
+		return man, nil, fmt.Errorf("%s manifest %s: %w", k.name, name, err)
 	}
 	if err := json.Unmarshal(raw, &man); err != nil {
-		return man, nil, fmt.Errorf("signature manifest %s: %w", name, err)
+		return man, nil, fmt.Errorf("%s manifest %s: %w", k.name, name, err)
 	}
 	if len(man.Layers) > MaxSignatures {
-		return man, nil, fmt.Errorf("signature manifest %s: %d layers, over the limit of %d", name, len(man.Layers), MaxSignatures)
+		return man, nil, fmt.Errorf("%s manifest %s: %d layers, over the limit of %d", k.name, name, len(man.Layers), MaxSignatures)
 	}
 	var out []SignatureLayer
 	for _, l := range man.Layers {
-		if l.MediaType != SimpleSigningType {
+		if l.MediaType != k.layerType {
 			continue
 		}
 		b64 := l.Annotations[SignatureAnnotation]
-		if b64 == "" {
+		if b64 == "" && k.signed {
 			continue
 		}
-		payload, err := FetchLimited(ctx, src, l, MaxPayloadBytes)
+		payload, err := FetchLimited(ctx, src, l, k.limit)
 		if err != nil {
-			return man, nil, fmt.Errorf("signature manifest %s: payload: %w", name, err)
+			return man, nil, fmt.Errorf("%s manifest %s: payload: %w", k.name, name, err)
 		}
 		out = append(out, SignatureLayer{Descriptor: l, Payload: payload, Base64: b64})
 	}
@@ -273,10 +302,22 @@ func AppendSignatureWith(ctx context.Context, dst interface {
 	content.Resolver
 	content.Tagger
 }, d ocispec.Descriptor, payload []byte, b64 string, annotations map[string]string) (ocispec.Descriptor, error) {
+	a := map[string]string{SignatureAnnotation: b64}
+	maps.Copy(a, annotations)
+	return appendLayer(ctx, dst, d, signatureKind, payload, a)
+}
+
+// appendLayer adds one layer (payload, with its annotations) to d's manifest of kind k,
+// under k's tag and as a referrer, unless an identical layer is there already.
+func appendLayer(ctx context.Context, dst interface {
+	content.Storage
+	content.Resolver
+	content.Tagger
+}, d ocispec.Descriptor, k kind, payload []byte, annotations map[string]string) (ocispec.Descriptor, error) {
 	var layers []ocispec.Descriptor
-	if existing, err := ReadSignatures(ctx, dst, d); err == nil {
+	if existing, err := readAll(ctx, dst, d, k); err == nil {
 		for _, s := range existing.Layers {
-			if bytes.Equal(s.Payload, payload) && s.Base64 == b64 {
+			if bytes.Equal(s.Payload, payload) && s.Base64 == annotations[SignatureAnnotation] {
 				return ocispec.Descriptor{}, nil
 			}
 			layers = append(layers, s.Descriptor)
@@ -284,11 +325,8 @@ func AppendSignatureWith(ctx context.Context, dst interface {
 	} else if !errors.Is(err, ErrNoSignatures) {
 		return ocispec.Descriptor{}, err
 	}
-	pd := content.NewDescriptorFromBytes(SimpleSigningType, payload)
-	pd.Annotations = map[string]string{SignatureAnnotation: b64}
-	for k, v := range annotations {
-		pd.Annotations[k] = v
-	}
+	pd := content.NewDescriptorFromBytes(k.layerType, payload)
+	pd.Annotations = annotations
 	if err := pushIfAbsent(ctx, dst, pd, payload); err != nil {
 		return ocispec.Descriptor{}, err
 	}
@@ -329,17 +367,17 @@ func AppendSignatureWith(ctx context.Context, dst interface {
 	if err := pushIfAbsent(ctx, dst, md, mb); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	if err := dst.Tag(ctx, md, SignatureTag(d)); err != nil {
+	if err := dst.Tag(ctx, md, k.tag(d)); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	// The same signature as an OCI 1.1 referrer of the bundle, as cosign's oci-1-1 mode
+	// The same layer as an OCI 1.1 referrer of the bundle, as cosign's oci-1-1 mode
 	// stores it, for tools that look there. A registry without the referrers API gets the
 	// referrers tag (sha256-<hex>) from oras.
 	empty := ocispec.DescriptorEmptyJSON
 	if err := pushIfAbsent(ctx, dst, empty, empty.Data); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	ref := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: SignatureArtifactType,
+	ref := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: k.artifactType,
 		Config: ocispec.Descriptor{MediaType: empty.MediaType, Digest: empty.Digest, Size: empty.Size},
 		Layers: []ocispec.Descriptor{pd}, Subject: &d}
 	ref.SchemaVersion = 2
@@ -348,7 +386,7 @@ func AppendSignatureWith(ctx context.Context, dst interface {
 		return ocispec.Descriptor{}, err
 	}
 	rd := content.NewDescriptorFromBytes(ocispec.MediaTypeImageManifest, rb)
-	rd.ArtifactType = SignatureArtifactType
+	rd.ArtifactType = k.artifactType
 	if err := pushIfAbsent(ctx, dst, rd, rb); err != nil {
 		return ocispec.Descriptor{}, err
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/ferrygitops/ferry/internal/strictyaml"
+	"github.com/opencontainers/go-digest"
 	"io"
 	"os"
 	"path/filepath"
@@ -171,19 +172,25 @@ func ReadFileLimited(path string, limit int64) ([]byte, error) {
 // LoadSpec reads and validates dir/ferry.yaml. Every problem is reported, each as a
 // *FieldError naming the file, the line and the field.
 func LoadSpec(dir string) (*Spec, error) {
+	s, _, err := LoadSpecDigest(dir)
+	return s, err
+}
+
+// LoadSpecDigest is LoadSpec, and the digest of the file it read.
+func LoadSpecDigest(dir string) (*Spec, digest.Digest, error) {
 	file := filepath.Join(dir, SpecFile)
 	b, err := ReadFileLimited(file, MaxSpecBytes)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	s, root, err := ParseSpec(file, b)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if err := s.checkPaths(file, root, dir); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return s, nil
+	return s, digest.FromBytes(b), nil
 }
 
 // ParseSpec decodes ferry.yaml strictly and validates what can be checked without the tree.

@@ -71,7 +71,8 @@ type checked struct {
 }
 
 // check is everything admission verifies before it writes: the signatures against policy,
-// the manifest and config, the signing keys' scope over the bundle's name, that every blob
+// the manifest and config, the signing keys' scope over the bundle's name, the provenance
+// their scopes require (SLSA attestations by the policy's keys), that every blob
 // is in the source or already in the store (a thin archive leaves those out), and every
 // layer read as render reads it. Ingest and Preview share it.
 func check(ctx context.Context, st *store.Store, src bundles.Source, desc ocispec.Descriptor, policy verify.Policy) (*checked, error) {
@@ -84,6 +85,9 @@ func check(ctx context.Context, st *store.Store, src bundles.Source, desc ocispe
 		return nil, err
 	}
 	if err := res.Scoped(b.Metadata.Name); err != nil {
+		return nil, err
+	}
+	if err := res.Attested(ctx, src, desc, policy, b.Metadata); err != nil {
 		return nil, err
 	}
 	held := heldSource{src, st}

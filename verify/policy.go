@@ -25,6 +25,12 @@ const MaxPolicyBytes = 256 << 10
 //	    publicKey: |
 //	      -----BEGIN PUBLIC KEY-----
 //	      …
+//	    scope:
+//	      bundles: [team-a-*]
+//	      provenance:                  # only with SLSA provenance attested by key "ci"
+//	        attestors: [ci]
+//	        repositories: [https://git.example.com/team-a/*]
+//	        commitSigners: [release@example.com]
 type PolicyFile struct {
 	APIVersion string         `yaml:"apiVersion"`
 	Kind       string         `yaml:"kind"`
@@ -144,6 +150,30 @@ func ParsePolicy(path string, b []byte) (Policy, error) {
 			key.Scope = k.Scope
 		}
 		p.Keys = append(p.Keys, key)
+	}
+	// A provenance rule names its attestors among the policy's keys.
+	type scoped struct {
+		field string
+		scope *bundles.Scope
+	}
+	var scopes []scoped
+	for i, k := range f.Keys {
+		scopes = append(scopes, scoped{fmt.Sprintf("keys[%d].scope", i), k.Scope})
+	}
+	if f.Keyless != nil {
+		for i, id := range f.Keyless.Identities {
+			scopes = append(scopes, scoped{fmt.Sprintf("keyless.identities[%d].scope", i), id.Scope})
+		}
+	}
+	for _, sc := range scopes {
+		if sc.scope == nil || sc.scope.Provenance == nil {
+			continue
+		}
+		for j, a := range sc.scope.Provenance.Attestors {
+			if !names[a] {
+				bad(fmt.Sprintf("%s.provenance.attestors[%d]", sc.field, j), "%q is not the name of a key of this policy", a)
+			}
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Policy{}, err

@@ -144,9 +144,13 @@ type Result struct {
 	// sorted key IDs, so a record shows whether the node's policy changed since.
 	Policy string    `json:"policy"`
 	Time   time.Time `json:"time"`
+	// Provenance are the SLSA provenance attestations that verified (Attested).
+	Provenance []Provenance `json:"provenance,omitempty"`
 
-	signatures *bundles.Signatures
-	verified   []ocispec.Descriptor // payloads of the signatures that counted
+	signatures   *bundles.Signatures
+	verified     []ocispec.Descriptor // payloads of the signatures that counted
+	attestations *bundles.Signatures
+	attested     []ocispec.Descriptor // envelopes of the attestations that verified
 }
 
 // Scopes are the scopes of the keys that signed, those that have one.
@@ -177,13 +181,19 @@ func ParseRecord(b []byte) (*Result, error) {
 // signature manifest may list, which nobody checked.
 func (r *Result) SignatureBlobs() []ocispec.Descriptor {
 	var out []ocispec.Descriptor
-	for _, d := range r.signatures.Manifests() {
-		out = append(out, d.Descriptor)
-		if c := d.Manifest.Config; c.Size >= 0 && c.Size <= bundles.MaxManifestBytes && c.Digest != "" {
-			out = append(out, c)
+	for _, s := range []*bundles.Signatures{r.signatures, r.attestations} {
+		if s == nil {
+			continue
+		}
+		for _, d := range s.Manifests() {
+			out = append(out, d.Descriptor)
+			if c := d.Manifest.Config; c.Size >= 0 && c.Size <= bundles.MaxManifestBytes && c.Digest != "" {
+				out = append(out, c)
+			}
 		}
 	}
-	return append(out, r.verified...)
+	out = append(out, r.verified...)
+	return append(out, r.attested...)
 }
 
 // Source is what Bundle reads signatures from.

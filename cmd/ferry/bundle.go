@@ -44,7 +44,7 @@ Addresses, the same for every command:
 	}
 	cmd.AddCommand(newBundleBuildCommand(&o), newBundleCopyCommand(&o, "push"), newBundleCopyCommand(&o, "export"),
 		newBundleCopyCommand(&o, "upload"), newBundleInspectCommand(&o),
-		newBundleSignCommand(&o), newBundleVerifyCommand(&o), newBundleDiffCommand(&o))
+		newBundleSignCommand(&o), newBundleProvenanceCommand(&o), newBundleVerifyCommand(&o), newBundleDiffCommand(&o))
 	return cmd
 }
 
@@ -354,6 +354,21 @@ func openSource(ctx context.Context, o bundles.Options, ref string) (bundles.Sou
 	return bundles.OpenSource(ctx, addr, o)
 }
 
+// openBundle opens the bundle at ref and reads its manifest and config; the caller closes
+// the source.
+func openBundle(ctx context.Context, o bundles.Options, ref string) (bundles.Source, ocispec.Descriptor, *bundles.Bundle, error) {
+	src, desc, err := openSource(ctx, o, ref)
+	if err != nil {
+		return nil, desc, nil, err
+	}
+	b, err := bundles.Open(ctx, src, desc)
+	if err != nil {
+		src.Close()
+		return nil, desc, nil, err
+	}
+	return src, desc, b, nil
+}
+
 type inspectOutput struct {
 	Digest     string                `json:"digest"`
 	Name       string                `json:"name"`
@@ -398,15 +413,11 @@ func newBundleInspectCommand(o *bundles.Options) *cobra.Command {
 			if err := p.validate(); err != nil {
 				return err
 			}
-			src, desc, err := openSource(cmd.Context(), *o, args[0])
+			src, desc, b, err := openBundle(cmd.Context(), *o, args[0])
 			if err != nil {
 				return err
 			}
 			defer src.Close()
-			b, err := bundles.Open(cmd.Context(), src, desc)
-			if err != nil {
-				return err
-			}
 			m := b.Metadata
 			out := inspectOutput{Digest: desc.Digest.String(), Name: m.Name, Version: m.Version, Revision: m.Revision,
 				Created: m.Created, Source: m.Source, Images: m.Images, Signatures: []bundlesSignatureRef{}}

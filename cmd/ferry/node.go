@@ -27,6 +27,7 @@ import (
 	"github.com/ferrygitops/ferry/rollout"
 	"github.com/ferrygitops/ferry/store"
 	"github.com/ferrygitops/ferry/systemd"
+	"github.com/ferrygitops/ferry/verify"
 )
 
 func newDaemonCommand() *cobra.Command {
@@ -197,16 +198,36 @@ func newStatusCommand() *cobra.Command {
 func newHistoryCommand() *cobra.Command {
 	var n nodeClient
 	cmd := &cobra.Command{
-		Use:   "history BUNDLE",
-		Short: "Show every stored revision of a bundle and what happened to it",
+		Use:   "history BUNDLE [REVISION]",
+		Short: "Show every stored revision of a bundle and what happened to it, or one revision in full",
+		Long: `History lists the revisions of BUNDLE the node keeps, newest first. With REVISION it shows
+that one in full: its digest and source, the keys whose signatures admitted it and their
+scopes, the SLSA provenance that verified (builder, repository, commit and its signer),
+and every state it went through.`,
 		Example: `  ferry history edge-site
-  ferry history edge-site -o yaml`,
-		Args:              cobra.ExactArgs(1),
+  ferry history edge-site -o yaml
+  ferry history edge-site 41`,
+		Args:              cobra.RangeArgs(1, 2),
 		ValidArgsFunction: n.completeArgs(false),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var want uint64
+			if len(args) == 2 {
+				var err error
+				if want, err = strconv.ParseUint(args[1], 10, 64); err != nil || want == 0 {
+					return badInput(fmt.Errorf("revision %q: want a positive number (see ferry history %s)", args[1], args[0]))
+				}
+			}
 			var revs []store.Revision
 			if err := n.do(cmd, http.MethodGet, "/v1/bundles/"+url.PathEscape(args[0])+"/history", nil, &revs); err != nil {
 				return err
+			}
+			if want != 0 {
+				for _, r := range revs {
+					if r.Revision == want {
+						return printRevision(cmd, n.p, r)
+					}
+				}
+				return fmt.Errorf("%s has no revision %d on this node (see ferry history %s)", args[0], want, args[0])
 			}
 			return n.p.print(cmd.OutOrStdout(), revs, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "REVISION\tVERSION\tSTATE\tADMITTED\tAGE\tSOURCE\tLAST NOTE")
@@ -223,6 +244,35 @@ func newHistoryCommand() *cobra.Command {
 	}
 	n.flags(cmd)
 	return cmd
+}
+
+// printRevision shows one stored revision, its verification record read through the type
+// that wrote it.
+func printRevision(cmd *cobra.Command, p printer, r store.Revision) error {
+	rec, err := verify.ParseRecord(r.Verification)
+	if err != nil {
+		return fmt.Errorf("revision %d: its verification record: %w", r.Revision, err)
+	}
+	out := struct {
+		store.Revision
+		Verification *verify.Result `json:"verification"`
+	}{r, rec}
+	return p.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
+		fmt.Fprintf(w, "%s revision %d (%s)\n", r.Name, r.Revision, r.Version)
+		fmt.Fprintf(w, "State:\t%s\n", r.State)
+		fmt.Fprintf(w, "Digest:\t%s\n", r.Manifest.Digest)
+		fmt.Fprintf(w, "Admitted:\t%s from %s\n", timestamp(r.Admitted), orDash(r.Source))
+		for _, s := range rec.Signers {
+			fmt.Fprintf(w, "Signed by:\t%s (%s)\n", s.KeyID, filepath.Base(s.KeySource))
+			if s.Scope != nil {
+				fmt.Fprintf(w, "  scope:\t%s\n", s.Scope)
+			}
+		}
+		printProvenance(w, rec.Provenance)
+		for _, h := range r.History {
+			fmt.Fprintf(w, "%s\t%s %s\n", timestamp(h.Time), h.State, oneLine(h.Note))
+		}
+	})
 }
 
 func newRollbackCommand() *cobra.Command {

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"text/tabwriter"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -46,6 +49,8 @@ func password(cmd *cobra.Command, confirm bool) ([]byte, error) {
 func newBundleSignCommand(o *bundles.Options) *cobra.Command {
 	var (
 		key, identity string
+		provenance    bool
+		po            provenanceFlags
 		p             printer
 	)
 	cmd := &cobra.Command{
@@ -55,9 +60,19 @@ func newBundleSignCommand(o *bundles.Options) *cobra.Command {
 registry). The key is a cosign private key (cosign generate-key-pair or ferry keys
 generate); its password comes from COSIGN_PASSWORD or the terminal. Nothing is sent to
 a transparency log: Ferry is for sites with no network, and cosign verifies these
-signatures with --insecure-ignore-tlog=true.`,
+signatures with --insecure-ignore-tlog=true.
+
+With --provenance, the same key also attests where the bundle came from: an SLSA v1
+provenance statement (source repository, commit and its verified signer, the digests of
+ferry.yaml, of each component and of each carried image; the builder and this run),
+stored as cosign attest stores it, which cosign verify-attestation --type
+slsaprovenance1 checks. A node's trust policy can require it (docs/TRUST.md).`,
 		Example: `  COSIGN_PASSWORD=... ferry bundle sign dist/edge-apps --key cosign.key
-  ferry bundle sign oci://registry.local:5000/site/edge-apps:1.4.0 --key cosign.key`,
+  ferry bundle sign oci://registry.local:5000/site/edge-apps:1.4.0 --key cosign.key
+
+  # Sign and attest provenance, naming the CI system as the builder
+  ferry bundle sign dist/edge-apps --key ci.key --provenance \
+    --builder-id https://ci.example.com/runners/site-release`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if key == "" {
@@ -92,19 +107,115 @@ signatures with --insecure-ignore-tlog=true.`,
 					identity = addr.Ref.Registry + "/" + addr.Ref.Repository
 				}
 			}
+			var st *bundles.Statement
+			if provenance {
+				// Made before anything is written, so a missing builder id signs nothing.
+				if st, err = po.statement(desc, b, identity); err != nil {
+					return badInput(err)
+				}
+			}
 			if _, err := bundler.Sign(cmd.Context(), target, desc, signer, identity); err != nil {
 				return err
 			}
 			out := map[string]string{"bundle": b.Metadata.Name, "version": b.Metadata.Version, "digest": desc.Digest.String(), "signature": bundles.SignatureTag(desc)}
+			if st != nil {
+				if _, err := bundler.Attest(cmd.Context(), target, desc, st, signer); err != nil {
+					return err
+				}
+				out["attestation"] = bundles.AttestationTag(desc)
+			}
 			return p.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "signed %s %s (%s) as %s\n", out["bundle"], out["version"], out["digest"], out["signature"])
+				if st != nil {
+					fmt.Fprintf(w, "attested SLSA provenance as %s\n", out["attestation"])
+				}
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&provenance, "provenance", false, "also attest SLSA v1 provenance with the same key (needs --builder-id or FERRY_BUILDER_ID)")
+	po.add(cmd)
 	cmd.Flags().StringVarP(&p.format, "output", "o", "table", "output format: table|json|yaml")
 	cmd.Flags().StringVar(&key, "key", "", "cosign private key file")
 	cmd.Flags().StringVar(&identity, "identity", "", "docker-reference claimed in the signed payload (default: the registry repository, or the bundle name)")
 	return cmd
+}
+
+// provenanceFlags describe the builder in an SLSA provenance statement.
+type provenanceFlags struct{ builderID, invocationID string }
+
+func (f *provenanceFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.builderID, "builder-id", os.Getenv("FERRY_BUILDER_ID"), "SLSA builder id: the CI system or runner that built the bundle, as a URI (default $FERRY_BUILDER_ID)")
+	cmd.Flags().StringVar(&f.invocationID, "invocation-id", ciJobURL(), "this build's run, as a URI (default: the CI job's URL from GitLab's or GitHub's environment)")
+}
+
+func (f *provenanceFlags) statement(desc ocispec.Descriptor, b *bundles.Bundle, name string) (*bundles.Statement, error) {
+	return bundler.Provenance(desc, b, bundler.ProvenanceOptions{BuilderID: f.builderID, InvocationID: f.invocationID, Repository: name})
+}
+
+// ciJobURL is the URL of the CI job running, from GitLab's or GitHub Actions' environment.
+func ciJobURL() string {
+	if u := os.Getenv("CI_JOB_URL"); u != "" {
+		return u
+	}
+	if s, r, id := os.Getenv("GITHUB_SERVER_URL"), os.Getenv("GITHUB_REPOSITORY"), os.Getenv("GITHUB_RUN_ID"); s != "" && r != "" && id != "" {
+		return s + "/" + r + "/actions/runs/" + id
+	}
+	return ""
+}
+
+// newBundleProvenanceCommand prints the SLSA provenance predicate of a bundle, for cosign.
+func newBundleProvenanceCommand(o *bundles.Options) *cobra.Command {
+	var (
+		po provenanceFlags
+		p  printer
+	)
+	cmd := &cobra.Command{
+		Use:   "provenance REF --builder-id URI",
+		Short: "Print the SLSA v1 provenance predicate of a bundle, for cosign attest",
+		Long: `Provenance prints the SLSA v1 provenance predicate ferry bundle sign --provenance would
+attest for the bundle at REF, as JSON, without signing anything: for a CI job that attests
+with cosign (cosign attest --type slsaprovenance1 --predicate FILE). Nodes check a
+cosign-made attestation of it as they check Ferry's. -o yaml prints it as YAML, -o json
+(and the default) as indented JSON.`,
+		Example: `  ferry bundle provenance oci://registry.local:5000/site/edge-apps:1.4.0 \
+    --builder-id https://ci.example.com/runners/site-release > predicate.json
+  cosign attest --key ci.key --type slsaprovenance1 --predicate predicate.json \
+    --tlog-upload=false registry.local:5000/site/edge-apps@sha256:…`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, desc, b, err := openBundle(cmd.Context(), *o, args[0])
+			if err != nil {
+				return err
+			}
+			defer src.Close()
+			if err := p.validate(); err != nil {
+				return err
+			}
+			st, err := po.statement(desc, b, "")
+			if err != nil {
+				return badInput(err)
+			}
+			var pred any
+			if err := json.Unmarshal(st.Predicate, &pred); err != nil {
+				return err
+			}
+			if p.format == "table" {
+				p.format = "json"
+			}
+			return p.print(cmd.OutOrStdout(), pred, nil)
+		},
+	}
+	po.add(cmd)
+	cmd.Flags().StringVarP(&p.format, "output", "o", "json", "output format: json|yaml")
+	return cmd
+}
+
+// printProvenance prints the provenance attestations that verified.
+func printProvenance(w io.Writer, provs []verify.Provenance) {
+	for _, pv := range provs {
+		fmt.Fprintf(w, "Provenance:\tattested by %s, built by %s from %s @ %s\n", pv.Attestor, pv.BuilderID, orNone(pv.Repository), orNone(pv.Commit))
+		printVerified(w, pv.Verified)
+	}
 }
 
 func newBundleVerifyCommand(o *bundles.Options) *cobra.Command {
@@ -168,6 +279,9 @@ but the bundle itself.`,
 			if err := res.Scoped(b.Metadata.Name); err != nil {
 				return err
 			}
+			if err := res.Attested(cmd.Context(), src, desc, policy, b.Metadata); err != nil {
+				return err
+			}
 			prog := bundles.NewProgress(o.Progress, "verify "+b.Metadata.Name, bundles.TransferSize(cmd.Context(), src, desc, b.Metadata.Images))
 			err = b.Check(cmd.Context(), bundles.Counted(src, prog))
 			prog.Finish()
@@ -183,6 +297,7 @@ but the bundle itself.`,
 						fmt.Fprintf(w, "  scope:\t%s\n", s.Scope)
 					}
 				}
+				printProvenance(w, res.Provenance)
 			})
 		},
 	}
