@@ -486,3 +486,64 @@ func TestIngestCountsProgress(t *testing.T) {
 		t.Fatalf("second import: progress %d of %d (first was %d)", done, total, all)
 	}
 }
+
+// A key whose scope requires SLSA provenance admits only with an attestation that meets its
+// rule: without one, or with one naming another builder, the bundle is refused before
+// anything is written, naming the rule; with it, the provenance is kept with the revision
+// and its attestation among the revision's blobs.
+func TestIngestRequiresProvenanceWhereTheScopeDoes(t *testing.T) {
+	k := newKey(t)
+	k.policy.Keys[0].Source = "ci"
+	k.policy.Keys[0].Scope = &bundles.Scope{Provenance: &bundles.ProvenanceRule{Attestors: []string{"ci"}, Builders: []string{"https://ci.example.com/*"}}}
+	src := memory.New()
+	st := openStore(t, t.TempDir())
+	defer st.Close()
+	desc := makeBundle(t, src, "web", 1, "x")
+	sign(t, src, desc, k)
+	b, err := bundles.Open(t.Context(), src, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, st, "web")
+	if err := ingestErr(t, st, src, desc, k); !errors.Is(err, verify.ErrNoProvenance) || !strings.Contains(err.Error(), "ci requires provenance attested by ci") {
+		t.Fatalf("without provenance: %v", err)
+	}
+	other, err := bundler.Provenance(desc, b, bundler.ProvenanceOptions{BuilderID: "https://laptop.example.com/alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundler.Attest(t.Context(), src, desc, other, k.signer); err != nil {
+		t.Fatal(err)
+	}
+	if err := ingestErr(t, st, src, desc, k); !errors.Is(err, verify.ErrNoProvenance) || !strings.Contains(err.Error(), "builder https://laptop.example.com/alice is not https://ci.example.com/*") {
+		t.Fatalf("another builder: %v", err)
+	}
+	if after := snapshot(t, st, "web"); after != before {
+		t.Fatalf("the store changed:\n%s\n%s", before, after)
+	}
+	good, err := bundler.Provenance(desc, b, bundler.ProvenanceOptions{BuilderID: "https://ci.example.com/release"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundler.Attest(t.Context(), src, desc, good, k.signer); err != nil {
+		t.Fatal(err)
+	}
+	rev, err := Ingest(t.Context(), st, memSource{src}, desc, k.policy, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every attestation that verified is recorded, the one that met the rule among them.
+	rec, err := verify.ParseRecord(rev.Verification)
+	if err != nil || len(rec.Provenance) != 2 {
+		t.Fatalf("recorded provenance %+v (%v)", rec, err)
+	}
+	for _, pv := range rec.Provenance {
+		kept := false
+		for _, blob := range rev.Blobs {
+			kept = kept || blob.Digest.String() == pv.Envelope
+		}
+		if !kept || !st.HasBlob(digest.Digest(pv.Envelope)) {
+			t.Fatalf("attestation of %s is not kept with the revision", pv.BuilderID)
+		}
+	}
+}
