@@ -25,7 +25,7 @@ itself when health checks fail.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCommand(), newBundleCommand(), newMirrorCommand(), newReceiptsCommand(), newKeysCommand(), newRenderCommand(), newServiceCommand(), newImagesCommand())
+	root.AddCommand(newVersionCommand(), newBundleCommand(), newMirrorCommand(), newReceiptsCommand(), newKeysCommand(), newRenderCommand(), newServiceCommand(), newImagesCommand(), newPolicyCommand())
 	root.AddCommand(nodeCommands()...)
 	refuseUnknownSubcommands(root)
 	markUsageErrors(root)
