@@ -9,6 +9,10 @@
 //     (the check cosign's SimpleClaimVerifier does); a valid signature over any other payload
 //     proves nothing.
 //   - Nothing here contacts a network: no transparency log, no certificate authority.
+//   - A key's scope may require SLSA provenance (Result.Attested): an attestation counts only
+//     once its DSSE signature verifies with a policy key named as attestor, and only if its
+//     subject is this manifest and the source it names is the one the signed config names.
+//     The provenance admitted is part of the Result stored with the revision.
 //
 // Verification uses the standard library's ECDSA, RSA and Ed25519 rather than cosign's Go
 // packages (hundreds of packages for a few lines of checks); the integration tests run the
