@@ -243,6 +243,20 @@ sources: [{name: usb, usb: {paths: [%[1]s/media]}}]
 		}
 	}
 
+	// One revision in full: its signer from the stored verification record, its states.
+	if out, err := node("history", "demo", "1"); err != nil || !strings.Contains(out, "demo revision 1") || !strings.Contains(out, "Signed by:") || !strings.Contains(out, "Digest:") {
+		t.Errorf("history demo 1: %v\n%s", err, out)
+	}
+	if out, err := node("history", "demo", "1", "-o", "json"); err != nil || !strings.Contains(out, `"signers": [`) {
+		t.Errorf("history demo 1 -o json: %v\n%s", err, out)
+	}
+	if _, err := node("history", "demo", "99"); err == nil || !strings.Contains(err.Error(), "has no revision 99") {
+		t.Errorf("history of a revision the node lacks: %v", err)
+	}
+	if _, err := node("history", "demo", "x"); exitCode(err) != exitBadInput {
+		t.Errorf("history demo x: exit %d", exitCode(err))
+	}
+
 	// Shell completion asks the daemon: bundle names, then a bundle's revisions.
 	if out, err := runFerry(t, "__complete", "history", "--socket", socket, ""); err != nil || !strings.Contains(out, "demo\trevision") {
 		t.Errorf("completion of a bundle name: %v\n%s", err, out)
