@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundler/bundlertest"
 	"github.com/ferrygitops/ferry/bundles"
+	"github.com/ferrygitops/ferry/internal/cosignkey"
 	"github.com/ferrygitops/ferry/store"
 	"github.com/ferrygitops/ferry/verify"
 )
@@ -484,6 +486,87 @@ func TestIngestCountsProgress(t *testing.T) {
 	}
 	if done, total := p2.Snapshot(); total >= all || done != total || total == 0 {
 		t.Fatalf("second import: progress %d of %d (first was %d)", done, total, all)
+	}
+}
+
+// Each way an attestation can fail a provenance rule is refused at ingest, the rule named,
+// the store unchanged: none at all, a predicate altered after signing, one about another
+// bundle, one signed by a key the node does not trust, one naming another repository than the
+// bundle's config.
+func TestIngestRefusesEachBadProvenance(t *testing.T) {
+	k, stranger := newKey(t), newKey(t)
+	k.policy.Keys[0].Source = "ci"
+	k.policy.Keys[0].Scope = &bundles.Scope{Provenance: &bundles.ProvenanceRule{Attestors: []string{"ci"}}}
+	// envelope signs st with key and stores it beside desc; alter changes the payload after.
+	envelope := func(t *testing.T, src *memory.Store, desc ocispec.Descriptor, st *bundles.Statement, key crypto.Signer, alter func([]byte) []byte) {
+		t.Helper()
+		payload, _ := json.Marshal(st)
+		sig, err := cosignkey.Sign(key, bundles.PAE(bundles.InTotoPayloadType, payload))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if alter != nil {
+			payload = alter(payload)
+		}
+		env, _ := json.Marshal(bundles.Envelope{PayloadType: bundles.InTotoPayloadType, Payload: base64.StdEncoding.EncodeToString(payload),
+			Signatures: []bundles.EnvelopeSignature{{Sig: base64.StdEncoding.EncodeToString(sig)}}})
+		if _, err := bundles.AppendAttestation(t.Context(), src, desc, env, st.PredicateType); err != nil {
+			t.Fatal(err)
+		}
+	}
+	statement := func(t *testing.T, desc ocispec.Descriptor, b *bundles.Bundle) *bundles.Statement {
+		st, err := bundler.Provenance(desc, b, bundler.ProvenanceOptions{BuilderID: "https://ci.example.com/release"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	for _, c := range []struct {
+		name, want string
+		attach     func(*testing.T, *memory.Store, ocispec.Descriptor, *bundles.Bundle)
+	}{
+		{"none", "carries no SLSA provenance attestation", func(*testing.T, *memory.Store, ocispec.Descriptor, *bundles.Bundle) {}},
+		{"a predicate altered after signing", "signed by no trusted key", func(t *testing.T, src *memory.Store, d ocispec.Descriptor, b *bundles.Bundle) {
+			envelope(t, src, d, statement(t, d, b), k.signer, func(p []byte) []byte {
+				return bytes.Replace(p, []byte("ci.example.com"), []byte("ci.evil.example"), 1)
+			})
+		}},
+		{"an attestation about another bundle", "its subject is not bundle", func(t *testing.T, src *memory.Store, d ocispec.Descriptor, b *bundles.Bundle) {
+			other := makeBundle(t, src, "web", 2, "y")
+			envelope(t, src, d, statement(t, other, b), k.signer, nil)
+		}},
+		{"an attestation by an untrusted key", "signed by no trusted key", func(t *testing.T, src *memory.Store, d ocispec.Descriptor, b *bundles.Bundle) {
+			envelope(t, src, d, statement(t, d, b), stranger.signer, nil)
+		}},
+		{"an attestation naming another repository", "it names https://git.example.com/other.git", func(t *testing.T, src *memory.Store, d ocispec.Descriptor, b *bundles.Bundle) {
+			st := statement(t, d, b)
+			var p bundles.SLSAProvenance
+			json.Unmarshal(st.Predicate, &p)
+			p.BuildDefinition.ExternalParameters.Source.Repository = "https://git.example.com/other.git"
+			st.Predicate, _ = json.Marshal(p)
+			envelope(t, src, d, st, k.signer, nil)
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			src := memory.New()
+			st := openStore(t, t.TempDir())
+			defer st.Close()
+			desc := makeBundle(t, src, "web", 1, "x")
+			sign(t, src, desc, k)
+			b, err := bundles.Open(t.Context(), src, desc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.attach(t, src, desc, b)
+			before := snapshot(t, st, "web")
+			err = ingestErr(t, st, src, desc, k)
+			if !errors.Is(err, verify.ErrNoProvenance) || !strings.Contains(err.Error(), "ci requires provenance attested by ci") || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want the rule named and %q", err, c.want)
+			}
+			if after := snapshot(t, st, "web"); after != before {
+				t.Fatalf("the store changed:\n%s\n%s", before, after)
+			}
+		})
 	}
 }
 
