@@ -379,6 +379,8 @@ type inspectOutput struct {
 	Components []inspectComponent    `json:"components"`
 	Images     []bundles.Image       `json:"images"`
 	Signatures []bundlesSignatureRef `json:"signatures"`
+	// Attestations are the manifests of attestations stored under cosign's tag.
+	Attestations []bundlesSignatureRef `json:"attestations"`
 }
 
 type inspectComponent struct {
@@ -435,6 +437,10 @@ func newBundleInspectCommand(o *bundles.Options) *cobra.Command {
 			if sig, err := src.Resolve(cmd.Context(), bundles.SignatureTag(desc)); err == nil {
 				out.Signatures = append(out.Signatures, bundlesSignatureRef{Tag: bundles.SignatureTag(desc), Digest: sig.Digest.String()})
 			}
+			out.Attestations = []bundlesSignatureRef{}
+			if att, err := src.Resolve(cmd.Context(), bundles.AttestationTag(desc)); err == nil {
+				out.Attestations = append(out.Attestations, bundlesSignatureRef{Tag: bundles.AttestationTag(desc), Digest: att.Digest.String()})
+			}
 			return p.print(cmd.OutOrStdout(), out, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "Name:\t%s\nVersion:\t%s\nRevision:\t%d\nDigest:\t%s\nCreated:\t%s\n", m.Name, m.Version, m.Revision, desc.Digest, m.Created.Format(time.RFC3339))
 				fmt.Fprintf(w, "Source:\t%s @ %s%s\n", orNone(m.Source.URL), orNone(m.Source.Commit), dirtyMark(m.Source.Dirty))
@@ -443,7 +449,11 @@ func newBundleInspectCommand(o *bundles.Options) *cobra.Command {
 				if len(out.Signatures) > 0 {
 					sigs = out.Signatures[0].Tag
 				}
-				fmt.Fprintf(w, "Signatures:\t%s\n\nCOMPONENT\tTYPE\tSIZE\tDIGEST\tRENDERED\n", sigs)
+				atts := "none"
+				if len(out.Attestations) > 0 {
+					atts = out.Attestations[0].Tag
+				}
+				fmt.Fprintf(w, "Signatures:\t%s\nAttestations:\t%s\n\nCOMPONENT\tTYPE\tSIZE\tDIGEST\tRENDERED\n", sigs, atts)
 				for _, c := range out.Components {
 					rendered := "no"
 					if c.Rendered != nil {

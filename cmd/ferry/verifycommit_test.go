@@ -99,6 +99,9 @@ func TestBundleSignProvenance(t *testing.T) {
 	if err != nil || !strings.Contains(out, "attested SLSA provenance as sha256-") {
 		t.Fatalf("sign --provenance: %v\n%s", err, out)
 	}
+	if text, err := runFerry(t, "bundle", "inspect", layout); err != nil || !strings.Contains(text, ".att") {
+		t.Fatalf("inspect does not show the attestation (%v):\n%s", err, text)
+	}
 	js, err := runFerry(t, "bundle", "provenance", layout, "--builder-id", "https://ci.example.com/release")
 	if err != nil {
 		t.Fatal(err)
