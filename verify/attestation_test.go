@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/content"
 
@@ -244,4 +246,50 @@ func FuzzParseEnvelope(f *testing.F) {
 			t.Fatalf("accepted statement type %q", st.Type)
 		}
 	})
+}
+
+// Attestations that cannot be read refuse only bundles whose signers require provenance.
+func TestUnreadableAttestations(t *testing.T) {
+	store, d := aBundle(t)
+	platform, team := newSigner(t, "ecdsa"), newSigner(t, "ecdsa")
+	platform.key.Source = "platform"
+	team.key.Source, team.key.Scope = "team-a", &bundles.Scope{Provenance: &bundles.ProvenanceRule{Attestors: []string{"platform"}}}
+	p := bundles.NewPayload("x", d.Digest)
+	for _, s := range []signer{platform, team} {
+		if _, err := bundles.AppendSignature(t.Context(), store, d, p, s.sign(t, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An .att tag on a manifest whose layer is over the envelope limit.
+	big := make([]byte, bundles.MaxEnvelopeBytes+1)
+	ld := content.NewDescriptorFromBytes(bundles.DSSEType, big)
+	if err := store.Push(t.Context(), ld, bytes.NewReader(big)); err != nil {
+		t.Fatal(err)
+	}
+	man, _ := json.Marshal(ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest,
+		Config: ocispec.DescriptorEmptyJSON, Layers: []ocispec.Descriptor{ld}})
+	md := content.NewDescriptorFromBytes(ocispec.MediaTypeImageManifest, man)
+	if err := store.Push(t.Context(), md, bytes.NewReader(man)); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Tag(t.Context(), md, bundles.AttestationTag(d)); err != nil {
+		t.Fatal(err)
+	}
+	meta := &bundles.Metadata{Name: "x"}
+	res, err := Bundle(t.Context(), store, d, Policy{Keys: []Key{platform.key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res.Attested(t.Context(), store, d, Policy{Keys: []Key{platform.key}}, meta); err != nil {
+		t.Fatalf("a bundle needing no provenance was refused for an unreadable attestation: %v", err)
+	}
+	strict := Policy{Keys: []Key{team.key, platform.key}}
+	res, err = Bundle(t.Context(), store, d, strict)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Threshold = 2
+	if err := res.Attested(t.Context(), store, d, strict, meta); !errors.Is(err, ErrNoProvenance) || !strings.Contains(err.Error(), "over the") {
+		t.Fatalf("a bundle needing provenance: %v", err)
+	}
 }
