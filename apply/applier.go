@@ -172,6 +172,10 @@ type Component struct {
 	ns     string         // where its objects without a namespace go
 	home   string         // where it lives: its service account, references without a namespace
 	nodes  []*kyaml.RNode // built, before substitution; shared with the build cache, never changed
+	// reread reads the nodes again from the component's rendered layer: the build cache
+	// keeps no nodes of such a component (at 4,000 objects they are ~27 MB, and reading
+	// the layer from the store takes ~0.1 s), only this.
+	reread func(context.Context) ([]*kyaml.RNode, error)
 	objs   []*object
 	wait   bool
 	prune  bool
@@ -441,7 +445,9 @@ type BuildOptions struct {
 // Build builds every component of a revision, in dependency order (dependsOn, else as
 // listed), confined by its signing keys' scopes; variables from the cluster are substituted
 // later, by Apply. Builds are cached for the last two revisions built: the same manifest and
-// scopes give the same components.
+// scopes give the same components. A component carried rendered is cached without its
+// objects, which are read again from its layer when it is prepared: keeping them would cost
+// more memory than reading them costs time.
 func (ap *Applier) Build(ctx context.Context, opts BuildOptions) ([]Component, error) {
 	scopes, err := json.Marshal(opts.Scopes)
 	if err != nil {
@@ -464,13 +470,19 @@ func (ap *Applier) Build(ctx context.Context, opts BuildOptions) ([]Component, e
 	if comps, err = ap.buildFrom(ctx, opts.Source, b, opts.Scopes); err != nil {
 		return nil, err
 	}
+	kept := slices.Clone(comps)
+	for i := range kept {
+		if kept[i].reread != nil {
+			kept[i].nodes = nil
+		}
+	}
 	ap.bmu.Lock()
 	defer ap.bmu.Unlock()
 	if ap.built == nil {
 		ap.built = map[string][]Component{}
 	}
 	if _, ok := ap.built[key]; !ok {
-		ap.built[key] = comps
+		ap.built[key] = kept
 		ap.builtFIFO = append(ap.builtFIFO, key)
 	}
 	if len(ap.builtFIFO) > builtKeep {
@@ -496,6 +508,9 @@ func (ap *Applier) buildFrom(ctx context.Context, src content.Fetcher, b *bundle
 		if k := spec.Kustomize; k != nil {
 			if c.nodes, err = ap.opts.build(ctx, src, b, i); err != nil {
 				return nil, err
+			}
+			if _, ok := b.Rendered(i); ok {
+				c.reread = func(ctx context.Context) ([]*kyaml.RNode, error) { return render.Carried(ctx, src, b, i) }
 			}
 			c.wait, c.prune, c.force, c.drift = k.Wait, k.Prune, k.Force, k.DriftDetection
 			timeout, sa, c.targetNS = k.Timeout, k.ServiceAccountName, k.TargetNamespace
@@ -570,7 +585,14 @@ func (ap *Applier) prepare(ctx context.Context, c *Component, cc *cluster, earli
 	if !ap.lookupSet {
 		env.Lookup = cc.lookup // substituteFrom is read as the component's identity
 	}
-	us, err := env.finish(ctx, c.spec, c.nodes)
+	nodes := c.nodes
+	if nodes == nil && c.reread != nil {
+		var err error
+		if nodes, err = c.reread(ctx); err != nil {
+			return err
+		}
+	}
+	us, err := env.finish(ctx, c.spec, nodes)
 	if err != nil {
 		return err
 	}
