@@ -167,8 +167,10 @@ func (tr *trust) admits(s *bundles.Signer) bool {
 		if strings.EqualFold(strings.ReplaceAll(a, " ", ""), s.Key) || a == s.Key {
 			return true
 		}
+		// Identities match exactly: an allowed-signers line for *@example.com names no one
+		// in particular, so it does not stand for bob@example.com.
 		for _, id := range s.Identities {
-			if strings.EqualFold(a, id) || strings.ContainsAny(id, "*?") && matchAny([]string{id}, a) {
+			if strings.EqualFold(a, id) {
 				return true
 			}
 		}

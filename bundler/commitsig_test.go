@@ -218,6 +218,28 @@ func TestAllowedSignersOptions(t *testing.T) {
 	}
 }
 
+// A wildcard principal names no one in particular: it does not satisfy --allowed-committers
+// for one address, while the key's own fingerprint does.
+func TestAllowedCommittersMatchWildcardPrincipalsExactly(t *testing.T) {
+	s := bundlertest.NewSigners(t)
+	pub, err := os.ReadFile(s.Bob + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "allowed_signers")
+	if err := os.WriteFile(file, []byte("*@example.com "+strings.Join(strings.Fields(string(pub))[:2], " ")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := s.Repo(t, signedTree)
+	r.Commit(s.Bob)
+	if _, err := build(t, r, VerifyCommit{Mode: VerifyHEAD, Keyrings: []string{file}, AllowedCommitters: []string{"bob@example.com"}}); !errors.Is(err, ErrUnverifiedCommit) {
+		t.Fatalf("a *@example.com line passed as bob@example.com: %v", err)
+	}
+	if _, err := build(t, r, VerifyCommit{Mode: VerifyHEAD, Keyrings: []string{file}, AllowedCommitters: []string{s.BobFingerprint}}); err != nil {
+		t.Fatalf("by fingerprint: %v", err)
+	}
+}
+
 // An SSH signature over one message does not verify another, nor in another namespace.
 func TestSSHSigVerify(t *testing.T) {
 	s := bundlertest.NewSigners(t)
