@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -35,6 +36,9 @@ func Provenance(d ocispec.Descriptor, b *bundles.Bundle, o ProvenanceOptions) (*
 		return nil, errors.New("provenance: a builder id is required (--builder-id)")
 	}
 	m := b.Metadata
+	if m.Source.Dirty {
+		return nil, fmt.Errorf("provenance: %s was built from a tree with uncommitted changes, which no commit describes: build it from a clean commit", m.Name)
+	}
 	p := bundles.SLSAProvenance{}
 	p.BuildDefinition.BuildType = bundles.BuildTypeV1
 	ep := &p.BuildDefinition.ExternalParameters

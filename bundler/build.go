@@ -110,7 +110,7 @@ func Build(ctx context.Context, dst Tagger, opts Options) (*Result, error) {
 		case prov.dirty:
 			return nil, fmt.Errorf("%s: %w: they are not part of commit %s, whose signature --verify-commit checks", dir, ErrDirty, prov.commit)
 		}
-		if verified, err = verifyCommit(prov.repo, prov.head, *opts.VerifyCommit); err != nil {
+		if verified, err = verifyCommit(prov.repo, prov.head, prov.root, *opts.VerifyCommit); err != nil {
 			return nil, err
 		}
 		opts.Log.Info("commit signature verified", "commit", prov.commit, "mode", verified.Mode)

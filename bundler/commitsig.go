@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/go-git/go-git/v5"
@@ -58,31 +60,43 @@ type trust struct {
 	allowed []string
 }
 
-func loadTrust(v VerifyCommit) (*trust, error) {
-	t, err := readTrust(v)
+func loadTrust(v VerifyCommit, worktree string) (*trust, error) {
+	t, err := readTrust(v, worktree)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadKeyring, err)
 	}
 	return t, nil
 }
 
-func readTrust(v VerifyCommit) (*trust, error) {
+func readTrust(v VerifyCommit, worktree string) (*trust, error) {
 	if len(v.Keyrings) == 0 {
 		return nil, errors.New("--verify-commit needs --keyring: an armored OpenPGP keyring or an SSH allowed-signers file")
 	}
 	t := &trust{allowed: v.AllowedCommitters}
 	for _, name := range v.Keyrings {
+		if inside(worktree, name) {
+			// Whoever can push a commit could change the keys that verify it.
+			return nil, fmt.Errorf("%s is inside the work tree being built, where a commit can change it: keep the keyring outside the checkout (a CI secret file)", name)
+		}
 		data, err := bundles.ReadFileLimited(name, maxKeyring)
 		if err != nil {
 			return nil, err
 		}
-		if bytes.Contains(data, []byte("-----BEGIN PGP PUBLIC KEY BLOCK-----")) {
-			el, err := openpgp.ReadArmoredKeyRing(bytes.NewReader(data))
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", name, err)
+		const pgpBlock = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
+		if bytes.Contains(data, []byte(pgpBlock)) {
+			// Every armored block: a keyring made by concatenating exports has several.
+			blocks := bytes.Split(data, []byte(pgpBlock))
+			for _, b := range blocks[1:] {
+				el, err := openpgp.ReadArmoredKeyRing(bytes.NewReader(append([]byte(pgpBlock), b...)))
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", name, err)
+				}
+				t.pgp = append(t.pgp, el...)
 			}
-			t.pgp = append(t.pgp, el...)
 			continue
+		}
+		if !utf8.Valid(data) {
+			return nil, fmt.Errorf("%s: a binary OpenPGP keyring; export it armored (gpg --export --armor)", name)
 		}
 		s, err := parseAllowedSigners(name, data)
 		if err != nil {
@@ -91,6 +105,24 @@ func readTrust(v VerifyCommit) (*trust, error) {
 		t.ssh = append(t.ssh, s...)
 	}
 	return t, nil
+}
+
+// inside reports whether file (after symbolic links) is within dir; false when dir is "".
+func inside(dir, file string) bool {
+	if dir == "" {
+		return false
+	}
+	real := func(p string) string {
+		if a, err := filepath.Abs(p); err == nil {
+			p = a
+		}
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			p = r
+		}
+		return p
+	}
+	rel, err := filepath.Rel(real(dir), real(file))
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }
 
 // signed is a git object that carries a signature over the rest of itself.
@@ -164,7 +196,7 @@ func (tr *trust) check(obj signed, sig string, t time.Time) (*bundles.Signer, er
 func (tr *trust) admits(s *bundles.Signer) bool {
 	for _, a := range tr.allowed {
 		a = strings.TrimSpace(a)
-		if strings.EqualFold(strings.ReplaceAll(a, " ", ""), s.Key) || a == s.Key {
+		if sameKey(a, s) {
 			return true
 		}
 		// Identities match exactly: an allowed-signers line for *@example.com names no one
@@ -178,15 +210,24 @@ func (tr *trust) admits(s *bundles.Signer) bool {
 	return false
 }
 
-// verifyCommit checks the signatures v asks for on HEAD of repo (commit head) and returns
-// what was verified.
-func verifyCommit(repo *git.Repository, head *object.Commit, v VerifyCommit) (*bundles.CommitSignature, error) {
+// sameKey reports whether a names s's key: an OpenPGP fingerprint in hex, any case, spaces
+// allowed; an SSH SHA256: fingerprint exactly (base64 is case-sensitive).
+func sameKey(a string, s *bundles.Signer) bool {
+	if s.Format == "openpgp" {
+		return strings.EqualFold(strings.ReplaceAll(a, " ", ""), s.Key)
+	}
+	return a == s.Key
+}
+
+// verifyCommit checks the signatures v asks for on HEAD of repo (commit head, of the work
+// tree worktree) and returns what was verified.
+func verifyCommit(repo *git.Repository, head *object.Commit, worktree string, v VerifyCommit) (*bundles.CommitSignature, error) {
 	switch v.Mode {
 	case VerifyHEAD, VerifyTag, VerifyTagAndHEAD:
 	default:
 		return nil, fmt.Errorf("--verify-commit %q: want HEAD, Tag or TagAndHEAD", v.Mode)
 	}
-	tr, err := loadTrust(v)
+	tr, err := loadTrust(v, worktree)
 	if err != nil {
 		return nil, err
 	}

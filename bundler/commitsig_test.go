@@ -9,6 +9,8 @@ import (
 
 	"github.com/go-git/go-git/v5"
 	"github.com/go-git/go-git/v5/plumbing"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/content/memory"
 
 	"github.com/ferrygitops/ferry/bundler/bundlertest"
@@ -200,6 +202,9 @@ func TestAllowedSignersOptions(t *testing.T) {
 		{`bob@example.com valid-before="20260101Z" ` + key, "not an allowed signer"},
 		{`bob@example.com valid-after="20270101Z" ` + key, "not an allowed signer"},
 		{`*@example.com namespaces="git,file",valid-after="20260101Z" ` + key, ""},
+		{`bob@example.com namespaces="*,!git" ` + key, "not an allowed signer"},
+		{`bob@example.com namespaces="g?t" ` + key, ""},
+		{"bob@example.com\t" + key, ""},
 		{`bob@example.com cert-authority ` + key, "cert-authority lines are not supported"},
 		{`bob@example.com`, "want principals, then options and a public key"},
 	} {
@@ -215,6 +220,41 @@ func TestAllowedSignersOptions(t *testing.T) {
 				t.Fatalf("got %v, want %q", err, c.want)
 			}
 		})
+	}
+}
+
+// A keyring inside the tree being built could be changed by the very commit it verifies.
+func TestKeyringInsideTheWorkTreeIsRefused(t *testing.T) {
+	s := bundlertest.NewSigners(t)
+	data, err := os.ReadFile(s.AllowedSigs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{".ferry/allowed_signers": string(data)}
+	for k, v := range signedTree {
+		files[k] = v
+	}
+	r := s.Repo(t, files)
+	r.Commit(s.Bob)
+	_, err = build(t, r, VerifyCommit{Mode: VerifyHEAD, Keyrings: []string{filepath.Join(r.Dir, ".ferry", "allowed_signers")}})
+	if !errors.Is(err, ErrBadKeyring) || !strings.Contains(err.Error(), "inside the work tree") {
+		t.Fatalf("got %v, want the keyring refused for being inside the work tree", err)
+	}
+}
+
+func TestMatchPatternList(t *testing.T) {
+	for _, c := range []struct {
+		list string
+		s    string
+		want bool
+	}{
+		{"git", "git", true}, {"g*", "git", true}, {"g?t", "git", true}, {"*", "file", true},
+		{"*,!git", "git", false}, {"!git,*", "git", false}, {"*,!git", "file", true}, {"file", "git", false},
+		{"[g]it", "git", false}, {"*t*", "git", true}, {"**", "", true}, {"?", "", false},
+	} {
+		if got := matchPatternList(strings.Split(c.list, ","), c.s); got != c.want {
+			t.Errorf("%q against %q: %v, want %v", c.s, c.list, got, c.want)
+		}
 	}
 }
 
@@ -289,4 +329,12 @@ func FuzzParseAllowedSigners(f *testing.F) {
 			t.Fatal("accepted a file with no signers")
 		}
 	})
+}
+
+// A bundle built from a dirty tree gets no provenance: no commit describes it.
+func TestNoProvenanceForADirtyBundle(t *testing.T) {
+	b := &bundles.Bundle{Metadata: &bundles.Metadata{Name: "web", Source: bundles.Provenance{Commit: strings.Repeat("a", 40), Dirty: true}}}
+	if _, err := Provenance(ocispec.Descriptor{Digest: digest.FromString("x")}, b, ProvenanceOptions{BuilderID: "https://ci.example.com"}); err == nil || !strings.Contains(err.Error(), "uncommitted changes") {
+		t.Fatalf("got %v", err)
+	}
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"path"
 	"strings"
 	"time"
 
@@ -136,10 +135,11 @@ func parseAllowedSigners(name string, data []byte) ([]allowedSigner, error) {
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		principals, rest, ok := strings.Cut(line, " ")
-		if !ok {
+		cut := strings.IndexAny(line, " \t")
+		if cut < 0 {
 			return nil, fmt.Errorf("%s:%d: want principals, then options and a public key", name, i+1)
 		}
+		principals, rest := line[:cut], line[cut:]
 		key, _, options, _, err := ssh.ParseAuthorizedKey([]byte(strings.TrimSpace(rest)))
 		if err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", name, i+1, err)
@@ -197,7 +197,7 @@ func signerOf(signers []allowedSigner, key ssh.PublicKey, namespace string, t ti
 		if !bytes.Equal(s.key.Marshal(), want) {
 			continue
 		}
-		if len(s.namespaces) > 0 && !matchAny(s.namespaces, namespace) {
+		if len(s.namespaces) > 0 && !matchPatternList(s.namespaces, namespace) {
 			continue
 		}
 		if !s.validAfter.IsZero() && t.Before(s.validAfter) || !s.validBefore.IsZero() && !t.Before(s.validBefore) {
@@ -208,12 +208,45 @@ func signerOf(signers []allowedSigner, key ssh.PublicKey, namespace string, t ti
 	return nil, fmt.Errorf("key %s is not an allowed signer for namespace %q at %s", ssh.FingerprintSHA256(key), namespace, t.UTC().Format(time.RFC3339))
 }
 
-// matchAny matches s against patterns with * and ? wildcards (as ssh-keygen's principals).
-func matchAny(patterns []string, s string) bool {
+// matchPatternList matches s against a comma-separated pattern list as OpenSSH does
+// (match_pattern_list): * and ? are the only wildcards, a pattern starting with ! excludes
+// what it matches, and s is matched when some pattern includes it and none excludes it.
+func matchPatternList(patterns []string, s string) bool {
+	matched := false
 	for _, p := range patterns {
-		if ok, err := path.Match(p, s); err == nil && ok {
-			return true
+		if neg, ok := strings.CutPrefix(p, "!"); ok {
+			if wildcard(neg, s) {
+				return false
+			}
+			continue
+		}
+		matched = matched || wildcard(p, s)
+	}
+	return matched
+}
+
+// wildcard matches s against p, where * is any run of bytes and ? any one byte.
+func wildcard(p, s string) bool {
+	star, mark := -1, 0
+	i, j := 0, 0
+	for j < len(s) {
+		switch {
+		case i < len(p) && (p[i] == '?' || p[i] == s[j]):
+			i++
+			j++
+		case i < len(p) && p[i] == '*':
+			star, mark = i, j
+			i++
+		case star >= 0:
+			i = star + 1
+			mark++
+			j = mark
+		default:
+			return false
 		}
 	}
-	return false
+	for i < len(p) && p[i] == '*' {
+		i++
+	}
+	return i == len(p)
 }

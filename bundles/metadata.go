@@ -119,6 +119,32 @@ var (
 	commitRE = regexp.MustCompile(`^([0-9a-f]{40}|[0-9a-f]{64})$`)
 )
 
+// HomeNamespace is the namespace the component lives in (its namespace field), "" when it
+// sets none.
+func (c Component) HomeNamespace() string { return homeNamespace(c.Kustomize, c.Helm) }
+
+// TargetNamespace is where the component's namespaced objects go, "" when it sets none.
+func (c Component) TargetNamespace() string {
+	switch {
+	case c.Kustomize != nil:
+		return c.Kustomize.TargetNamespace
+	case c.Helm != nil:
+		return c.Helm.TargetNamespace
+	}
+	return ""
+}
+
+// ServiceAccountName is the service account the component runs as, "" when it names none.
+func (c Component) ServiceAccountName() string {
+	switch {
+	case c.Kustomize != nil:
+		return c.Kustomize.ServiceAccountName
+	case c.Helm != nil:
+		return c.Helm.ServiceAccountName
+	}
+	return ""
+}
+
 // DependsOn returns the names of the components c depends on.
 func (c Component) DependsOn() []string {
 	var refs []DependencyRef

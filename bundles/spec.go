@@ -356,12 +356,15 @@ func CheckDependency(selfNS string, d DependencyRef, targetNS string) error {
 
 // HomeNamespace is the namespace the component lives in (its namespace field), "" when it
 // sets none.
-func (c ComponentSpec) HomeNamespace() string {
+func (c ComponentSpec) HomeNamespace() string { return homeNamespace(c.Kustomize, c.Helm) }
+
+// homeNamespace is the namespace field of whichever of k and h is set.
+func homeNamespace(k *KustomizeSpec, h *HelmSpec) string {
 	switch {
-	case c.Kustomize != nil:
-		return c.Kustomize.Namespace
-	case c.Helm != nil:
-		return c.Helm.Namespace
+	case k != nil:
+		return k.Namespace
+	case h != nil:
+		return h.Namespace
 	}
 	return ""
 }

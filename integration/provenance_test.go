@@ -145,7 +145,7 @@ func TestFerryVerifiesCosignProvenance(t *testing.T) {
 	if err != nil {
 		t.Fatalf("cosign's attestation: %v", err)
 	}
-	if len(res.Provenance) != 1 || res.Provenance[0].Attestor != "ci" || res.Provenance[0].Commit != b.Metadata.Source.Commit {
+	if len(res.Provenance) != 1 || strings.Join(res.Provenance[0].Attestors, ",") != "ci" || res.Provenance[0].Commit != b.Metadata.Source.Commit {
 		t.Fatalf("provenance %+v", res.Provenance)
 	}
 	// Under a policy wanting another builder, cosign's attestation does not count.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -20,9 +21,10 @@ var ErrNoProvenance = errors.New("required provenance missing")
 // Provenance is an SLSA provenance attestation that verified: signed by a key of the policy,
 // about this bundle, and naming the source its config names. It is stored with the revision.
 type Provenance struct {
-	// Attestor is the policy's name of the key that signed the attestation, KeyID its ID.
-	Attestor string `json:"attestor"`
-	KeyID    string `json:"keyID"`
+	// Attestors are the policy's names of the keys whose signatures of the envelope
+	// verified, KeyIDs their IDs.
+	Attestors []string `json:"attestors"`
+	KeyIDs    []string `json:"keyIDs"`
 	// Envelope is the digest of the attestation layer (the DSSE envelope).
 	Envelope   string                   `json:"envelope"`
 	BuilderID  string                   `json:"builderID"`
@@ -70,24 +72,21 @@ func checkAttestation(l bundles.SignatureLayer, d ocispec.Descriptor, p Policy, 
 		return nil, nil
 	}
 	pae := bundles.PAE(env.PayloadType, payload)
-	var by *Key
-	for _, s := range env.Signatures {
-		raw, err := base64.StdEncoding.DecodeString(s.Sig)
-		if err != nil {
-			continue
-		}
-		for i, k := range p.Keys {
-			if verifySignature(k.Public, pae, raw) {
-				by = &p.Keys[i]
+	var by []*Key
+	for i := range p.Keys {
+		k := &p.Keys[i]
+		for _, s := range env.Signatures {
+			if raw, err := base64.StdEncoding.DecodeString(s.Sig); err == nil && verifySignature(k.Public, pae, raw) {
+				by = append(by, k)
 				break
 			}
 		}
-		if by != nil {
-			break
-		}
 	}
-	if by == nil {
+	if len(by) == 0 {
 		return nil, errors.New("signed by no trusted key")
+	}
+	if m.Source.Dirty {
+		return nil, errors.New("the bundle's config says it was built from a tree with uncommitted changes, which no commit describes")
 	}
 	// Only now is the statement believed.
 	if !st.About(d) {
@@ -101,8 +100,12 @@ func checkAttestation(l bundles.SignatureLayer, d ocispec.Descriptor, p Policy, 
 	if src.Commit != m.Source.Commit || src.Repository != m.Source.URL {
 		return nil, fmt.Errorf("it names %s @ %s, the bundle's config %s @ %s", orNone(src.Repository), orNone(src.Commit), orNone(m.Source.URL), orNone(m.Source.Commit))
 	}
-	return &Provenance{Attestor: by.Source, KeyID: by.ID, Envelope: l.Descriptor.Digest.String(), BuilderID: prov.RunDetails.Builder.ID,
-		Repository: src.Repository, Commit: src.Commit, Verified: src.Verified}, nil
+	pv := &Provenance{Envelope: l.Descriptor.Digest.String(), BuilderID: prov.RunDetails.Builder.ID,
+		Repository: src.Repository, Commit: src.Commit, Verified: src.Verified}
+	for _, k := range by {
+		pv.Attestors, pv.KeyIDs = append(pv.Attestors, k.Source), append(pv.KeyIDs, k.ID)
+	}
+	return pv, nil
 }
 
 func orNone(s string) string {
@@ -114,8 +117,12 @@ func orNone(s string) string {
 
 // meets reports whether provenance pv satisfies rule r, or says why not.
 func meets(r *bundles.ProvenanceRule, pv Provenance) error {
-	if !glob(r.Attestors, pv.Attestor) {
-		return fmt.Errorf("attested by %s, not %s", pv.Attestor, strings.Join(r.Attestors, ","))
+	named := false
+	for _, a := range pv.Attestors {
+		named = named || slices.Contains(r.Attestors, a)
+	}
+	if !named {
+		return fmt.Errorf("attested by %s, not %s", strings.Join(pv.Attestors, ","), strings.Join(r.Attestors, ","))
 	}
 	if len(r.Repositories) > 0 && !glob(r.Repositories, pv.Repository) {
 		return fmt.Errorf("source repository %s is not %s", orNone(pv.Repository), strings.Join(r.Repositories, ","))
@@ -140,7 +147,8 @@ func meets(r *bundles.ProvenanceRule, pv Provenance) error {
 
 func signedBy(allowed []string, s *bundles.Signer) bool {
 	for _, a := range allowed {
-		if strings.EqualFold(a, s.Key) {
+		// OpenPGP fingerprints are hex, any case; SSH's SHA256: base64 is case-sensitive.
+		if a == s.Key || s.Format == "openpgp" && strings.EqualFold(strings.ReplaceAll(a, " ", ""), s.Key) {
 			return true
 		}
 		for _, id := range s.Identities {

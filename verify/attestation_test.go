@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -102,6 +103,19 @@ func TestAttestedProvenance(t *testing.T) {
 			attest(t, s, d, ci, custom, nil)
 			attest(t, s, d, ci, provenanceOf(t, d, func(_ *bundles.SLSAProvenance, st *bundles.Statement) { st.Type = bundles.StatementV01 }), nil)
 		}, ""},
+		{"an envelope signed by another policy key and by the attestor", func(t *testing.T, s signTarget, d ocispec.Descriptor) {
+			st := provenanceOf(t, d, nil)
+			payload, _ := json.Marshal(st)
+			pae := bundles.PAE(bundles.InTotoPayloadType, payload)
+			env, _ := json.Marshal(bundles.Envelope{PayloadType: bundles.InTotoPayloadType, Payload: base64.StdEncoding.EncodeToString(payload),
+				Signatures: []bundles.EnvelopeSignature{{Sig: other.sign(t, pae)}, {Sig: ci.sign(t, pae)}}})
+			if _, err := bundles.AppendAttestation(t.Context(), s, d, env, st.PredicateType); err != nil {
+				t.Fatal(err)
+			}
+		}, ""},
+		{"a bundle built from a dirty tree", func(t *testing.T, s signTarget, d ocispec.Descriptor) {
+			attest(t, s, d, ci, provenanceOf(t, d, nil), nil)
+		}, "uncommitted changes"},
 		{"no attestation", func(*testing.T, signTarget, ocispec.Descriptor) {}, "carries no SLSA provenance attestation"},
 		{"a predicate altered after signing", func(t *testing.T, s signTarget, d ocispec.Descriptor) {
 			attest(t, s, d, ci, provenanceOf(t, d, nil), func(b []byte) []byte {
@@ -161,6 +175,7 @@ func TestAttestedProvenance(t *testing.T) {
 			if strings.Contains(c.name, "alike") {
 				m.Source.URL = otherRepo
 			}
+			m.Source.Dirty = strings.Contains(c.name, "dirty")
 			err = res.Attested(t.Context(), store, d, policy, &m)
 			if c.want != "" {
 				if !errors.Is(err, ErrNoProvenance) || !errors.Is(err, ErrUntrusted) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "team-a requires provenance attested by ci") {
@@ -177,7 +192,7 @@ func TestAttestedProvenance(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(rec.Provenance) != 1 || rec.Provenance[0].Attestor != "ci" || rec.Provenance[0].Commit != teamCommit || rec.Provenance[0].Verified.Commit.Identities[0] != "release@example.com" {
+			if len(rec.Provenance) != 1 || !slices.Contains(rec.Provenance[0].Attestors, "ci") || rec.Provenance[0].Commit != teamCommit || rec.Provenance[0].Verified.Commit.Identities[0] != "release@example.com" {
 				t.Fatalf("recorded provenance %+v", rec.Provenance)
 			}
 			// What the node keeps includes the attestation it believed.

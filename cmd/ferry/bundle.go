@@ -94,8 +94,9 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
   # Build straight into a tar for a USB stick, with an explicit revision
   ferry bundle build ./site --revision 120 --to /media/usb/site.tar
 
-  # Only from a commit signed by a release manager's SSH key, named in allowed_signers
-  ferry bundle build --verify-commit HEAD --keyring .ferry/allowed_signers \
+  # Only from a commit signed by a release manager's SSH key, named in an allowed-signers
+  # file kept outside the checkout (a keyring inside the tree is refused)
+  ferry bundle build --verify-commit HEAD --keyring /run/secrets/allowed_signers \
     --allowed-committers release@example.com
 
   # Only from a commit and tag signed with OpenPGP keys of the team's keyring

@@ -133,14 +133,25 @@ func scopeRefusals(cmd *cobra.Command, src bundles.Source, b *bundles.Bundle, sc
 	}
 	env := apply.Env{Vars: map[string]string{}, Lenient: true, NoDecrypt: true}
 	for i, c := range b.Metadata.Components {
-		ns, sa := componentNamespace(c), componentServiceAccount(c)
+		ns, home, sa := c.TargetNamespace(), c.HomeNamespace(), c.ServiceAccountName()
+		forced := ""
 		for _, sc := range scopes {
 			if ns != "" && !sc.AllowsNamespace(ns) {
 				out = append(out, policyRefusal{Component: c.Name, Why: fmt.Sprintf("works in namespace %s; the key may ship to %s", ns, strings.Join(sc.Namespaces, ","))})
 			}
-			if sc.ServiceAccount != "" && sa != "" && sa != sc.ServiceAccount {
+			if home != "" && home != ns && !sc.AllowsNamespace(home) {
+				out = append(out, policyRefusal{Component: c.Name, Why: fmt.Sprintf("lives in namespace %s; the key may ship to %s", home, strings.Join(sc.Namespaces, ","))})
+			}
+			if sc.ServiceAccount == "" {
+				continue
+			}
+			switch {
+			case forced != "" && forced != sc.ServiceAccount:
+				out = append(out, policyRefusal{Component: c.Name, Why: fmt.Sprintf("its signing keys name different service accounts (%s, %s)", forced, sc.ServiceAccount)})
+			case sa != "" && sa != sc.ServiceAccount:
 				out = append(out, policyRefusal{Component: c.Name, Why: fmt.Sprintf("runs as %s; the key may ship as %s only", sa, sc.ServiceAccount)})
 			}
+			forced = sc.ServiceAccount
 		}
 		objs, err := apply.RenderComponent(cmd.Context(), src, b, i, env)
 		if err != nil {
@@ -163,26 +174,6 @@ func scopeRefusals(cmd *cobra.Command, src bundles.Source, b *bundles.Bundle, sc
 		}
 	}
 	return out, nil
-}
-
-func componentNamespace(c bundles.Component) string {
-	switch {
-	case c.Kustomize != nil:
-		return c.Kustomize.TargetNamespace
-	case c.Helm != nil:
-		return c.Helm.TargetNamespace
-	}
-	return ""
-}
-
-func componentServiceAccount(c bundles.Component) string {
-	switch {
-	case c.Kustomize != nil:
-		return c.Kustomize.ServiceAccountName
-	case c.Helm != nil:
-		return c.Helm.ServiceAccountName
-	}
-	return ""
 }
 
 func printPolicyReport(w *tabwriter.Writer, rep policyReport) {

@@ -40,7 +40,8 @@ func TestPolicyCheck(t *testing.T) {
 	})
 	outside := build(map[string]string{
 		"ferry.yaml": spec("  - name: web\n    kustomize: {path: ./web, targetNamespace: team-a}\n" +
-			"  - name: ops\n    kustomize: {path: ./ops}\n  - name: sys\n    kustomize: {path: ./ops, targetNamespace: kube-system}\n"),
+			"  - name: ops\n    kustomize: {path: ./ops}\n  - name: sys\n    kustomize: {path: ./ops, targetNamespace: kube-system}\n" +
+			"  - name: flux\n    kustomize: {path: ./web, namespace: flux-system, targetNamespace: team-a}\n"),
 		"web/kustomization.yaml": "resources: [cm.yaml, role.yaml]\n",
 		"web/cm.yaml":            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\n",
 		"web/role.yaml":          "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: everything}\nrules: []\n",
@@ -67,7 +68,7 @@ func TestPolicyCheck(t *testing.T) {
 	for _, r := range rep.Refused {
 		refused = append(refused, r.Component+"|"+r.Object)
 	}
-	if got, want := strings.Join(refused, ","), "web|ClusterRole everything,ops|ConfigMap ops,sys|,sys|ConfigMap ops"; !rep.Admitted || got != want || rep.Signers[0].Scope == nil {
+	if got, want := strings.Join(refused, ","), "web|ClusterRole everything,ops|ConfigMap ops,sys|,sys|ConfigMap ops,flux|,flux|ClusterRole everything"; !rep.Admitted || got != want || rep.Signers[0].Scope == nil {
 		t.Fatalf("refused %s, want %s (report %+v)", got, want, rep)
 	}
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -213,7 +214,7 @@ cosign-made attestation of it as they check Ferry's. -o yaml prints it as YAML, 
 // printProvenance prints the provenance attestations that verified.
 func printProvenance(w io.Writer, provs []verify.Provenance) {
 	for _, pv := range provs {
-		fmt.Fprintf(w, "Provenance:\tattested by %s, built by %s from %s @ %s\n", pv.Attestor, pv.BuilderID, orNone(pv.Repository), orNone(pv.Commit))
+		fmt.Fprintf(w, "Provenance:\tattested by %s, built by %s from %s @ %s\n", strings.Join(pv.Attestors, ", "), pv.BuilderID, orNone(pv.Repository), orNone(pv.Commit))
 		printVerified(w, pv.Verified)
 	}
 }
