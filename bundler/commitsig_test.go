@@ -338,3 +338,30 @@ func TestNoProvenanceForADirtyBundle(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// A keyring made by concatenating armored exports is read whole; a binary export is refused
+// by name, not misread as an allowed-signers file.
+func TestKeyringFormats(t *testing.T) {
+	s := bundlertest.NewSigners(t)
+	env := []string{"GNUPGHOME=" + s.GnuPG}
+	dir := t.TempDir()
+	both := filepath.Join(dir, "both.asc")
+	mallory := bundlertest.Run(t, dir, env, "gpg", "--armor", "--export", s.Mallory)
+	alice, err := os.ReadFile(s.Keyring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(both, append([]byte(mallory), alice...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := s.Repo(t, signedTree)
+	r.Commit(s.Alice)
+	if m, err := build(t, r, VerifyCommit{Mode: VerifyHEAD, Keyrings: []string{both}}); err != nil || m.Source.Verified.Commit.Key != s.Alice {
+		t.Fatalf("a key in the second armored block: %v", err)
+	}
+	binary := filepath.Join(dir, "team.gpg")
+	bundlertest.Run(t, dir, env, "gpg", "--output", binary, "--export", s.Alice)
+	if _, err := build(t, r, VerifyCommit{Mode: VerifyHEAD, Keyrings: []string{binary}}); !errors.Is(err, ErrBadKeyring) || !strings.Contains(err.Error(), "binary OpenPGP keyring") {
+		t.Fatalf("a binary keyring: %v", err)
+	}
+}
