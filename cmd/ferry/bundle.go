@@ -189,7 +189,7 @@ staged in $TMPDIR (default /tmp) before it is written to --to: give it room for 
 	cmd.Flags().Uint64Var(&revision, "revision", 0, "bundle revision (default: commits reachable from HEAD)")
 	cmd.Flags().BoolVar(&allowDirty, "allow-dirty", false, "build a tree with uncommitted changes or outside Git (marked dirty)")
 	cmd.Flags().StringVar(&verifyMode, "verify-commit", "", "require a signature by a --keyring key on the commit (`HEAD`), on an annotated tag pointing at it (Tag), or both (TagAndHEAD)")
-	cmd.Flags().StringArrayVar(&keyrings, "keyring", nil, "with --verify-commit, a `FILE` of keys that may sign: an armored OpenPGP keyring or an SSH allowed-signers file (repeatable)")
+	cmd.Flags().StringArrayVar(&keyrings, "keyring", nil, "with --verify-commit, a `FILE` of keys that may sign, kept outside the checkout: an armored OpenPGP keyring or an SSH allowed-signers file (repeatable)")
 	cmd.Flags().StringSliceVar(&committers, "allowed-committers", nil, "with --verify-commit, accept only these signers, by key fingerprint or email (comma-separated, repeatable)")
 	cmd.Flags().BoolVar(&rendered, "rendered", true, "carry each kustomize component's build output (without decryption) so nodes apply it instead of building it again; --rendered=false leaves the building to the node")
 	cmd.Flags().StringVar(&fromFlux, "from-flux", "", "read this Flux cluster directory (Kustomization, HelmRelease, GitRepository, HelmRepository) instead of ferry.yaml")
