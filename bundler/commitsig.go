@@ -186,37 +186,10 @@ func (tr *trust) check(obj signed, sig string, t time.Time) (*bundles.Signer, er
 	default:
 		return nil, errors.New("its signature is neither OpenPGP nor SSH (X.509 signatures are not supported)")
 	}
-	if len(tr.allowed) > 0 && !tr.admits(s) {
+	if len(tr.allowed) > 0 && !s.SignedByAny(tr.allowed) {
 		return nil, fmt.Errorf("signer %s (%s) is not in --allowed-committers", s.Key, strings.Join(s.Identities, ", "))
 	}
 	return s, nil
-}
-
-// admits is true when one of the allowed committers is s's key or one of its identities.
-func (tr *trust) admits(s *bundles.Signer) bool {
-	for _, a := range tr.allowed {
-		a = strings.TrimSpace(a)
-		if sameKey(a, s) {
-			return true
-		}
-		// Identities match exactly: an allowed-signers line for *@example.com names no one
-		// in particular, so it does not stand for bob@example.com.
-		for _, id := range s.Identities {
-			if strings.EqualFold(a, id) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// sameKey reports whether a names s's key: an OpenPGP fingerprint in hex, any case, spaces
-// allowed; an SSH SHA256: fingerprint exactly (base64 is case-sensitive).
-func sameKey(a string, s *bundles.Signer) bool {
-	if s.Format == "openpgp" {
-		return strings.EqualFold(strings.ReplaceAll(a, " ", ""), s.Key)
-	}
-	return a == s.Key
 }
 
 // verifyCommit checks the signatures v asks for on HEAD of repo (commit head, of the work

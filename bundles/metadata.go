@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -83,6 +84,26 @@ type Signer struct {
 	// Identities are the OpenPGP key's user ID emails, or the principals of the
 	// allowed-signers line that admitted the SSH key.
 	Identities []string `json:"identities,omitempty"`
+}
+
+// SignedByAny reports whether one of names is s's key or one of its identities. An OpenPGP
+// fingerprint matches in any case and with spaces; an SSH SHA256: fingerprint exactly
+// (base64 is case-sensitive). Identities match exactly, ignoring case: an allowed-signers
+// line for *@example.com names no one in particular, so it does not stand for
+// bob@example.com.
+func (s *Signer) SignedByAny(names []string) bool {
+	for _, a := range names {
+		a = strings.TrimSpace(a)
+		if a == s.Key || s.Format == "openpgp" && strings.EqualFold(strings.ReplaceAll(a, " ", ""), s.Key) {
+			return true
+		}
+		for _, id := range s.Identities {
+			if strings.EqualFold(a, id) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Image is a container image a bundle carries: the name the manifests use and the image

@@ -489,14 +489,37 @@ func TestIngestCountsProgress(t *testing.T) {
 	}
 }
 
+// provenanceKey is a key named ci whose scope requires provenance it attested itself, by one
+// of builders (any when nil).
+func provenanceKey(t *testing.T, builders []string) keyPair {
+	k := newKey(t)
+	k.policy.Keys[0].Source = "ci"
+	k.policy.Keys[0].Scope = &bundles.Scope{Provenance: &bundles.ProvenanceRule{Attestors: []string{"ci"}, Builders: builders}}
+	return k
+}
+
+// signedForProvenance is bundle web revision 1 signed by k in a fresh source, and an empty
+// store, closed when the test ends.
+func signedForProvenance(t *testing.T, k keyPair) (*memory.Store, *store.Store, ocispec.Descriptor, *bundles.Bundle) {
+	t.Helper()
+	src := memory.New()
+	st := openStore(t, t.TempDir())
+	t.Cleanup(func() { st.Close() })
+	desc := makeBundle(t, src, "web", 1, "x")
+	sign(t, src, desc, k)
+	b, err := bundles.Open(t.Context(), src, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src, st, desc, b
+}
+
 // Each way an attestation can fail a provenance rule is refused at ingest, the rule named,
 // the store unchanged: none at all, a predicate altered after signing, one about another
 // bundle, one signed by a key the node does not trust, one naming another repository than the
 // bundle's config.
 func TestIngestRefusesEachBadProvenance(t *testing.T) {
-	k, stranger := newKey(t), newKey(t)
-	k.policy.Keys[0].Source = "ci"
-	k.policy.Keys[0].Scope = &bundles.Scope{Provenance: &bundles.ProvenanceRule{Attestors: []string{"ci"}}}
+	k, stranger := provenanceKey(t, nil), newKey(t)
 	// envelope signs st with key and stores it beside desc; alter changes the payload after.
 	envelope := func(t *testing.T, src *memory.Store, desc ocispec.Descriptor, st *bundles.Statement, key crypto.Signer, alter func([]byte) []byte) {
 		t.Helper()
@@ -548,18 +571,10 @@ func TestIngestRefusesEachBadProvenance(t *testing.T) {
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			src := memory.New()
-			st := openStore(t, t.TempDir())
-			defer st.Close()
-			desc := makeBundle(t, src, "web", 1, "x")
-			sign(t, src, desc, k)
-			b, err := bundles.Open(t.Context(), src, desc)
-			if err != nil {
-				t.Fatal(err)
-			}
+			src, st, desc, b := signedForProvenance(t, k)
 			c.attach(t, src, desc, b)
 			before := snapshot(t, st, "web")
-			err = ingestErr(t, st, src, desc, k)
+			err := ingestErr(t, st, src, desc, k)
 			if !errors.Is(err, verify.ErrNoProvenance) || !strings.Contains(err.Error(), "ci requires provenance attested by ci") || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("got %v, want the rule named and %q", err, c.want)
 			}
@@ -575,18 +590,8 @@ func TestIngestRefusesEachBadProvenance(t *testing.T) {
 // anything is written, naming the rule; with it, the provenance is kept with the revision
 // and its attestation among the revision's blobs.
 func TestIngestRequiresProvenanceWhereTheScopeDoes(t *testing.T) {
-	k := newKey(t)
-	k.policy.Keys[0].Source = "ci"
-	k.policy.Keys[0].Scope = &bundles.Scope{Provenance: &bundles.ProvenanceRule{Attestors: []string{"ci"}, Builders: []string{"https://ci.example.com/*"}}}
-	src := memory.New()
-	st := openStore(t, t.TempDir())
-	defer st.Close()
-	desc := makeBundle(t, src, "web", 1, "x")
-	sign(t, src, desc, k)
-	b, err := bundles.Open(t.Context(), src, desc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := provenanceKey(t, []string{"https://ci.example.com/*"})
+	src, st, desc, b := signedForProvenance(t, k)
 	before := snapshot(t, st, "web")
 	if err := ingestErr(t, st, src, desc, k); !errors.Is(err, verify.ErrNoProvenance) || !strings.Contains(err.Error(), "ci requires provenance attested by ci") {
 		t.Fatalf("without provenance: %v", err)

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"crypto"
 	"errors"
 	"os"
 	"os/exec"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ferrygitops/ferry/bundler"
 	"github.com/ferrygitops/ferry/bundles"
@@ -50,6 +53,40 @@ func pushed(t *testing.T, repo string) (bundles.Address, string) {
 	return addr, byDigest
 }
 
+// ferryKey makes a cosign-format key pair with Ferry in dir and returns the private key
+// and the public key file.
+func ferryKey(t *testing.T, dir string) (crypto.Signer, string) {
+	t.Helper()
+	privPEM, pubPEM, err := bundler.GenerateKeyPair([]byte("interop"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, pub := filepath.Join(dir, "ferry.key"), filepath.Join(dir, "ferry.pub")
+	writeFile(t, priv, privPEM)
+	writeFile(t, pub, pubPEM)
+	key, err := bundler.LoadPrivateKey(priv, []byte("interop"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, pub
+}
+
+// openedBundle opens the bundle at addr and reads its manifest and config; the source is
+// closed when the test ends.
+func openedBundle(t *testing.T, addr bundles.Address) (bundles.Source, ocispec.Descriptor, *bundles.Bundle) {
+	t.Helper()
+	src, desc, err := bundles.OpenSource(t.Context(), addr, bundles.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	b, err := bundles.Open(t.Context(), src, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return src, desc, b
+}
+
 func verifyWithFerry(t *testing.T, addr bundles.Address, pub string) error {
 	t.Helper()
 	key, err := verify.LoadPublicKey(pub)
@@ -68,21 +105,11 @@ func verifyWithFerry(t *testing.T, addr bundles.Address, pub string) error {
 func TestCosignVerifiesFerrySignature(t *testing.T) {
 	work := t.TempDir()
 	addr, ref := pushed(t, "interop/ferry-signed")
-	privPEM, pubPEM, err := bundler.GenerateKeyPair([]byte("interop"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, pub := filepath.Join(work, "ferry.key"), filepath.Join(work, "ferry.pub")
-	os.WriteFile(priv, privPEM, 0o600)
-	os.WriteFile(pub, pubPEM, 0o644)
+	key, pub := ferryKey(t, work)
 
 	// Before signing, cosign must refuse: the check below is not vacuous.
 	if out, err := cosign(t, work, "verify", "--key", pub, "--insecure-ignore-tlog=true", "--allow-http-registry", ref); err == nil {
 		t.Fatalf("cosign verified an unsigned bundle:\n%s", out)
-	}
-	key, err := bundler.LoadPrivateKey(priv, []byte("interop"))
-	if err != nil {
-		t.Fatal(err)
 	}
 	target, desc, err := bundles.OpenTarget(t.Context(), addr, bundles.Options{})
 	if err != nil {
@@ -185,11 +212,7 @@ func deleteTagSignature(t *testing.T, addr bundles.Address) {
 func TestSignaturesAsReferrers(t *testing.T) {
 	work := t.TempDir()
 	addr, ref := pushed(t, "interop/referrers")
-	privPEM, pubPEM, _ := bundler.GenerateKeyPair([]byte("interop"))
-	priv, pub := filepath.Join(work, "ferry.key"), filepath.Join(work, "ferry.pub")
-	os.WriteFile(priv, privPEM, 0o600)
-	os.WriteFile(pub, pubPEM, 0o644)
-	key, _ := bundler.LoadPrivateKey(priv, []byte("interop"))
+	key, pub := ferryKey(t, work)
 	target, desc, err := bundles.OpenTarget(t.Context(), addr, bundles.Options{})
 	if err != nil {
 		t.Fatal(err)

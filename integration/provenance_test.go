@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -28,15 +27,7 @@ func provenancePolicy(t *testing.T, pub string) verify.Policy {
 // the provenance the scope requires.
 func admitsWithProvenance(t *testing.T, addr bundles.Address, p verify.Policy) (*verify.Result, error) {
 	t.Helper()
-	src, desc, err := bundles.OpenSource(t.Context(), addr, bundles.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	b, err := bundles.Open(t.Context(), src, desc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	src, desc, b := openedBundle(t, addr)
 	res, err := verify.Bundle(t.Context(), src, desc, p)
 	if err != nil {
 		return nil, err
@@ -52,22 +43,12 @@ func admitsWithProvenance(t *testing.T, addr bundles.Address, p verify.Policy) (
 func TestCosignVerifiesFerryProvenance(t *testing.T) {
 	work := t.TempDir()
 	addr, ref := pushed(t, "interop/ferry-attested")
-	privPEM, pubPEM, err := bundler.GenerateKeyPair([]byte("interop"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, pub := filepath.Join(work, "ferry.key"), filepath.Join(work, "ferry.pub")
-	os.WriteFile(priv, privPEM, 0o600)
-	os.WriteFile(pub, pubPEM, 0o644)
+	key, pub := ferryKey(t, work)
 	verifyAtt := func() (string, error) {
 		return cosign(t, work, "verify-attestation", "--key", pub, "--type", "slsaprovenance1", "--insecure-ignore-tlog=true", "--allow-http-registry", ref)
 	}
 	if out, err := verifyAtt(); err == nil {
 		t.Fatalf("cosign verified an attestation that is not there:\n%s", out)
-	}
-	key, err := bundler.LoadPrivateKey(priv, []byte("interop"))
-	if err != nil {
-		t.Fatal(err)
 	}
 	target, desc, err := bundles.OpenTarget(t.Context(), addr, bundles.Options{})
 	if err != nil {
@@ -122,15 +103,7 @@ func TestFerryVerifiesCosignProvenance(t *testing.T) {
 	if _, err := admitsWithProvenance(t, addr, policy); err == nil || !strings.Contains(err.Error(), "ci requires provenance attested by ci") {
 		t.Fatalf("admitted without provenance: %v", err)
 	}
-	src, desc, err := bundles.OpenSource(t.Context(), addr, bundles.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := bundles.Open(t.Context(), src, desc)
-	src.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, desc, b := openedBundle(t, addr)
 	st, err := bundler.Provenance(desc, b, bundler.ProvenanceOptions{BuilderID: "https://ci.example.com/release", InvocationID: "https://ci.example.com/jobs/7"})
 	if err != nil {
 		t.Fatal(err)

@@ -136,28 +136,13 @@ func meets(r *bundles.ProvenanceRule, pv Provenance) error {
 			signers = append(signers, v.Commit, v.Tag)
 		}
 		for _, s := range signers {
-			if s != nil && signedBy(r.CommitSigners, s) {
+			if s != nil && s.SignedByAny(r.CommitSigners) {
 				return nil
 			}
 		}
 		return fmt.Errorf("commit %s was not verified signed by %s", orNone(pv.Commit), strings.Join(r.CommitSigners, ","))
 	}
 	return nil
-}
-
-func signedBy(allowed []string, s *bundles.Signer) bool {
-	for _, a := range allowed {
-		// OpenPGP fingerprints are hex, any case; SSH's SHA256: base64 is case-sensitive.
-		if a == s.Key || s.Format == "openpgp" && strings.EqualFold(strings.ReplaceAll(a, " ", ""), s.Key) {
-			return true
-		}
-		for _, id := range s.Identities {
-			if strings.EqualFold(a, id) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 func glob(pats []string, s string) bool {
