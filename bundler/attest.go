@@ -24,8 +24,6 @@ type ProvenanceOptions struct {
 	InvocationID string
 	// Repository is the name the subject is given: where the bundle is published.
 	Repository string
-	// Now is the time recorded as the build's end; zero means time.Now.
-	Now time.Time
 }
 
 // Provenance is the SLSA v1 statement for bundle d, built from its signed config: the source
@@ -62,11 +60,7 @@ func Provenance(d ocispec.Descriptor, b *bundles.Bundle, o ProvenanceOptions) (*
 			URI: "docker://" + im.Name, Name: "image/" + im.Name,
 			Digest: map[string]string{im.Descriptor.Digest.Algorithm().String(): im.Descriptor.Digest.Encoded()}})
 	}
-	now := o.Now
-	if now.IsZero() {
-		now = time.Now()
-	}
-	now = now.UTC().Truncate(time.Second)
+	now := time.Now().UTC().Truncate(time.Second)
 	started := m.Created.UTC()
 	p.RunDetails.Builder.ID = o.BuilderID
 	p.RunDetails.Metadata = &bundles.SLSAMetadata{InvocationID: o.InvocationID, StartedOn: &started, FinishedOn: &now}
